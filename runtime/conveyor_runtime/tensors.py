@@ -1,0 +1,217 @@
+"""Tensors between numpy and the Open Inference Protocol: datatypes, raw bytes and typed contents.
+
+Decoding checks everything a client can get wrong (datatype, shape, byte length, contents count) and raises
+`InvalidRequest` naming the input, so a bad request fails alone before it joins a batch.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import InvalidRequest
+from .proto import open_inference_pb2 as pb
+
+__all__ = [
+    "DATATYPES",
+    "datatype_of",
+    "dtype_of",
+    "decode_request_inputs",
+    "decode_tensor",
+    "encode_tensor",
+    "encode_response_outputs",
+    "decode_response_outputs",
+    "encode_request_inputs",
+    "serialize_bytes",
+    "deserialize_bytes",
+]
+
+#: Open Inference Protocol datatype -> numpy dtype (BYTES holds Python bytes objects).
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+_BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
+
+#: Which `InferTensorContents` field carries each datatype when a client sends typed contents.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def datatype_of(array: npt.NDArray[Any]) -> str:
+    """The protocol datatype of a numpy array (object and bytes/str arrays are BYTES)."""
+    if array.dtype.kind in {"O", "S", "U"}:
+        return "BYTES"
+    try:
+        return _BY_DTYPE[array.dtype]
+    except KeyError:
+        raise InvalidRequest(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from None
+
+
+def dtype_of(datatype: str, *, name: str = "") -> np.dtype[Any]:
+    """The numpy dtype for a protocol datatype; raises InvalidRequest naming the tensor."""
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        raise InvalidRequest(
+            f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
+        ) from None
+
+
+def serialize_bytes(array: npt.NDArray[Any]) -> bytes:
+    """BYTES elements in row-major order, each as a 4-byte little-endian length then the bytes."""
+    parts = []
+    for item in array.reshape(-1):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes(raw: bytes, count: int, *, name: str = "") -> npt.NDArray[Any]:
+    """Inverse of `serialize_bytes`; checks that exactly `count` elements fill `raw`."""
+    items: list[bytes] = []
+    view = memoryview(raw)
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise InvalidRequest(f"input {name!r}: BYTES data ends inside a length prefix")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidRequest(f"input {name!r}: BYTES element {len(items)} claims {length} bytes past the end")
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != count:
+        raise InvalidRequest(f"input {name!r}: shape holds {count} BYTES elements but the data has {len(items)}")
+    result = np.empty(count, dtype=object)
+    result[:] = items
+    return result
+
+
+def _check_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
+    if any(dim < 0 for dim in shape):
+        raise InvalidRequest(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    return tuple(int(d) for d in shape)
+
+
+def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes | None, contents: Any = None) -> npt.NDArray[Any]:
+    """One tensor from raw bytes (preferred) or typed contents, checked against its shape and datatype."""
+    dims = _check_shape(shape, name)
+    dtype = dtype_of(datatype, name=name)
+    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if raw is not None:
+        if datatype == "BYTES":
+            return deserialize_bytes(raw, count, name=name).reshape(dims)
+        expected = count * dtype.itemsize
+        if len(raw) != expected:
+            raise InvalidRequest(
+                f"input {name!r}: {datatype} shape {list(dims)} needs {expected} bytes of raw data, got {len(raw)}"
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(dims)
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidRequest(f"input {name!r}: {datatype} must be sent as raw_input_contents")
+    values = getattr(contents, field) if contents is not None else []
+    if len(values) != count:
+        raise InvalidRequest(f"input {name!r}: shape {list(dims)} holds {count} elements but {field} has {len(values)}")
+    if datatype == "BYTES":
+        result = np.empty(count, dtype=object)
+        result[:] = list(values)
+        return result.reshape(dims)
+    return np.asarray(values, dtype=dtype).reshape(dims)
+
+
+def decode_request_inputs(request: pb.ModelInferRequest) -> dict[str, npt.NDArray[Any]]:
+    """All inputs of a ModelInferRequest by name; raw contents, when used, must cover every input."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidRequest(
+            f"request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; send one per input"
+        )
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    for index, tensor in enumerate(request.inputs):
+        if not tensor.name:
+            raise InvalidRequest(f"input #{index} has no name")
+        if tensor.name in arrays:
+            raise InvalidRequest(f"input {tensor.name!r} is given more than once")
+        arrays[tensor.name] = decode_tensor(
+            tensor.name,
+            tensor.datatype,
+            tensor.shape,
+            raw[index] if raw else None,
+            tensor.contents if tensor.HasField("contents") else None,
+        )
+    return arrays
+
+
+def encode_tensor(array: npt.NDArray[Any]) -> tuple[str, list[int], bytes]:
+    """(datatype, shape, raw bytes) of a numpy array."""
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
+        return datatype, list(array.shape), serialize_bytes(array)
+    return datatype, list(array.shape), np.ascontiguousarray(array).tobytes()
+
+
+def encode_response_outputs(response: pb.ModelInferResponse, outputs: Iterable[tuple[str, npt.NDArray[Any]]]) -> None:
+    """Append outputs to a ModelInferResponse as raw_output_contents."""
+    for name, array in outputs:
+        datatype, shape, raw = encode_tensor(array)
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = datatype
+        tensor.shape.extend(shape)
+        response.raw_output_contents.append(raw)
+
+
+def encode_request_inputs(request: pb.ModelInferRequest, inputs: Iterable[tuple[str, npt.NDArray[Any]]]) -> None:
+    """Append inputs to a ModelInferRequest as raw_input_contents (what steps send each other)."""
+    for name, array in inputs:
+        datatype, shape, raw = encode_tensor(array)
+        tensor = request.inputs.add()
+        tensor.name = name
+        tensor.datatype = datatype
+        tensor.shape.extend(shape)
+        request.raw_input_contents.append(raw)
+
+
+def decode_response_outputs(response: pb.ModelInferResponse) -> dict[str, npt.NDArray[Any]]:
+    """All outputs of a ModelInferResponse by name (raw or typed contents)."""
+    raw = response.raw_output_contents
+    return {
+        tensor.name: decode_tensor(
+            tensor.name,
+            tensor.datatype,
+            tensor.shape,
+            raw[index] if raw else None,
+            tensor.contents if tensor.HasField("contents") else None,
+        )
+        for index, tensor in enumerate(response.outputs)
+    }
