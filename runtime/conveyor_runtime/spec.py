@@ -39,6 +39,12 @@ __all__ = [
     "step_to_env",
     "step_from_env",
     "STEP_SPEC_ENV",
+    "STEP_GRPC_PORT",
+    "METRICS_PORT",
+    "GATEWAY_STEP_NAME",
+    "step_resource_name",
+    "gateway_resource_name",
+    "graph_configmap_name",
 ]
 
 API_GROUP = "conveyor.dev"
@@ -55,6 +61,11 @@ _IMPORT_REF = re.compile(IMPORT_REF)
 BUILTIN_OP = r"^[a-z][a-z0-9_-]*$"
 
 STEP_SPEC_ENV = "CONVEYOR_STEP_SPEC"
+#: Ports inside a step pod; the gateway's ports are GatewaySpec.grpcPort / httpPort.
+STEP_GRPC_PORT = 9000
+METRICS_PORT = 9090
+#: Reserved: the gateway's resources are named `<pipeline>-gateway`, so no step may be called this.
+GATEWAY_STEP_NAME = "gateway"
 #: Batching overrides a cluster admin may set on a Deployment (`kubectl set env`) without editing the CR.
 _BATCHING_ENV = {
     "maxBatchSize": "CONVEYOR_MAX_BATCH_SIZE",
@@ -219,6 +230,8 @@ def graph_errors(spec: PipelineSpec, prefix: str = "spec") -> list[FieldError]:
                 errors.append(FieldError(where, "a step cannot be its own input"))
         if step.inputs is not None and len(set(step.inputs)) != len(step.inputs):
             errors.append(FieldError(f"{prefix}.steps[{index}].inputs", "lists a step more than once"))
+        if step.name == GATEWAY_STEP_NAME:
+            errors.append(FieldError(f"{prefix}.steps[{index}].name", f"{GATEWAY_STEP_NAME!r} is reserved for the pipeline's gateway"))
     if spec.output is not None and spec.output not in seen:
         errors.append(FieldError(f"{prefix}.output", f"unknown step {spec.output!r}"))
     if errors:
@@ -274,6 +287,21 @@ def topological_order(spec: PipelineSpec) -> list[str]:
         done.extend(ready)
         remaining = [n for n in remaining if n not in ready]
     return done
+
+
+def step_resource_name(pipeline: str, step: str) -> str:
+    """Name of a step's Deployment and headless Service (also its DNS name inside the namespace)."""
+    return f"{pipeline}-{step}"
+
+
+def gateway_resource_name(pipeline: str) -> str:
+    """Name of the gateway's Deployment and Service."""
+    return f"{pipeline}-{GATEWAY_STEP_NAME}"
+
+
+def graph_configmap_name(pipeline: str) -> str:
+    """Name of the ConfigMap that holds the pipeline manifest for the gateway."""
+    return f"{pipeline}-graph"
 
 
 # --- parsing -----------------------------------------------------------------------------------------
