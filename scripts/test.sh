@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need (idempotent, cached), then runs the whole suite.
+#   bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+echo "==> installing conveyor with its dev extras into .venv"
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+
+echo "==> Kubernetes control plane for the operator tests (built once, then cached)"
+bash scripts/build-control-plane.sh
+if [ -f scripts/install-helm.sh ]; then
+  echo "==> helm (built once, then cached)"
+  bash scripts/install-helm.sh
+fi
+
+echo "==> pytest"
+exec .venv/bin/python -m pytest "$@"
