@@ -137,8 +137,8 @@ class StepSpec(_Spec):
     model: ModelSpec | None = None
     config: dict[str, Any] = Field(default_factory=dict, description="Free-form settings handed to the op.")
     replicas: int = Field(1, ge=0, le=1000)
-    batching: BatchingSpec = Field(default_factory=BatchingSpec)  # type: ignore[arg-type]
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)  # type: ignore[arg-type]
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     nodeSelector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -162,7 +162,7 @@ class GatewaySpec(_Spec):
     replicas: int = Field(1, ge=0, le=1000)
     grpcPort: int = Field(8001, ge=1, le=65535)
     httpPort: int = Field(8000, ge=1, le=65535)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)  # type: ignore[arg-type]
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
 
 class PipelineSpec(_Spec):
@@ -170,7 +170,7 @@ class PipelineSpec(_Spec):
 
     steps: list[StepSpec] = Field(..., min_length=1, max_length=64)
     output: str | None = Field(None, description="Step whose outputs answer the request; default: the last step.")
-    gateway: GatewaySpec = Field(default_factory=GatewaySpec)  # type: ignore[arg-type]
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     image: str | None = Field(None, description="Runtime image for the pods; default: the operator's.")
 
 
