@@ -1,0 +1,187 @@
+"""Helpers for pipeline tests: tiny in-test step servers, manifests, and a `conveyor run` process wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from conveyor_runtime.errors import RequestError
+from conveyor_runtime.proto import open_inference_pb2 as pb
+from conveyor_runtime.protocol import abort_with, add_inference_servicer
+from conveyor_runtime.spec import PipelineManifest, parse_manifest
+from conveyor_runtime.tensors import decode_request_inputs, encode_response_outputs
+
+REPO = Path(__file__).resolve().parents[2]
+Arrays = dict[str, np.ndarray]
+StepFn = Callable[[Arrays], Awaitable[Arrays] | Arrays]
+
+
+@dataclass
+class FakeStep:
+    """An `inference.GRPCInferenceService` computing `fn` on the request's tensors (numpy in, numpy out)."""
+
+    name: str
+    fn: StepFn
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # (name, datatype) for ModelMetadata
+    outputs: list[tuple[str, str]] = field(default_factory=list)
+    calls: int = 0
+    deadlines: list[float | None] = field(default_factory=list)
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="fake")
+
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        response = pb.ModelMetadataResponse(name=self.name)
+        for name, datatype in self.inputs:
+            response.inputs.add(name=name, datatype=datatype, shape=[-1])
+        for name, datatype in self.outputs:
+            response.outputs.add(name=name, datatype=datatype, shape=[-1])
+        return response
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        self.calls += 1
+        self.deadlines.append(context.time_remaining())
+        self.entered.set()
+        try:
+            arrays = decode_request_inputs(request)
+            result = self.fn(arrays)
+            if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+                result = await result
+        except RequestError as exc:
+            await abort_with(context, exc)
+            raise
+        response = pb.ModelInferResponse(model_name=self.name)
+        assert isinstance(result, Mapping)
+        encode_response_outputs(response, result.items())
+        return response
+
+
+@dataclass
+class RunningStep:
+    servicer: FakeStep
+    server: grpc.aio.Server
+    health: Any
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+
+    async def stop(self) -> None:
+        await self.server.stop(None)
+
+
+async def start_fake_step(servicer: FakeStep, port: int = 0, serving: bool = True) -> RunningStep:
+    """Serve `servicer` with a health service on 127.0.0.1 (port 0 picks a free port)."""
+    server = grpc.aio.server()
+    add_inference_servicer(server, servicer)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    running = RunningStep(servicer, server, health_servicer, bound)
+    await running.set_serving(serving)
+    return running
+
+
+def manifest(name: str, steps: list[dict[str, Any]], **spec: Any) -> PipelineManifest:
+    """A validated manifest from step dicts (each needs `op` or `model`; `op: fake` is fine for fake steps)."""
+    return parse_manifest(
+        {"apiVersion": "conveyor.dev/v1alpha1", "kind": "InferencePipeline", "metadata": {"name": name}, "spec": {"steps": steps, **spec}}
+    )
+
+
+# --- `conveyor run` as a subprocess --------------------------------------------------------------------------
+
+
+@dataclass
+class RunProcess:
+    """A `conveyor run` subprocess and the addresses it reported."""
+
+    process: subprocess.Popen[bytes]
+    addresses: dict[str, Any]
+    log_path: Path
+
+    @property
+    def grpc(self) -> str:
+        return str(self.addresses["grpc"])
+
+    @property
+    def http(self) -> str:
+        return str(self.addresses["http"])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (what Ctrl-C-like shutdown does), then kill after `timeout`; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                return self.process.wait(10)
+        return int(self.process.returncode)
+
+
+def start_run(manifest_path: Path, tmp_path: Path, *extra: str, timeout: float = 240.0) -> RunProcess:
+    """Start `conveyor run` on free ports and wait (bounded) until it reports its addresses."""
+    addresses_file = tmp_path / "addresses.json"
+    log_path = tmp_path / "run.log"
+    command = [
+        sys.executable,
+        "-m",
+        "conveyor_runtime.cli",
+        "run",
+        str(manifest_path),
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        "--addresses-json",
+        str(addresses_file),
+        *extra,
+    ]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if addresses_file.exists():
+            text = addresses_file.read_text()
+            if text.strip():
+                return RunProcess(process, json.loads(text), log_path)
+        if process.poll() is not None:
+            raise AssertionError(f"conveyor run exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.2)
+    run = RunProcess(process, {}, log_path)
+    run.stop()
+    raise AssertionError(f"conveyor run was not ready within {timeout}s:\n{run.log()}")
