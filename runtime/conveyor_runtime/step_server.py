@@ -1,0 +1,171 @@
+"""A step's gRPC server: Open Inference Protocol plus `grpc.health.v1`, metrics on their own port, graceful stop.
+
+Order of life: `start()` loads and warms up the model, binds, then reports SERVING; `stop()` reports
+NOT_SERVING first, lets queued and in-flight requests finish within the grace period, then closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from .errors import ConveyorError
+from .metrics import MetricsEndpoint, StepMetrics
+from .protocol import SERVICE_NAME, add_inference_servicer
+from .servicer import StepServicer
+from .spec import StepSpec
+from .step import Step
+
+__all__ = ["StepServer", "create_step_server", "DEFAULT_MAX_MESSAGE_BYTES"]
+
+log = logging.getLogger(__name__)
+
+#: Requests above this get INVALID_ARGUMENT naming the largest input; gRPC itself refuses twice this
+#: (RESOURCE_EXHAUSTED) before the request is read into memory.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class StepServer:
+    """Serves one step; see `create_step_server`."""
+
+    def __init__(
+        self,
+        step: StepSpec,
+        *,
+        host: str,
+        port: int,
+        metrics_port: int | None,
+        base_dir: Path | None,
+        grace_s: float,
+        max_message_bytes: int,
+    ) -> None:
+        self.spec = step
+        self.host = host
+        self.port = port
+        self.metrics_port = metrics_port
+        self.base_dir = base_dir or Path.cwd()
+        self.grace_s = grace_s
+        self.max_message_bytes = max_message_bytes
+        self.metrics = StepMetrics(step.name)
+        self.step: Step | None = None
+        self._server: grpc.aio.Server | None = None
+        self._servicer: StepServicer | None = None
+        self._health: health_aio.HealthServicer | None = None
+        self._endpoint: MetricsEndpoint | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._servicer is not None and self._servicer.ready
+
+    async def start(self) -> None:
+        """Load and warm up the model (off the event loop), bind, start, then report SERVING."""
+        step = await asyncio.to_thread(Step.load, self.spec, self.base_dir, self.metrics)
+        self.step = step
+        await step.start()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 2 * self.max_message_bytes),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._servicer = StepServicer(step, max_message_bytes=self.max_message_bytes)
+        add_inference_servicer(server, self._servicer)
+        self._health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = _address(self.host, self.port)
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            bound = 0
+            reason = str(exc)
+        else:
+            reason = "the port may be in use"
+        if not bound:
+            await step.aclose()
+            raise ConveyorError(f"step {self.spec.name!r}: cannot listen on {address} ({reason}); choose another --port")
+        self.port = bound
+        if self.metrics_port is not None:
+            self._endpoint = MetricsEndpoint(self.metrics.registry, self.host, self.metrics_port)
+            try:
+                self._endpoint.start()
+            except OSError as exc:
+                await step.aclose()
+                raise ConveyorError(
+                    f"step {self.spec.name!r}: cannot serve metrics on port {self.metrics_port} ({exc.strerror}); "
+                    "choose another --metrics-port or 0 to disable"
+                ) from exc
+            self.metrics_port = self._endpoint.port
+        self._server = server
+        await server.start()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._servicer.ready = True
+        log.info(
+            "step %s SERVING on %s (provider %s%s)",
+            self.spec.name,
+            _address(self.host, self.port),
+            step.provider,
+            f", metrics on port {self.metrics_port}" if self.metrics_port is not None else "",
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, then finish queued and in-flight work for up to `grace` seconds, then close."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.grace_s if grace is None else grace
+        try:
+            if self._servicer is not None:
+                self._servicer.ready = False
+            if self._health is not None:
+                await self._health.enter_graceful_shutdown()
+            log.info("step %s: NOT_SERVING; draining for up to %.1fs", self.spec.name, grace)
+            if self._server is not None:
+                await self._server.stop(grace)
+            if self.step is not None:
+                await self.step.aclose()
+        finally:
+            if self._endpoint is not None:
+                self._endpoint.stop()
+            self._stopped.set()
+            log.info("step %s stopped", self.spec.name)
+
+    async def wait_for_termination(self) -> None:
+        """Return once `stop` has finished."""
+        await self._stopped.wait()
+
+
+def create_step_server(
+    step: StepSpec,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    metrics_port: int | None = None,
+    base_dir: Path | None = None,
+    grace_s: float = 20.0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> StepServer:
+    """A server for `step` (not started). ``port=0`` picks a free port; ``metrics_port=None`` serves no metrics."""
+    return StepServer(
+        step,
+        host=host,
+        port=port,
+        metrics_port=metrics_port,
+        base_dir=base_dir,
+        grace_s=grace_s,
+        max_message_bytes=max_message_bytes,
+    )
