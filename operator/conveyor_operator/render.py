@@ -1,0 +1,395 @@
+"""The children of an InferencePipeline, rendered as plain manifests (pure functions, no API calls).
+
+Per step: a Deployment and a headless Service; for the pipeline: the gateway Deployment and Service and a
+ConfigMap holding the manifest the gateway reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from conveyor_runtime.errors import FieldError
+from conveyor_runtime.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    METRICS_PORT,
+    STEP_GRPC_PORT,
+    PipelineSpec,
+    ResourcesSpec,
+    StepSpec,
+    gateway_resource_name,
+    graph_configmap_name,
+    step_resource_name,
+    step_to_env,
+)
+
+__all__ = [
+    "FIELD_MANAGER",
+    "MANAGED_BY",
+    "STEP_LABEL",
+    "PIPELINE_LABEL",
+    "COMPONENT_LABEL",
+    "DEFAULT_IMAGE",
+    "WORK_DIR",
+    "MANIFEST_DIR",
+    "MANIFEST_KEY",
+    "Owner",
+    "labels",
+    "child_selector",
+    "name_errors",
+    "render_children",
+    "render_graph_configmap",
+    "render_step_deployment",
+    "render_step_service",
+    "render_gateway_deployment",
+    "render_gateway_service",
+    "pipeline_manifest",
+]
+
+FIELD_MANAGER = "conveyor-operator"
+MANAGED_BY = "conveyor-operator"
+PIPELINE_LABEL = f"{API_GROUP}/pipeline"
+STEP_LABEL = f"{API_GROUP}/step"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+#: Used when neither spec.image nor the operator's CONVEYOR_IMAGE names an image.
+DEFAULT_IMAGE = "conveyor:0.1.0"
+#: The writable working directory of every pod (an emptyDir): relative model paths land here.
+WORK_DIR = "/var/lib/conveyor"
+MANIFEST_DIR = "/etc/conveyor"
+MANIFEST_KEY = "pipeline.yaml"
+#: Long enough for a step to finish its queued batches after SIGTERM.
+TERMINATION_GRACE_SECONDS = 30
+#: Pods run as this unprivileged user (the image's `conveyor` user).
+RUN_AS_USER = 10001
+
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The InferencePipeline that owns the children (its uid makes the owner reference)."""
+
+    name: str
+    namespace: str
+    uid: str = ""
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def labels(pipeline: str, component: str, step: str | None = None) -> dict[str, str]:
+    """Recommended `app.kubernetes.io/*` labels plus conveyor's own pipeline/step labels."""
+    result = {
+        "app.kubernetes.io/name": "conveyor",
+        "app.kubernetes.io/instance": pipeline,
+        COMPONENT_LABEL: component,
+        "app.kubernetes.io/part-of": "conveyor",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        PIPELINE_LABEL: pipeline,
+    }
+    if step is not None:
+        result[STEP_LABEL] = step
+    return result
+
+
+def _selector_labels(pipeline: str, component: str, step: str | None = None) -> dict[str, str]:
+    """The (immutable) Deployment selector: a subset of `labels`."""
+    result = {PIPELINE_LABEL: pipeline, COMPONENT_LABEL: component}
+    if step is not None:
+        result[STEP_LABEL] = step
+    return result
+
+
+def child_selector(pipeline: str) -> str:
+    """Label selector for every child of one pipeline."""
+    return f"app.kubernetes.io/instance={pipeline},app.kubernetes.io/managed-by={MANAGED_BY}"
+
+
+def name_errors(pipeline: str, spec: PipelineSpec) -> list[FieldError]:
+    """Names that would make invalid child names (the CRD's CEL rules say the same, for older objects)."""
+    errors = []
+    if not _DNS1035.match(pipeline) or len(pipeline) > 40:
+        errors.append(FieldError("metadata.name", "must be a DNS-1035 label (lower-case letter first) of at most 40 characters"))
+    for index, step in enumerate(spec.steps):
+        child = step_resource_name(pipeline, step.name)
+        if len(child) > 63:
+            errors.append(
+                FieldError(f"spec.steps[{index}].name", f"{child!r} (pipeline-step) is longer than 63 characters; shorten either")
+            )
+    return errors
+
+
+def _metadata(owner: Owner, name: str, component: str, step: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": owner.namespace, "labels": labels(owner.name, component, step)}
+    if owner.uid:
+        meta["ownerReferences"] = [owner.reference()]
+    return meta
+
+
+def _resources(resources: ResourcesSpec) -> dict[str, Any]:
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if resources.cpu:
+        requests["cpu"] = resources.cpu
+    if resources.memory:
+        requests["memory"] = resources.memory
+        limits["memory"] = resources.memory
+    if resources.gpu:
+        limits["nvidia.com/gpu"] = resources.gpu
+    result: dict[str, Any] = {}
+    if requests:
+        result["requests"] = requests
+    if limits:
+        result["limits"] = limits
+    return result
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _scratch_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """emptyDirs for the working directory and /tmp, so a read-only root filesystem still runs model builders."""
+    volumes = [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    mounts = [{"name": "work", "mountPath": WORK_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
+    return volumes, mounts
+
+
+def _env(values: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [{"name": key, "value": value} for key, value in values.items()]
+
+
+def _base_env(pipeline: str) -> dict[str, str]:
+    return {"CONVEYOR_PIPELINE": pipeline, "HOME": WORK_DIR, "PYTHONUNBUFFERED": "1"}
+
+
+def _deployment(
+    owner: Owner,
+    name: str,
+    component: str,
+    step: str | None,
+    replicas: int,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    pod_extra: Mapping[str, Any],
+    annotations: Mapping[str, str],
+) -> dict[str, Any]:
+    pod_labels = labels(owner.name, component, step)
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(),
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "containers": [container],
+        "volumes": volumes,
+        **pod_extra,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, name, component, step),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": _selector_labels(owner.name, component, step)},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": dict(annotations)},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def _metrics_annotations() -> dict[str, str]:
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT), "prometheus.io/path": "/metrics"}
+
+
+def render_step_deployment(owner: Owner, step: StepSpec, image: str) -> dict[str, Any]:
+    """A step's Deployment: `conveyor step` with the step spec in its environment, probed over grpc.health.v1."""
+    volumes, mounts = _scratch_volumes()
+    grpc_probe = {"grpc": {"port": STEP_GRPC_PORT}}
+    container: dict[str, Any] = {
+        "name": "step",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["conveyor", "step", "--port", str(STEP_GRPC_PORT), "--metrics-port", str(METRICS_PORT)],
+        "workingDir": WORK_DIR,
+        "env": _env({**_base_env(owner.name), "CONVEYOR_STEP": step.name, **step_to_env(step)}),
+        "ports": [
+            {"name": "grpc", "containerPort": STEP_GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        # Building or loading a model may take minutes: the startup probe holds liveness off until it serves.
+        "startupProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 120},
+        "readinessProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**grpc_probe, "periodSeconds": 10, "failureThreshold": 3},
+        "resources": _resources(step.resources),
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+    }
+    pod_extra: dict[str, Any] = {}
+    if step.nodeSelector:
+        pod_extra["nodeSelector"] = dict(step.nodeSelector)
+    if step.tolerations:
+        pod_extra["tolerations"] = [dict(t) for t in step.tolerations]
+    return _deployment(
+        owner,
+        step_resource_name(owner.name, step.name),
+        "step",
+        step.name,
+        step.replicas,
+        container,
+        volumes,
+        pod_extra,
+        _metrics_annotations(),
+    )
+
+
+def render_step_service(owner: Owner, step: StepSpec) -> dict[str, Any]:
+    """A step's headless Service: its DNS name resolves to every ready replica, which the gateway balances over."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, step_resource_name(owner.name, step.name), "step", step.name),
+        "spec": {
+            "clusterIP": "None",
+            "selector": _selector_labels(owner.name, "step", step.name),
+            "ports": [{"name": "grpc", "port": STEP_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}],
+            "publishNotReadyAddresses": False,
+        },
+    }
+
+
+def pipeline_manifest(owner: Owner, spec: PipelineSpec) -> str:
+    """The manifest the gateway loads (`conveyor gateway --manifest`): the CR's spec with defaults made explicit."""
+    document = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "metadata": {"name": owner.name, "namespace": owner.namespace},
+        "spec": spec.model_dump(mode="json", exclude_none=True),
+    }
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def render_graph_configmap(owner: Owner, spec: PipelineSpec) -> dict[str, Any]:
+    """The ConfigMap mounted into the gateway at /etc/conveyor/pipeline.yaml."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, graph_configmap_name(owner.name), "gateway"),
+        "data": {MANIFEST_KEY: pipeline_manifest(owner, spec)},
+    }
+
+
+def render_gateway_deployment(owner: Owner, spec: PipelineSpec, image: str) -> dict[str, Any]:
+    """The gateway's Deployment; its pods roll when the graph changes (a hash of the manifest is annotated)."""
+    gateway = spec.gateway
+    volumes, mounts = _scratch_volumes()
+    volumes.append({"name": "graph", "configMap": {"name": graph_configmap_name(owner.name)}})
+    mounts.append({"name": "graph", "mountPath": MANIFEST_DIR, "readOnly": True})
+    manifest_hash = hashlib.sha256(pipeline_manifest(owner, spec).encode()).hexdigest()[:16]
+    http_probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
+    container: dict[str, Any] = {
+        "name": "gateway",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [
+            "conveyor",
+            "gateway",
+            "--manifest",
+            f"{MANIFEST_DIR}/{MANIFEST_KEY}",
+            "--grpc-port",
+            str(gateway.grpcPort),
+            "--http-port",
+            str(gateway.httpPort),
+            "--metrics-port",
+            str(METRICS_PORT),
+            "--step-port",
+            str(STEP_GRPC_PORT),
+        ],
+        "workingDir": WORK_DIR,
+        "env": _env(_base_env(owner.name)),
+        "ports": [
+            {"name": "grpc", "containerPort": gateway.grpcPort, "protocol": "TCP"},
+            {"name": "http", "containerPort": gateway.httpPort, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {**http_probe, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10, "failureThreshold": 3},
+        "resources": _resources(gateway.resources),
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+    }
+    annotations = {**_metrics_annotations(), f"{API_GROUP}/manifest-sha256": manifest_hash}
+    return _deployment(
+        owner,
+        gateway_resource_name(owner.name),
+        "gateway",
+        None,
+        gateway.replicas,
+        container,
+        volumes,
+        {},
+        annotations,
+    )
+
+
+def render_gateway_service(owner: Owner, spec: PipelineSpec) -> dict[str, Any]:
+    """The gateway's ClusterIP Service: the pipeline's endpoint (gRPC and HTTP)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, gateway_resource_name(owner.name), "gateway"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": _selector_labels(owner.name, "gateway"),
+            "ports": [
+                {"name": "grpc", "port": spec.gateway.grpcPort, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "http", "port": spec.gateway.httpPort, "targetPort": "http", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def render_children(owner: Owner, spec: PipelineSpec, default_image: str = DEFAULT_IMAGE) -> list[dict[str, Any]]:
+    """Every child, in apply order: the graph ConfigMap, each step's Service and Deployment, then the gateway.
+
+    The image is `spec.image`, else `default_image` (the operator's CONVEYOR_IMAGE).
+    """
+    image = spec.image or default_image
+    children = [render_graph_configmap(owner, spec)]
+    for step in spec.steps:
+        children.append(render_step_service(owner, step))
+        children.append(render_step_deployment(owner, step, image))
+    children.append(render_gateway_service(owner, spec))
+    children.append(render_gateway_deployment(owner, spec, image))
+    return children

@@ -1,0 +1,237 @@
+"""An InferencePipeline's status, computed (purely) from its spec and the Deployments the operator observes.
+
+Conditions follow the usual Kubernetes shape: `Ready`, `Progressing` and `Degraded`, each with a reason and a
+message that names the step; `lastTransitionTime` moves only when a condition's status changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from conveyor_runtime.errors import FieldError
+from conveyor_runtime.spec import PipelineSpec, gateway_resource_name, step_resource_name
+
+__all__ = [
+    "CONDITION_TYPES",
+    "Condition",
+    "StepStatus",
+    "GatewayStatus",
+    "PipelineStatus",
+    "DeploymentState",
+    "compute_status",
+    "invalid_status",
+    "condition",
+    "gateway_endpoint",
+]
+
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
+ConditionType = Literal["Ready", "Progressing", "Degraded"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Condition(_Status):
+    """One condition: is the pipeline Ready, is it Progressing (rolling out), is it Degraded (and why)."""
+
+    type: ConditionType
+    status: ConditionStatus
+    reason: str = Field(..., min_length=1, description="CamelCase reason, e.g. InvalidSpec.")
+    message: str = Field("", description="Human-readable detail; names the step and field concerned.")
+    lastTransitionTime: str = Field(..., description="When status last changed (RFC 3339).")
+    observedGeneration: int = Field(0, ge=0, description="The pipeline generation this condition describes.")
+
+
+class StepStatus(_Status):
+    """Replicas of one step's Deployment."""
+
+    name: str
+    deployment: str
+    desired: int = Field(0, ge=0)
+    ready: int = Field(0, ge=0)
+    updated: int = Field(0, ge=0)
+
+
+class GatewayStatus(_Status):
+    """Replicas of the gateway's Deployment."""
+
+    deployment: str
+    desired: int = Field(0, ge=0)
+    ready: int = Field(0, ge=0)
+
+
+class PipelineStatus(_Status):
+    """What `kubectl get ipl` and `kubectl describe ipl` show."""
+
+    observedGeneration: int = Field(0, ge=0, description="The spec generation the operator last acted on.")
+    stepCount: int = Field(0, ge=0, description="Number of steps in the spec.")
+    replicas: str = Field("", description="Ready/desired replicas summed over all steps, e.g. `3/4`.")
+    endpoint: str = Field("", description="The gateway's gRPC address inside the cluster (host:port).")
+    httpEndpoint: str = Field("", description="The gateway's HTTP base URL inside the cluster.")
+    steps: list[StepStatus] = Field(default_factory=list, max_length=64)
+    gateway: GatewayStatus | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """The parts of an observed Deployment that matter for status; `exists=False` for a missing one."""
+
+    exists: bool = False
+    desired: int = 0
+    ready: int = 0
+    updated: int = 0
+    rolled_out_generation: bool = True
+    failure: str = ""
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any] | None) -> DeploymentState:
+        """Read a Deployment as returned by the API server (a dict); None means it does not exist."""
+        if obj is None:
+            return cls()
+        spec = obj.get("spec") or {}
+        status = obj.get("status") or {}
+        generation = int((obj.get("metadata") or {}).get("generation") or 0)
+        failure = ""
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+                failure = cond.get("message") or cond.get("reason") or "replica failure"
+            elif cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+                failure = cond.get("message") or "progress deadline exceeded"
+        return cls(
+            exists=True,
+            desired=int(spec.get("replicas", 1)),
+            ready=int(status.get("readyReplicas") or 0),
+            updated=int(status.get("updatedReplicas") or 0),
+            rolled_out_generation=int(status.get("observedGeneration") or 0) >= generation,
+            failure=failure,
+        )
+
+    @property
+    def rolled_out(self) -> bool:
+        return self.exists and self.rolled_out_generation and self.ready >= self.desired and self.updated >= self.desired
+
+
+def gateway_endpoint(pipeline: str, namespace: str, port: int) -> str:
+    """The gateway Service's in-cluster address, e.g. ``demo-gateway.default.svc:8001``."""
+    return f"{gateway_resource_name(pipeline)}.{namespace}.svc:{port}"
+
+
+def condition(
+    type_: ConditionType,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    *,
+    now: str,
+    generation: int,
+    previous: Sequence[Mapping[str, Any]] = (),
+) -> Condition:
+    """A condition whose lastTransitionTime is kept from `previous` when its status did not change."""
+    since = now
+    for old in previous:
+        if old.get("type") == type_ and old.get("status") == status and old.get("lastTransitionTime"):
+            since = str(old["lastTransitionTime"])
+    return Condition(
+        type=type_, status=status, reason=reason, message=message, lastTransitionTime=since, observedGeneration=generation
+    )
+
+
+def _describe(label: str, state: DeploymentState) -> str:
+    if not state.exists:
+        return f"{label}: Deployment is missing"
+    return f"{label}: {state.ready}/{state.desired} replicas ready"
+
+
+def compute_status(
+    pipeline: str,
+    namespace: str,
+    generation: int,
+    spec: PipelineSpec,
+    deployments: Mapping[str, DeploymentState],
+    *,
+    now: str,
+    previous: Sequence[Mapping[str, Any]] = (),
+) -> PipelineStatus:
+    """The status of a valid pipeline; `deployments` maps Deployment names to what was observed."""
+    steps: list[StepStatus] = []
+    states: list[tuple[str, DeploymentState]] = []
+    for step in spec.steps:
+        deployment = step_resource_name(pipeline, step.name)
+        state = deployments.get(deployment, DeploymentState())
+        desired = step.replicas if not state.exists else state.desired
+        steps.append(StepStatus(name=step.name, deployment=deployment, desired=desired, ready=state.ready, updated=state.updated))
+        states.append((f"step {step.name!r}", state))
+    gateway_name = gateway_resource_name(pipeline)
+    gateway_state = deployments.get(gateway_name, DeploymentState())
+    states.append(("gateway", gateway_state))
+
+    failing = [f"{label}: {state.failure}" for label, state in states if state.failure]
+    pending = [_describe(label, state) for label, state in states if not state.rolled_out]
+    zero = [label for label, state in states if state.exists and state.desired == 0]
+
+    def cond(type_: ConditionType, status: ConditionStatus, reason: str, message: str) -> Condition:
+        return condition(type_, status, reason, message, now=now, generation=generation, previous=previous)
+
+    if failing:
+        degraded = cond("Degraded", "True", "StepFailing", "; ".join(failing))
+    else:
+        degraded = cond("Degraded", "False", "AsExpected", "no step reports a failure")
+    if pending:
+        progressing = cond("Progressing", "True", "RollingOut", "; ".join(pending))
+    else:
+        progressing = cond("Progressing", "False", "RolloutComplete", "every Deployment is rolled out")
+    if failing:
+        ready = cond("Ready", "False", "StepFailing", "; ".join(failing))
+    elif pending:
+        ready = cond("Ready", "False", "StepsNotReady", "; ".join(pending))
+    elif zero:
+        ready = cond("Ready", "False", "ScaledToZero", "; ".join(f"{label} has 0 replicas" for label in zero))
+    else:
+        ready = cond("Ready", "True", "AllStepsReady", f"{len(spec.steps)} step(s) and the gateway are ready")
+
+    return PipelineStatus(
+        observedGeneration=generation,
+        stepCount=len(spec.steps),
+        replicas=f"{sum(s.ready for s in steps)}/{sum(s.desired for s in steps)}",
+        endpoint=gateway_endpoint(pipeline, namespace, spec.gateway.grpcPort),
+        httpEndpoint=f"http://{gateway_endpoint(pipeline, namespace, spec.gateway.httpPort)}",
+        steps=steps,
+        gateway=GatewayStatus(
+            deployment=gateway_name,
+            desired=gateway_state.desired if gateway_state.exists else spec.gateway.replicas,
+            ready=gateway_state.ready,
+        ),
+        conditions=[ready, progressing, degraded],
+    )
+
+
+def invalid_status(
+    generation: int,
+    errors: Sequence[FieldError],
+    *,
+    step_count: int = 0,
+    now: str,
+    previous: Sequence[Mapping[str, Any]] = (),
+) -> PipelineStatus:
+    """The status of a pipeline whose spec breaks a rule: Degraded with reason InvalidSpec, naming each field."""
+    message = "; ".join(str(e) for e in errors) or "invalid spec"
+
+    def cond(type_: ConditionType, status: ConditionStatus, reason: str, text: str) -> Condition:
+        return condition(type_, status, reason, text, now=now, generation=generation, previous=previous)
+
+    return PipelineStatus(
+        observedGeneration=generation,
+        stepCount=step_count,
+        conditions=[
+            cond("Ready", "False", "InvalidSpec", message),
+            cond("Progressing", "False", "InvalidSpec", "nothing is rolled out until the spec is fixed"),
+            cond("Degraded", "True", "InvalidSpec", message),
+        ],
+    )
