@@ -1,0 +1,1 @@
+"""Shared test support code (real Kubernetes control plane for integration tests)."""
