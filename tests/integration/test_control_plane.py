@@ -7,11 +7,11 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from tests.support.control_plane import ControlPlane
 
@@ -36,11 +36,11 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60.0) -> T:
 
 @pytest.fixture(scope="module")
 def api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
-    api_client = config.new_client_from_config(config_file=str(control_plane.kubeconfig_path))
+    api_client = control_plane.api_client()
     try:
         yield api_client
     finally:
-        api_client.close()
+        api_client.close()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 @pytest.fixture
@@ -59,13 +59,13 @@ def test_kubeconfig_env_points_at_control_plane(control_plane: ControlPlane) -> 
     assert control_plane.server_url is not None
     assert control_plane.server_url.startswith("https://127.0.0.1:")
     # The default loader (as kopf/kubernetes use it) picks the test cluster up.
-    default_client = config.new_client_from_config()
+    default_client: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call, unused-ignore]
     try:
         assert default_client.configuration.host == control_plane.server_url
         version = client.VersionApi(default_client).get_code()
         assert version.major == "1"
     finally:
-        default_client.close()
+        default_client.close()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 @pytest.mark.parametrize("login_name", ["login_via_client", "login_with_kubeconfig"])
@@ -89,62 +89,60 @@ def test_configmap_roundtrip(api: client.ApiClient, namespace: str) -> None:
     )
     read = core.read_namespaced_config_map("greeting", namespace)
     assert read.data == {"hello": "world"}
-    assert read.metadata.uid
+    assert read.metadata is not None and read.metadata.uid
 
 
 def test_crd_becomes_established(api: client.ApiClient) -> None:
     ext = client.ApiextensionsV1Api(api)
     group = "smoke.conveyor.invalid"
     plural = f"widgets{uuid.uuid4().hex[:6]}"
+    kind = f"W{plural}"
     name = f"{plural}.{group}"
-    crd = client.V1CustomResourceDefinition(
-        metadata=client.V1ObjectMeta(name=name),
-        spec=client.V1CustomResourceDefinitionSpec(
-            group=group,
-            scope="Namespaced",
-            names=client.V1CustomResourceDefinitionNames(
-                plural=plural, singular=plural[:-1], kind=f"W{plural}"
-            ),
-            versions=[
-                client.V1CustomResourceDefinitionVersion(
-                    name="v1",
-                    served=True,
-                    storage=True,
-                    schema=client.V1CustomResourceValidation(
-                        open_apiv3_schema=client.V1JSONSchemaProps(
-                            type="object", x_kubernetes_preserve_unknown_fields=True
-                        )
-                    ),
-                    subresources=client.V1CustomResourceSubresources(status={}),
-                )
+    crd: dict[str, Any] = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": name},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": plural[:-1], "kind": kind},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                    "subresources": {"status": {}},
+                }
             ],
-        ),
-    )
-    ext.create_custom_resource_definition(crd)
+        },
+    }
+    ext.create_custom_resource_definition(crd)  # type: ignore[arg-type, unused-ignore]
     try:
 
         def established() -> bool:
-            conditions = ext.read_custom_resource_definition(name).status.conditions or []
+            status = ext.read_custom_resource_definition(name).status
+            conditions = (status.conditions if status is not None else None) or []
             return any(c.type == "Established" and c.status == "True" for c in conditions)
 
         wait_for(f"CRD {name} to be Established", established, timeout=30)
 
         custom = client.CustomObjectsApi(api)
+        body = {
+            "apiVersion": f"{group}/v1",
+            "kind": kind,
+            "metadata": {"name": "one"},
+            "spec": {"size": 3},
+        }
 
-        def created() -> dict[str, object] | None:
+        def created() -> Any:
             try:
-                return custom.create_namespaced_custom_object(  # type: ignore[no-any-return]
-                    group,
-                    "v1",
-                    "default",
-                    plural,
-                    {
-                        "apiVersion": f"{group}/v1",
-                        "kind": f"W{plural}",
-                        "metadata": {"name": "one"},
-                        "spec": {"size": 3},
-                    },
-                )
+                return custom.create_namespaced_custom_object(group, "v1", "default", plural, body)
             except ApiException as exc:
                 if exc.status == 404:  # discovery can lag Established briefly
                     return None
@@ -183,13 +181,15 @@ def test_deployment_gets_status(
         ),
     )
 
-    def observed() -> client.V1DeploymentStatus | None:
+    def observed_generation() -> int | None:
         dep = apps.read_namespaced_deployment("smoke", namespace)
-        gen = dep.status.observed_generation
-        return dep.status if gen is not None and gen >= dep.metadata.generation else None
+        observed = dep.status.observed_generation if dep.status is not None else None
+        generation = dep.metadata.generation if dep.metadata is not None else None
+        if observed is None or generation is None or observed < generation:
+            return None
+        return observed
 
-    status = wait_for("deployment status.observedGeneration", observed, timeout=60)
-    assert status.observed_generation >= 1
+    assert wait_for("deployment status.observedGeneration", observed_generation, timeout=60) >= 1
 
     # The ReplicaSet controller creates the pod (no scheduler/kubelet: it stays Pending).
     core = client.CoreV1Api(api)
@@ -198,4 +198,5 @@ def test_deployment_gets_status(
         lambda: core.list_namespaced_pod(namespace, label_selector="app=smoke").items,
         timeout=60,
     )
-    assert pods[0].metadata.owner_references[0].kind == "ReplicaSet"
+    owners = (pods[0].metadata.owner_references if pods[0].metadata is not None else None) or []
+    assert [o.kind for o in owners] == ["ReplicaSet"]

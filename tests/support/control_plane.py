@@ -22,7 +22,10 @@ import urllib.request
 from pathlib import Path
 from collections.abc import Callable
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +83,8 @@ def _free_ports(count: int) -> list[int]:
 def _generate_rsa_key(path: Path) -> None:
     """Write a PEM RSA private key (service-account signing key) to ``path``."""
     try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.hazmat.primitives import serialization  # type: ignore[import-not-found, unused-ignore]
+        from cryptography.hazmat.primitives.asymmetric import rsa  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         openssl = shutil.which("openssl")
         if openssl is None:
@@ -331,6 +334,16 @@ class ControlPlane:
             proc.wait(timeout=self.stop_timeout)
 
     # -- helpers ------------------------------------------------------------
+
+    def api_client(self) -> ApiClient:
+        """A new ``kubernetes`` ApiClient for this cluster (close it when done)."""
+        from kubernetes import config
+
+        assert self.kubeconfig_path is not None, "control plane not started"
+        api: ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call, unused-ignore]
+            config_file=str(self.kubeconfig_path)
+        )
+        return api
 
     def log_path(self, name: str) -> Path:
         """Log file of one component (etcd, kube-apiserver, kube-controller-manager)."""
