@@ -31,10 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     for entry in sorted(entry_points(group="conveyor.commands"), key=lambda e: e.name):
         try:
             register = entry.load()
-        except ImportError as exc:  # an optional part is not installed; its command is simply absent
+            register(subparsers)
+        except ImportError as exc:  # an optional part is not installed (or not written yet); its command is absent
             log.debug("command %s unavailable: %s", entry.name, exc)
             continue
-        register(subparsers)
     return parser
 
 
