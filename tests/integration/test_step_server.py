@@ -1,0 +1,187 @@
+"""A model step served on 127.0.0.1 over real gRPC and ONNX Runtime, called by tritonclient and plain stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conveyor_runtime.errors import ModelLoadError
+from conveyor_runtime.proto import open_inference_pb2 as pb
+from conveyor_runtime.protocol import SERVICE_NAME
+from conveyor_runtime.step_server import create_step_server
+from conveyor_runtime.tensors import decode_response_outputs, encode_request_inputs
+from tests.support.step_fixtures import ModelFiles, model_files, running_step, step_spec, stub_for  # noqa: F401
+
+
+def _reference(path: Any, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(["logits"], {"image": x})[0])
+
+
+def _request(x: np.ndarray, name: str = "image", model: str = "classify") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, id="r1")
+    encode_request_inputs(request, [(name, x)])
+    return request
+
+
+async def test_step_server_works_with_an_unmodified_tritonclient(model_files: ModelFiles) -> None:
+    path = model_files.resnet(32)
+    spec = step_spec(model={"path": str(path)}, batching={"maxBatchSize": 4, "preferredBatchSizes": [2]})
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    async with running_step(spec) as server:
+
+        def call() -> tuple[bool, bool, bool, Any, np.ndarray]:
+            client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+            try:
+                metadata = client.get_model_metadata("classify", as_json=True)
+                tensor = triton.InferInput("image", list(x.shape), "FP32")
+                tensor.set_data_from_numpy(x)
+                result = client.infer("classify", [tensor], outputs=[triton.InferRequestedOutput("logits")])
+                return (
+                    client.is_server_live(),
+                    client.is_server_ready(),
+                    client.is_model_ready("classify"),
+                    metadata,
+                    result.as_numpy("logits"),
+                )
+            finally:
+                client.close()
+
+        live, ready, model_ready, metadata, logits = await asyncio.to_thread(call)
+    assert live and ready and model_ready
+    assert metadata["name"] == "classify" and metadata["platform"] == "onnxruntime_onnx"
+    assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": ["-1", "3", "32", "32"]}]
+    assert metadata["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": ["-1", "10"]}]
+    np.testing.assert_allclose(logits, _reference(path, x), rtol=1e-4, atol=1e-5)
+
+
+async def test_step_server_splits_large_client_batches_and_keeps_order(model_files: ModelFiles) -> None:
+    path = model_files.resnet(32)
+    spec = step_spec(model={"path": str(path)}, batching={"maxBatchSize": 4, "maxQueueDelayMicroseconds": 500})
+    rng = np.random.default_rng(1)
+    requests = [rng.random((rows, 3, 32, 32), dtype=np.float32) for rows in (11, 1, 2, 5, 3)]
+    async with running_step(spec) as server, stub_for(server) as stub:
+        responses = await asyncio.gather(*(stub.ModelInfer(_request(x)) for x in requests))
+        assert server.step is not None and server.step.batcher is not None
+        assert server.step.batcher.stats.rows == sum(len(x) for x in requests)
+    for x, response in zip(requests, responses):
+        assert response.model_name == "classify" and response.id == "r1"
+        np.testing.assert_allclose(decode_response_outputs(response)["logits"], _reference(path, x), rtol=1e-4, atol=1e-5)
+
+
+async def test_step_server_health_metadata_and_model_names(model_files: ModelFiles) -> None:
+    spec = step_spec(model={"path": str(model_files.resnet(32))})
+    async with running_step(spec) as server, stub_for(server) as stub:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        try:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", SERVICE_NAME):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            await channel.close()
+        assert (await stub.ServerReady(pb.ServerReadyRequest())).ready
+        assert (await stub.ModelMetadata(pb.ModelMetadataRequest(name=""))).name == "classify"
+        x = np.zeros((1, 3, 32, 32), np.float32)
+        assert (await stub.ModelInfer(_request(x, model=""))).outputs[0].name == "logits"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ModelInfer(_request(x, model="other"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _bad(name: str, datatype: str, shape: list[int], raw: bytes) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="classify")
+    request.inputs.add(name=name, datatype=datatype, shape=shape)
+    request.raw_input_contents.append(raw)
+    return request
+
+
+GOOD_RAW = bytes(3 * 32 * 32 * 4)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (_bad("image", "FP64", [1, 3, 32, 32], bytes(3 * 32 * 32 * 8)), "input 'image': datatype FP64, expected FP32"),
+        (_bad("image", "FP32", [3, 32, 32], GOOD_RAW), "input 'image': shape [3,32,32] has rank 3, expected rank 4"),
+        (_bad("image", "FP32", [1, 3, 32, 16], GOOD_RAW[: len(GOOD_RAW) // 2]), "input 'image': shape [1,3,32,16] has 16 in dimension 3"),
+        (_bad("image", "FP32", [1, 3, 32, 32], GOOD_RAW[:-4]), "input 'image': FP32 shape [1, 3, 32, 32] needs 12288 bytes"),
+        (_bad("pixels", "FP32", [1, 3, 32, 32], GOOD_RAW), "unknown input 'pixels'; step 'classify' expects 'image'"),
+        (pb.ModelInferRequest(model_name="classify"), "missing input 'image'"),
+        (_bad("image", "FP32", [40, 3, 32, 32], GOOD_RAW * 40), "input 'image': the request is 491555 bytes, over this step's limit of 262144"),
+    ],
+)
+async def test_step_server_bad_input_fails_alone_with_invalid_argument(
+    model_files: ModelFiles, request_: pb.ModelInferRequest, message: str
+) -> None:
+    spec = step_spec(model={"path": str(model_files.resnet(32))}, batching={"maxBatchSize": 8, "maxQueueDelayMicroseconds": 20000})
+    good = np.ones((1, 3, 32, 32), np.float32)
+    async with running_step(spec, max_message_bytes=256 * 1024) as server, stub_for(server) as stub:
+        results = await asyncio.gather(
+            stub.ModelInfer(_request(good)), stub.ModelInfer(request_), stub.ModelInfer(_request(good)), return_exceptions=True
+        )
+        error = results[1]
+        assert isinstance(error, grpc.aio.AioRpcError)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in (error.details() or ""), error.details()
+        for ok in (results[0], results[2]):
+            assert isinstance(ok, pb.ModelInferResponse)
+        assert (await stub.ModelInfer(_request(good))).outputs[0].shape == [1, 10]
+
+
+async def test_step_server_metrics_endpoint_reports_requests_and_batches(model_files: ModelFiles) -> None:
+    spec = step_spec(model={"path": str(model_files.resnet(32))}, batching={"maxBatchSize": 2})
+    async with running_step(spec, metrics_port=0) as server, stub_for(server) as stub:
+        await stub.ModelInfer(_request(np.zeros((2, 3, 32, 32), np.float32)))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.ModelInfer(_request(np.zeros((1, 3, 32, 32), np.float64)))
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+    assert 'conveyor_step_requests_total{code="OK",step="classify"} 1.0' in text
+    assert 'conveyor_step_requests_total{code="INVALID_ARGUMENT",step="classify"} 1.0' in text
+    assert 'conveyor_step_batches_total{reason="full",step="classify"} 1.0' in text
+    assert 'conveyor_step_queue_depth{step="classify"} 0.0' in text
+    assert "conveyor_step_compute_seconds_count" in text and "conveyor_step_queue_seconds_count" in text
+
+
+async def test_step_server_serves_fixed_batch_models_unbatched(model_files: ModelFiles) -> None:
+    path = model_files.resnet(32, fixed_batch=2)
+    async with running_step(step_spec(model={"path": str(path)}, batching={"maxBatchSize": 0})) as server, stub_for(server) as stub:
+        x = np.random.default_rng(2).random((2, 3, 32, 32), dtype=np.float32)
+        response = await stub.ModelInfer(_request(x))
+        np.testing.assert_allclose(decode_response_outputs(response)["logits"], _reference(path, x), rtol=1e-4, atol=1e-5)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ModelInfer(_request(x[:1]))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "has 1 in batch dimension (0), expected 2" in (info.value.details() or "")
+
+
+async def test_step_server_refuses_to_batch_a_fixed_batch_model(model_files: ModelFiles) -> None:
+    path = model_files.resnet(32, fixed_batch=2)
+    server = create_step_server(step_spec(model={"path": str(path)}, batching={"maxBatchSize": 8}))
+    with pytest.raises(ModelLoadError, match="fixed batch dimension of 2"):
+        await server.start()
+    await server.stop()
+
+
+async def test_step_server_builds_a_missing_model_relative_to_base_dir(tmp_path: Any) -> None:
+    spec = step_spec(
+        model={
+            "path": "models/r.onnx",
+            "build": "conveyor_runtime.models.resnet:build",
+            "buildArgs": {"depth": 18, "image_size": 32, "num_classes": 3},
+        }
+    )
+    async with running_step(spec, base_dir=tmp_path) as server, stub_for(server) as stub:
+        response = await stub.ModelInfer(_request(np.zeros((1, 3, 32, 32), np.float32)))
+    assert (tmp_path / "models" / "r.onnx").exists()
+    assert list(response.outputs[0].shape) == [1, 3]

@@ -1,0 +1,79 @@
+"""The numpy <-> Open Inference Protocol codec: round trips and the checks that make bad input fail alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from conveyor_runtime.errors import InvalidRequest
+from conveyor_runtime.proto import open_inference_pb2 as pb
+from conveyor_runtime.tensors import (
+    decode_request_inputs,
+    decode_response_outputs,
+    decode_tensor,
+    deserialize_bytes,
+    encode_request_inputs,
+    encode_response_outputs,
+    serialize_bytes,
+)
+
+numeric = hnp.arrays(
+    dtype=st.sampled_from([np.uint8, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_]),
+    shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5),
+)
+
+
+@given(numeric)
+def test_tensors_raw_round_trip(array: np.ndarray[Any, Any]) -> None:
+    request = pb.ModelInferRequest()
+    encode_request_inputs(request, [("x", array)])
+    decoded = decode_request_inputs(pb.ModelInferRequest.FromString(request.SerializeToString()))["x"]
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape
+    np.testing.assert_array_equal(decoded, array)
+
+
+@given(st.lists(st.binary(max_size=20), max_size=8))
+def test_tensors_bytes_round_trip(items: list[bytes]) -> None:
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    response = pb.ModelInferResponse()
+    encode_response_outputs(response, [("b", array)])
+    decoded = decode_response_outputs(response)["b"]
+    assert list(decoded) == items
+    assert list(deserialize_bytes(serialize_bytes(array), len(items))) == items
+
+
+def test_tensors_typed_contents_are_accepted() -> None:
+    contents = pb.InferTensorContents(fp32_contents=[1.0, 2.0, 3.0, 4.0])
+    array = decode_tensor("x", "FP32", [2, 2], None, contents)
+    np.testing.assert_array_equal(array, [[1, 2], [3, 4]])
+    assert array.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "raw", "message"),
+    [
+        ("FP32", [2, 2], b"\0" * 12, "needs 16 bytes of raw data, got 12"),
+        ("FP33", [1], b"\0" * 4, "unknown datatype 'FP33'"),
+        ("FP32", [-1, 2], b"", "negative dimension"),
+        ("BYTES", [2], b"\x01\0\0\0a", "shape holds 2 BYTES elements but the data has 1"),
+    ],
+)
+def test_tensors_bad_input_names_the_input(datatype: str, shape: list[int], raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message) as info:
+        decode_tensor("pixels", datatype, shape, raw)
+    assert "'pixels'" in str(info.value)
+    assert info.value.status == "INVALID_ARGUMENT"
+
+
+def test_tensors_raw_contents_must_cover_every_input() -> None:
+    request = pb.ModelInferRequest()
+    encode_request_inputs(request, [("a", np.zeros(2, np.float32)), ("b", np.zeros(2, np.float32))])
+    del request.raw_input_contents[1]
+    with pytest.raises(InvalidRequest, match="2 inputs but 1 raw_input_contents"):
+        decode_request_inputs(request)
