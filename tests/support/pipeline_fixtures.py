@@ -129,6 +129,12 @@ class RunProcess:
     process: subprocess.Popen[bytes]
     addresses: dict[str, Any]
     log_path: Path
+    addresses_path: Path
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the addresses file (the runner rewrites it when it restarts a replica)."""
+        self.addresses = json.loads(self.addresses_path.read_text())
+        return self.addresses
 
     @property
     def grpc(self) -> str:
@@ -143,14 +149,20 @@ class RunProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (what Ctrl-C-like shutdown does), then kill after `timeout`; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    return self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                    return self.process.wait(10)
+            return int(self.process.returncode)
+        finally:  # whatever happened, leave no step replica behind (they share the runner's process group)
             try:
-                return self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
-                return self.process.wait(10)
-        return int(self.process.returncode)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def start_run(manifest_path: Path, tmp_path: Path, *extra: str, timeout: float = 240.0) -> RunProcess:
@@ -178,10 +190,10 @@ def start_run(manifest_path: Path, tmp_path: Path, *extra: str, timeout: float =
         if addresses_file.exists():
             text = addresses_file.read_text()
             if text.strip():
-                return RunProcess(process, json.loads(text), log_path)
+                return RunProcess(process, json.loads(text), log_path, addresses_file)
         if process.poll() is not None:
             raise AssertionError(f"conveyor run exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
         time.sleep(0.2)
-    run = RunProcess(process, {}, log_path)
+    run = RunProcess(process, {}, log_path, addresses_file)
     run.stop()
     raise AssertionError(f"conveyor run was not ready within {timeout}s:\n{run.log()}")

@@ -1,0 +1,395 @@
+"""`conveyor run` on one machine: builds the models once, starts every step replica as a process, supervises them
+(a crashed replica is restarted on its ports), and serves the pipeline through an in-process gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from .endpoints import StaticEndpoints
+from .errors import ConveyorError, FieldError, InvalidManifest
+from .gateway import Gateway
+from .graph import ExecutionPlan
+from .models import ensure_model
+from .spec import PipelineManifest, load_manifest
+
+__all__ = ["LocalRunner", "ReplicaProcess", "free_port", "parse_replicas", "RunnerFailed"]
+
+log = logging.getLogger(__name__)
+
+#: Restart back-off after a replica crashes: doubles from the first value up to the second.
+RESTART_BACKOFF_S = (0.5, 15.0)
+#: What a step server logs once serving, e.g. "... SERVING on 127.0.0.1:9000 (provider CPUExecutionProvider, ...".
+_PROVIDER = re.compile(r"SERVING on \S+ \(provider ([^,)\s]+)")
+#: A replica that crashes this many times before ever becoming ready fails `conveyor run`.
+MAX_STARTUP_CRASHES = 3
+
+
+class RunnerFailed(ConveyorError):
+    """Raised when `conveyor run` cannot bring the pipeline up (a step keeps crashing, a port is taken, ...)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def parse_replicas(values: list[str], manifest: PipelineManifest) -> dict[str, int]:
+    """``STEP=N`` overrides, checked against the manifest's steps."""
+    known = {step.name for step in manifest.spec.steps}
+    result: dict[str, int] = {}
+    for value in values:
+        step, sep, count = value.partition("=")
+        if not sep or step not in known or not count.isdigit() or int(count) < 1:
+            raise InvalidManifest(
+                [FieldError("--replicas", f"expected STEP=N with N >= 1 and STEP one of {sorted(known)}, got {value!r}")]
+            )
+        result[step] = int(count)
+    return result
+
+
+@dataclass(eq=False)
+class ReplicaProcess:
+    """One replica of one step: its fixed ports and its current process (replaced on restart)."""
+
+    step: str
+    index: int
+    port: int
+    metrics_port: int
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    crashes_before_ready: int = 0
+    ever_ready: bool = False
+    started_at: float = 0.0
+    tail: list[str] = field(default_factory=list)
+    provider: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.step}-{self.index}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class LocalRunner:
+    """Runs a whole pipeline on 127.0.0.1: step replicas as subprocesses, the gateway in this process."""
+
+    def __init__(
+        self,
+        manifest_path: str | Path,
+        *,
+        grpc_port: int = 8001,
+        http_port: int | None = 8000,
+        metrics_port: int | None = None,
+        replicas: Mapping[str, int] | None = None,
+        ready_timeout_s: float = 600.0,
+        grace_s: float = 10.0,
+        log_level: str = "INFO",
+        out: TextIO | None = None,
+    ) -> None:
+        self.manifest_path = Path(manifest_path).resolve()
+        self.manifest = load_manifest(self.manifest_path)
+        self.plan = ExecutionPlan.from_manifest(self.manifest)
+        self.replica_counts = {
+            name: (replicas or {}).get(name, max(self.plan.nodes[name].spec.replicas, 1)) for name in self.plan.order
+        }
+        self.grpc_port = grpc_port
+        self.http_port = http_port
+        self.metrics_port = metrics_port
+        self.ready_timeout_s = ready_timeout_s
+        self.grace_s = grace_s
+        self.log_level = log_level
+        self.out = out or sys.stderr
+        self.replicas: list[ReplicaProcess] = []
+        self.gateway: Gateway | None = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._on_change: Callable[[], None] | None = None
+        self._failed: asyncio.Future[str] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.metadata.name
+
+    def _say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- start ------------------------------------------------------------------------------------------------
+
+    async def build_models(self) -> None:
+        """Build every missing model file once, before any replica starts (so replicas never race to build it)."""
+        base = self.manifest_path.parent
+        for name in self.plan.order:
+            model = self.plan.nodes[name].spec.model
+            if model is None:
+                continue
+            path = Path(model.path) if Path(model.path).is_absolute() else base / model.path
+            if not path.exists() and model.build:
+                self._say(f"building model for step {name}: {path} ({model.build}, first run only) ...")
+            started = time.monotonic()
+            await asyncio.to_thread(ensure_model, model, base)
+            if time.monotonic() - started > 0.5:
+                self._say(f"  built {path.name} in {time.monotonic() - started:.1f}s")
+
+    def _command(self, replica: ReplicaProcess) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "conveyor_runtime.cli",
+            "--log-level",
+            self.log_level,
+            "step",
+            "--manifest",
+            str(self.manifest_path),
+            "--step",
+            replica.step,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(replica.port),
+            "--metrics-port",
+            str(replica.metrics_port),
+        ]
+
+    async def _launch(self, replica: ReplicaProcess) -> None:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        replica.process = await asyncio.create_subprocess_exec(
+            *self._command(replica),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=str(self.manifest_path.parent),
+            env=env,
+        )
+        replica.started_at = time.monotonic()
+        self._spawn_task(self._forward_output(replica, replica.process))
+        self._spawn_task(self._supervise(replica, replica.process))
+
+    async def _forward_output(self, replica: ReplicaProcess, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while True:
+            line = await process.stdout.readline()
+            if not line:
+                return
+            text = line.decode(errors="replace").rstrip()
+            replica.tail = (replica.tail + [text])[-20:]
+            found = _PROVIDER.search(text)
+            if found:
+                replica.provider = found.group(1)
+            print(f"[{replica.name}] {text}", file=self.out, flush=True)
+
+    async def _supervise(self, replica: ReplicaProcess, process: asyncio.subprocess.Process) -> None:
+        """Restart the replica when its process exits on its own (not when the runner stops it)."""
+        code = await process.wait()
+        if self._stopping or replica.process is not process:
+            return
+        replica.restarts += 1
+        if not replica.ever_ready:
+            replica.crashes_before_ready += 1
+            if replica.crashes_before_ready >= MAX_STARTUP_CRASHES and self._failed is not None and not self._failed.done():
+                tail = "\n".join(f"    {line}" for line in replica.tail[-12:])
+                self._failed.set_result(
+                    f"step replica {replica.name} exited with code {code} {replica.crashes_before_ready} times before "
+                    f"becoming ready; its last output:\n{tail}"
+                )
+                return
+        delay = min(RESTART_BACKOFF_S[0] * 2 ** min(replica.restarts - 1, 10), RESTART_BACKOFF_S[1])
+        self._say(f"step replica {replica.name} exited with code {code}; restarting in {delay:.1f}s (restart #{replica.restarts})")
+        await asyncio.sleep(delay)
+        if not self._stopping:
+            await self._launch(replica)
+            if self._on_change is not None:
+                self._on_change()
+
+    async def start(self, on_change: Callable[[], None] | None = None) -> None:
+        """Build models, start replicas and the gateway, and wait until every step has all replicas ready."""
+        self._on_change = on_change
+        self._failed = asyncio.get_running_loop().create_future()
+        await self.build_models()
+        for name in self.plan.order:
+            for index in range(self.replica_counts[name]):
+                self.replicas.append(ReplicaProcess(name, index, free_port(), free_port()))
+        sources = {name: StaticEndpoints([r.address for r in self.replicas if r.step == name]) for name in self.plan.order}
+        self.gateway = Gateway(
+            self.manifest,
+            sources,
+            host="127.0.0.1",
+            grpc_port=self.grpc_port,
+            http_port=self.http_port,
+            metrics_port=self.metrics_port,
+        )
+        try:
+            await self.gateway.start()
+        except OSError as exc:
+            raise RunnerFailed(f"{exc}; pass --grpc-port 0 --http-port 0 to pick free ports") from None
+        self.grpc_port = self.gateway.grpc_port
+        self.http_port = self.gateway.http_port
+        self.metrics_port = self.gateway.metrics_port
+        total = len(self.replicas)
+        self._say(f"starting {total} step replica(s) for pipeline {self.name} ...")
+        for replica in self.replicas:
+            await self._launch(replica)
+        await self._wait_ready(total)
+
+    def _healthy(self) -> set[str]:
+        assert self.gateway is not None
+        return {
+            r["address"] for balancer in self.gateway.balancers.values() for r in balancer.snapshot() if r["healthy"]
+        }
+
+    async def _wait_ready(self, total: int) -> None:
+        assert self._failed is not None
+        started = time.monotonic()
+        announced: set[str] = set()
+        while True:
+            healthy = self._healthy()
+            for replica in self.replicas:
+                if replica.address in healthy and replica.name not in announced:
+                    announced.add(replica.name)
+                    replica.ever_ready = True
+                    self._say(
+                        f"  [{len(announced)}/{total}] {replica.name} ready on {replica.address} "
+                        f"({time.monotonic() - started:.1f}s)"
+                    )
+            if len(announced) == total:
+                return
+            if self._failed.done():
+                raise RunnerFailed(self._failed.result() + "\nnext: fix the step (see its output above) and run again")
+            if time.monotonic() - started > self.ready_timeout_s:
+                waiting = ", ".join(r.name for r in self.replicas if r.name not in announced)
+                raise RunnerFailed(
+                    f"step replica(s) {waiting} not ready after {self.ready_timeout_s:.0f}s; "
+                    "check their output above or raise --ready-timeout"
+                )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._failed), 0.25)
+
+    # --- reporting ----------------------------------------------------------------------------------------------
+
+    def addresses(self) -> dict[str, Any]:
+        """Where everything listens (and the replicas' pids): what `--addresses-json` writes."""
+        return {
+            "pipeline": self.name,
+            "grpc": f"127.0.0.1:{self.grpc_port}",
+            "http": f"127.0.0.1:{self.http_port}" if self.http_port is not None else None,
+            "metrics": f"127.0.0.1:{self.metrics_port}" if self.metrics_port is not None else None,
+            "steps": {
+                name: [
+                    {
+                        "address": r.address,
+                        "metrics": f"127.0.0.1:{r.metrics_port}",
+                        "pid": r.process.pid if r.process is not None else None,
+                        "restarts": r.restarts,
+                    }
+                    for r in self.replicas
+                    if r.step == name
+                ]
+                for name in self.plan.order
+            },
+        }
+
+    async def summary(self) -> str:
+        """The readiness table: step, replicas, ports, kind/provider and state."""
+        assert self.gateway is not None
+        healthy = self._healthy()
+        rows = [("STEP", "REPLICAS", "PORTS (gRPC/metrics)", "RUNS", "STATE")]
+        for name in self.plan.order:
+            spec = self.plan.nodes[name].spec
+            mine = [r for r in self.replicas if r.step == name]
+            ready = sum(r.address in healthy for r in mine)
+            ports = " ".join(f"{r.port}/{r.metrics_port}" for r in mine)
+            providers = sorted({r.provider for r in mine if r.provider})
+            runs = spec.op or ""
+            if spec.model is not None:
+                runs = f"{Path(spec.model.path).name} [{', '.join(providers) or spec.model.device}]"
+            rows.append((name, f"{ready}/{len(mine)}", ports, runs, "ready" if ready == len(mine) else "degraded"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+        lines.append("")
+        lines.append(f"pipeline {self.name} is ready: model {self.name!r}")
+        lines.append(f"  gRPC  127.0.0.1:{self.grpc_port}   (tritonclient.grpc, conveyor infer --url 127.0.0.1:{self.grpc_port})")
+        if self.http_port is not None:
+            lines.append(f"  HTTP  http://127.0.0.1:{self.http_port}/v2/models/{self.name}/infer")
+        if self.metrics_port is not None:
+            lines.append(f"  metrics http://127.0.0.1:{self.metrics_port}/metrics")
+        lines.append("press Ctrl-C to stop")
+        return "\n".join(lines)
+
+    # --- stop ---------------------------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop the gateway, then SIGTERM every replica, and SIGKILL those still running after the grace period."""
+        self._stopping = True
+        if self.gateway is not None:
+            await self.gateway.stop(min(self.grace_s, 5.0))
+        running = [r.process for r in self.replicas if r.process is not None and r.process.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        if running:
+            self._say(f"stopping {len(running)} step replica(s) ...")
+            done, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running], timeout=self.grace_s)
+            for process in running:
+                if process.returncode is None:
+                    log.warning("replica pid %d did not stop within %.0fs; killing it", process.pid, self.grace_s)
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def run(self, stop: asyncio.Event, addresses_json: str | None = None) -> None:
+        """Start, print the summary, keep `addresses_json` current, and run until `stop` is set."""
+
+        def write_addresses() -> None:
+            if addresses_json is None:
+                return
+            text = json.dumps(self.addresses(), indent=2)
+            if addresses_json == "-":
+                print(json.dumps(self.addresses()), flush=True)
+                return
+            tmp = f"{addresses_json}.tmp"
+            Path(tmp).write_text(text)
+            os.replace(tmp, addresses_json)
+
+        try:
+            start = asyncio.ensure_future(self.start(on_change=write_addresses))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([start, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if not start.done():
+                start.cancel()
+                await asyncio.gather(start, return_exceptions=True)
+                return
+            stopped.cancel()
+            start.result()
+            self._say(await self.summary())
+            write_addresses()
+            await stop.wait()
+            self._say("stopping ...")
+        finally:
+            await self.stop()
