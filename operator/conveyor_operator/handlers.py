@@ -68,6 +68,12 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             ", ".join(config.namespaces) or "all",
         )
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """A custom registry gets no default login handler: use the kubernetes client's (in-cluster or KUBECONFIG)."""
+        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+        return info
+
     @kopf.on.cleanup(registry=registry)
     def disconnect(memo: kopf.Memo, **_: Any) -> None:
         cluster = getattr(memo, "cluster", None)
