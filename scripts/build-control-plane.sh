@@ -55,6 +55,7 @@ fi
 log "using $("${GO}" version) (GOPROXY=$("${GO}" env GOPROXY))"
 
 export CGO_ENABLED=0
+export GOWORK=off
 export GOFLAGS="-mod=mod ${GOFLAGS:-}"
 
 mkdir -p "${BIN_DIR}" "${BUILD_DIR}"

@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -107,6 +108,21 @@ def _generate_rsa_key(path: Path) -> None:
             )
         )
     path.chmod(0o600)
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: on Linux, SIGKILL the child if the test process dies (e.g. is SIGKILLed).
+
+    SIGKILL, not SIGTERM: a gracefully stopping kube-apiserver can hang once etcd is gone.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -365,6 +381,7 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 cwd=self.tmp_dir,
                 start_new_session=True,  # keep terminal Ctrl-C for pytest; we stop them
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         except BaseException:
             log_file.close()
