@@ -2,7 +2,8 @@
 
 The step runs as a subprocess (its own GIL, like in a pod); C concurrent clients each send one request,
 wait for the answer and send the next. Then ONNX Runtime runs the model in this process at the realized
-batch size with the same thread settings, and the table shows the ratio.
+batch size with the same thread settings, and the table shows the ratio. It also shows CPU time per item
+(server vs in-process), which stays comparable when other work shares the machine and skews wall-clock rates.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class StepBenchResult:
     mean_batch: float
     in_process_batch: int
     in_process_items_per_s: float
+    server_cpu_ms: float = math.nan
+    client_cpu_ms: float = math.nan
+    in_process_cpu_ms: float = math.nan
 
     @property
     def items_per_s(self) -> float:
@@ -119,7 +123,26 @@ def _input_feed(path: Path, rows: int) -> dict[str, Any]:
     return feed
 
 
-async def _load(port: int, feed: dict[str, Any], concurrency: int, warmup: float, duration: float) -> tuple[int, list[float], int, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all threads) from /proc; 0 where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class _Load:
+    items: int
+    latencies_ms: list[float]
+    errors: int
+    seconds: float
+    server_cpu_s: float
+    client_cpu_s: float
+
+
+async def _load(port: int, feed: dict[str, Any], concurrency: int, warmup: float, duration: float, server_pid: int) -> _Load:
     import grpc.aio
 
     from conveyor_runtime.proto import open_inference_pb2 as pb
@@ -155,6 +178,7 @@ async def _load(port: int, feed: dict[str, Any], concurrency: int, warmup: float
     await asyncio.sleep(warmup)
     measuring = True
     began = time.monotonic()
+    server_cpu, client_cpu = _cpu_seconds(server_pid), time.process_time()
     last, last_at = 0, began
     while time.monotonic() < stop_at:
         await asyncio.sleep(min(2.0, max(0.0, stop_at - time.monotonic())))
@@ -164,12 +188,14 @@ async def _load(port: int, feed: dict[str, Any], concurrency: int, warmup: float
         last, last_at = done, now
     await asyncio.gather(*tasks)
     seconds = time.monotonic() - began
+    server_cpu, client_cpu = _cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
     for channel in channels:
         await channel.close()
-    return counts["items"], latencies, counts["errors"], seconds
+    return _Load(counts["items"], latencies, counts["errors"], seconds, server_cpu, client_cpu)
 
 
-def _in_process(path: Path, rows: int, intra: int, seconds: float) -> float:
+def _in_process(path: Path, rows: int, intra: int, seconds: float) -> tuple[float, float]:
+    """(items/s, CPU seconds per item) of ONNX Runtime in this process at batch `rows`."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -179,12 +205,12 @@ def _in_process(path: Path, rows: int, intra: int, seconds: float) -> float:
     feed = _input_feed(path, rows)
     for _ in range(3):
         session.run(None, feed)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     items = 0
     while time.perf_counter() - began < seconds:
         session.run(None, feed)
         items += rows
-    return items / (time.perf_counter() - began)
+    return items / (time.perf_counter() - began), (time.process_time() - cpu) / items
 
 
 def _spec(args: argparse.Namespace, path: Path) -> Any:
@@ -203,7 +229,7 @@ def _spec(args: argparse.Namespace, path: Path) -> Any:
     )
 
 
-async def _with_in_process_server(args: argparse.Namespace, path: Path, feed: dict[str, Any]) -> tuple[int, list[float], int, float, float]:
+async def _with_in_process_server(args: argparse.Namespace, path: Path, feed: dict[str, Any]) -> tuple[_Load, float]:
     from conveyor_runtime.step_server import create_step_server
 
     server = create_step_server(_spec(args, path), metrics_port=0)
@@ -211,15 +237,15 @@ async def _with_in_process_server(args: argparse.Namespace, path: Path, feed: di
     try:
         assert server.metrics_port is not None
         before = _scrape(server.metrics_port)
-        items, latencies, errors, seconds = await _load(server.port, feed, args.concurrency, args.warmup, args.duration)
+        load = await _load(server.port, feed, args.concurrency, args.warmup, args.duration, os.getpid())
         after = _scrape(server.metrics_port)
     finally:
         await server.stop(grace=5)
-    mean = (after[0] - before[0]) / max(1.0, after[1] - before[1])
-    return items, latencies, errors, seconds, mean
+    load.client_cpu_s = 0.0  # one process: all CPU is counted as the server's
+    return load, (after[0] - before[0]) / max(1.0, after[1] - before[1])
 
 
-def _with_subprocess_server(args: argparse.Namespace, path: Path, feed: dict[str, Any]) -> tuple[int, list[float], int, float, float]:
+def _with_subprocess_server(args: argparse.Namespace, path: Path, feed: dict[str, Any]) -> tuple[_Load, float]:
     from conveyor_runtime.spec import step_to_env
 
     port, metrics_port = _free_port(), _free_port()
@@ -230,7 +256,7 @@ def _with_subprocess_server(args: argparse.Namespace, path: Path, feed: dict[str
     try:
         _wait_ready(port, process)
         before = _scrape(metrics_port)
-        items, latencies, errors, seconds = asyncio.run(_load(port, feed, args.concurrency, args.warmup, args.duration))
+        load = asyncio.run(_load(port, feed, args.concurrency, args.warmup, args.duration, process.pid))
         after = _scrape(metrics_port)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -239,8 +265,7 @@ def _with_subprocess_server(args: argparse.Namespace, path: Path, feed: dict[str
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    mean = (after[0] - before[0]) / max(1.0, after[1] - before[1])
-    return items, latencies, errors, seconds, mean
+    return load, (after[0] - before[0]) / max(1.0, after[1] - before[1])
 
 
 def _wait_ready(port: int, process: subprocess.Popen[bytes], limit_s: float = 120) -> None:
@@ -271,13 +296,18 @@ def run(args: argparse.Namespace) -> int:
         f"{args.concurrency} clients x {args.client_batch} rows, {args.warmup:.0f}s warm-up + {args.duration:.0f}s"
     )
     if args.in_process_server:
-        items, latencies, errors, seconds, mean = asyncio.run(_with_in_process_server(args, path, feed))
+        load, mean = asyncio.run(_with_in_process_server(args, path, feed))
     else:
-        items, latencies, errors, seconds, mean = _with_subprocess_server(args, path, feed)
+        load, mean = _with_subprocess_server(args, path, feed)
     batch = max(1, round(mean))
     _progress(f"in-process ONNX Runtime at batch {batch} for {args.duration / 2:.0f}s")
-    baseline = _in_process(path, batch, args.intra_threads, max(5.0, args.duration / 2))
-    result = StepBenchResult(items, seconds, latencies, errors, mean, batch, baseline)
+    baseline, baseline_cpu = _in_process(path, batch, args.intra_threads, max(5.0, args.duration / 2))
+    result = StepBenchResult(
+        load.items, load.seconds, load.latencies_ms, load.errors, mean, batch, baseline,
+        server_cpu_ms=1000 * load.server_cpu_s / max(1, load.items),
+        client_cpu_ms=1000 * load.client_cpu_s / max(1, load.items),
+        in_process_cpu_ms=1000 * baseline_cpu,
+    )
     _print(result, args, path)
     return 0
 
@@ -292,6 +322,9 @@ def _print(result: StepBenchResult, args: argparse.Namespace, path: Path) -> Non
         ("errors", str(result.errors)),
         (f"in-process ORT (batch {result.in_process_batch})", f"{result.in_process_items_per_s:.1f} items/s"),
         ("step / in-process", f"{result.ratio * 100:.1f}%"),
+        ("CPU per item: step server", f"{result.server_cpu_ms:.2f} ms (+ {result.client_cpu_ms:.2f} ms load generator)"),
+        ("CPU per item: in-process", f"{result.in_process_cpu_ms:.2f} ms"),
+        ("CPU efficiency (in-process / step)", f"{result.in_process_cpu_ms / result.server_cpu_ms * 100:.1f}%"),
     ]
     width = max(len(k) for k, _ in rows)
     print()

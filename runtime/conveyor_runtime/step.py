@@ -168,9 +168,9 @@ class Step:
     async def aclose(self) -> None:
         if self.batcher is not None:
             await self.batcher.aclose()
-        self._compute_pool.shutdown(wait=True)
+        self._compute_pool.shutdown(wait=False, cancel_futures=True)
         if self._hook_pool is not None:
-            self._hook_pool.shutdown(wait=True)
+            self._hook_pool.shutdown(wait=False, cancel_futures=True)
         self.op.close()
 
     async def infer(self, request: pb.ModelInferRequest, *, deadline: float | None = None) -> pb.ModelInferResponse:

@@ -74,7 +74,10 @@ class StepServer:
         step = await asyncio.to_thread(Step.load, self.spec, self.base_dir, self.metrics)
         self.step = step
         await step.start()
+        batching = self.spec.batching
         server = grpc.aio.server(
+            # Bounds memory beside maxQueueSize: requests in pre/postprocess or compute count here too.
+            maximum_concurrent_rpcs=batching.maxQueueSize + step.concurrency * max(1, batching.maxBatchSize) + 64,
             options=[
                 ("grpc.max_receive_message_length", 2 * self.max_message_bytes),
                 ("grpc.max_send_message_length", -1),

@@ -151,7 +151,8 @@ class Preprocess(Op):
 class TopK(Op):
     """The k best classes of each row: softmax (optional), then scores, class indices and labels.
 
-    Input: the step's single tensor, whatever its name, ``[N,classes]`` (FP32, FP16 or FP64). Outputs: ``scores`` FP32 ``[N,k]`` (best first), ``indices`` INT64 ``[N,k]`` and, when labels
+    Input: the step's single tensor, whatever its name, ``[N,classes]`` (FP32, FP16 or FP64).
+    Outputs: ``scores`` FP32 ``[N,k]`` (best first), ``indices`` INT64 ``[N,k]`` and, when labels
     are given, ``labels`` BYTES ``[N,k]``.
 
     Config keys:
