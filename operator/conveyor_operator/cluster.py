@@ -6,6 +6,7 @@ Calls block, so they run in kopf's sync-handler threads, never on the event loop
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,7 +53,10 @@ class Cluster:
             k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             source = "in-cluster service account"
         except k8s_config.ConfigException:
-            k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            # $KUBECONFIG as of now (the client library reads it once, at import).
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+            )
             source = "kubeconfig"
         logger.info("Kubernetes API at %s (%s)", configuration.host, source)
         return cls(k8s_client.ApiClient(configuration))

@@ -70,8 +70,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        """A custom registry gets no default login handler: use the kubernetes client's (in-cluster or KUBECONFIG)."""
-        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+        """A custom registry gets no default login: service account, else $KUBECONFIG as of now, else the client's."""
+        info: kopf.ConnectionInfo | None = (
+            kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs) or kopf.login_via_client(**kwargs)
+        )
         return info
 
     @kopf.on.cleanup(registry=registry)
