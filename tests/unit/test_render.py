@@ -1,0 +1,194 @@
+"""Children rendered from a pipeline spec: names, replicas, env, probes, security, and valid Kubernetes objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from conveyor_operator.render import (
+    DEFAULT_IMAGE,
+    STEP_LABEL,
+    WORK_DIR,
+    Owner,
+    name_errors,
+    pipeline_manifest,
+    render_children,
+)
+from conveyor_runtime.spec import PipelineSpec, load_manifest, parse_manifest, step_from_env
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OWNER = Owner(name="demo", namespace="ml", uid="0000-1111")
+
+
+def _spec(**overrides: Any) -> PipelineSpec:
+    data: dict[str, Any] = {
+        "steps": [
+            {"name": "pre", "op": "resize", "config": {"size": 32}},
+            {
+                "name": "cls",
+                "model": {"path": "models/m.onnx", "build": "conveyor_runtime.models.resnet:build"},
+                "replicas": 3,
+                "batching": {"maxBatchSize": 32, "maxQueueDelayMicroseconds": 250},
+                "resources": {"gpu": 2, "cpu": "2", "memory": "4Gi"},
+                "nodeSelector": {"accelerator": "h100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+        ],
+        **overrides,
+    }
+    return PipelineSpec.model_validate(data)
+
+
+def _by_name(children: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(c["kind"], c["metadata"]["name"]): c for c in children}
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_render_children_names_and_order() -> None:
+    children = render_children(OWNER, _spec())
+    assert [(c["kind"], c["metadata"]["name"]) for c in children] == [
+        ("ConfigMap", "demo-graph"),
+        ("Service", "demo-pre"),
+        ("Deployment", "demo-pre"),
+        ("Service", "demo-cls"),
+        ("Deployment", "demo-cls"),
+        ("Service", "demo-gateway"),
+        ("Deployment", "demo-gateway"),
+    ]
+    for child in children:
+        meta = child["metadata"]
+        assert meta["namespace"] == "ml"
+        assert meta["ownerReferences"][0]["uid"] == "0000-1111" and meta["ownerReferences"][0]["controller"] is True
+        assert meta["labels"]["app.kubernetes.io/instance"] == "demo"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "conveyor-operator"
+
+
+def test_render_step_deployment_carries_the_step() -> None:
+    deployment = _by_name(render_children(OWNER, _spec(), "registry/conveyor:1"))[("Deployment", "demo-cls")]
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["metadata"]["labels"][STEP_LABEL] == "cls"
+    container = _container(deployment)
+    assert container["image"] == "registry/conveyor:1"
+    assert container["command"] == ["conveyor", "step", "--port", "9000", "--metrics-port", "9090"]
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "4Gi"},
+        "limits": {"memory": "4Gi", "nvidia.com/gpu": 2},
+    }
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["CONVEYOR_MAX_BATCH_SIZE"] == "32" and env["CONVEYOR_MAX_QUEUE_DELAY_US"] == "250"
+    step = step_from_env(env)
+    assert step == _spec().steps[1]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"accelerator": "h100"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_render_step_deployment_is_locked_down_and_probed() -> None:
+    deployment = _by_name(render_children(OWNER, _spec()))[("Deployment", "demo-pre")]
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    assert container["image"] == DEFAULT_IMAGE
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["terminationGracePeriodSeconds"] >= 30
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": 9000}
+    assert container["workingDir"] == WORK_DIR
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {WORK_DIR, "/tmp"}
+    assert all("emptyDir" in v for v in pod["volumes"])
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"grpc": 9000, "metrics": 9090}
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    assert "resources" in container and container["resources"] == {}
+
+
+def test_render_step_service_is_headless() -> None:
+    service = _by_name(render_children(OWNER, _spec()))[("Service", "demo-cls")]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["ports"] == [{"name": "grpc", "port": 9000, "targetPort": "grpc", "protocol": "TCP"}]
+    deployment = _by_name(render_children(OWNER, _spec()))[("Deployment", "demo-cls")]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_render_gateway_reads_the_graph_configmap() -> None:
+    spec = _spec(gateway={"grpcPort": 9001, "httpPort": 9002, "replicas": 2})
+    children = _by_name(render_children(OWNER, spec))
+    deployment = children[("Deployment", "demo-gateway")]
+    container = _container(deployment)
+    assert container["command"] == [
+        "conveyor", "gateway", "--manifest", "/etc/conveyor/pipeline.yaml",
+        "--grpc-port", "9001", "--http-port", "9002", "--metrics-port", "9090", "--step-port", "9000",
+    ]
+    assert deployment["spec"]["replicas"] == 2
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["graph"]["configMap"]["name"] == "demo-graph"
+    assert {"name": "graph", "mountPath": "/etc/conveyor", "readOnly": True} in container["volumeMounts"]
+    service = children[("Service", "demo-gateway")]
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("grpc", 9001), ("http", 9002)]
+    manifest = yaml.safe_load(children[("ConfigMap", "demo-graph")]["data"]["pipeline.yaml"])
+    assert parse_manifest(manifest).spec == spec
+
+
+def test_render_gateway_rolls_when_the_graph_changes_only() -> None:
+    def digest(spec: PipelineSpec) -> str:
+        gateway = _by_name(render_children(OWNER, spec))[("Deployment", "demo-gateway")]
+        value: str = gateway["spec"]["template"]["metadata"]["annotations"]["conveyor.dev/manifest-sha256"]
+        return value
+
+    base = _spec()
+    assert digest(base) == digest(_spec())
+    changed = PipelineSpec.model_validate({**base.model_dump(), "output": "pre"})
+    assert digest(changed) != digest(base)
+
+
+def test_render_uses_spec_image_over_the_default() -> None:
+    children = render_children(OWNER, _spec(image="example.com/conveyor:gpu"), "conveyor:cpu")
+    images = {_container(c)["image"] for c in children if c["kind"] == "Deployment"}
+    assert images == {"example.com/conveyor:gpu"}
+
+
+def test_render_without_uid_has_no_owner_reference() -> None:
+    children = render_children(Owner(name="demo", namespace="ml"), _spec())
+    assert all("ownerReferences" not in c["metadata"] for c in children)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "step", "path"),
+    [("1demo", "pre", "metadata.name"), ("d" * 41, "pre", "metadata.name"), ("d" * 40, "s" * 30, "spec.steps[0].name")],
+)
+def test_name_errors_catch_invalid_child_names(pipeline: str, step: str, path: str) -> None:
+    spec = PipelineSpec.model_validate({"steps": [{"name": step, "op": "resize"}]})
+    assert [e.path for e in name_errors(pipeline, spec)] == [path]
+
+
+def test_name_errors_accept_good_names() -> None:
+    assert name_errors("demo", _spec()) == []
+
+
+EXAMPLES = sorted((REPO_ROOT / "examples").glob("*/pipeline*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(REPO_ROOT)) for p in EXAMPLES])
+def test_render_examples_validate_against_the_kubernetes_schemas(path: Path) -> None:
+    manifest = load_manifest(path)
+    owner = Owner(name=manifest.metadata.name, namespace="default", uid="0000")
+    children = render_children(owner, manifest.spec)
+    for child in children:
+        kubernetes_validate.validate(child, "1.36.0", strict=True)
+    assert parse_manifest(yaml.safe_load(pipeline_manifest(owner, manifest.spec))).spec == manifest.spec
