@@ -1,0 +1,94 @@
+"""The REST codec: JSON and binary (Triton extension) inputs and outputs, and its error messages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conveyor_runtime.errors import InvalidRequest
+from conveyor_runtime.gateway import WireTensor
+from conveyor_runtime.http_api import parse_infer_request, render_infer_response
+from conveyor_runtime.tensors import serialize_bytes
+
+
+def _body(header: dict[str, object], binary: bytes = b"") -> tuple[bytes, int | None]:
+    head = json.dumps(header).encode()
+    return head + binary, (len(head) if binary else None)
+
+
+def test_http_parses_json_data_of_every_kind() -> None:
+    body, length = _body(
+        {
+            "inputs": [
+                {"name": "a", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3, 4]]},
+                {"name": "b", "datatype": "BYTES", "shape": [2], "data": ["x", "yz"]},
+                {"name": "c", "datatype": "BOOL", "shape": [1], "data": [True]},
+            ]
+        }
+    )
+    inputs, _ = parse_infer_request(body, length)
+    np.testing.assert_array_equal(inputs["a"].to_numpy("a"), [[1, 2], [3, 4]])
+    assert list(inputs["b"].to_numpy("b")) == [b"x", b"yz"]
+    assert inputs["c"].datatype == "BOOL"
+
+
+def test_http_parses_binary_inputs_in_order() -> None:
+    floats = np.arange(6, dtype=np.float32).reshape(2, 3)
+    strings = serialize_bytes(np.array([b"png", b"jpeg"], dtype=object))
+    body, length = _body(
+        {
+            "inputs": [
+                {"name": "f", "datatype": "FP32", "shape": [2, 3], "parameters": {"binary_data_size": floats.nbytes}},
+                {"name": "s", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(strings)}},
+            ]
+        },
+        floats.tobytes() + strings,
+    )
+    inputs, _ = parse_infer_request(body, length)
+    assert inputs["f"].raw == floats.tobytes()
+    assert list(inputs["s"].to_numpy("s")) == [b"png", b"jpeg"]
+
+
+@pytest.mark.parametrize(
+    ("header", "binary", "message"),
+    [
+        ({"inputs": []}, b"", "non-empty `inputs`"),
+        ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [2], "data": [1]}]}, b"", "holds 2 elements"),
+        ({"inputs": [{"name": "a", "datatype": "FP99", "shape": [1], "data": [1]}]}, b"", "unknown datatype"),
+        ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [1]}]}, b"", "neither `data` nor"),
+        (
+            {"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]},
+            b"\x00" * 6,
+            "not claimed",
+        ),
+        (
+            {"inputs": [{"name": "a", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 4}}]},
+            b"\x00" * 4,
+            "needs 8 bytes",
+        ),
+    ],
+)
+def test_http_rejects_malformed_requests_with_a_reason(header: dict[str, object], binary: bytes, message: str) -> None:
+    body, length = _body(header, binary)
+    with pytest.raises(InvalidRequest, match=message):
+        parse_infer_request(body, length)
+
+
+def test_http_renders_binary_and_json_outputs_as_asked() -> None:
+    outputs = {
+        "scores": WireTensor.from_numpy(np.array([[0.5, 0.25]], dtype=np.float32)),
+        "labels": WireTensor.from_numpy(np.array([[b"ok", b"dent"]], dtype=object)),
+    }
+    document = {"outputs": [{"name": "scores", "parameters": {"binary_data": True}}, {"name": "labels"}]}
+    body, headers = render_infer_response("defects", outputs, document)
+    length = int(headers["Inference-Header-Content-Length"])
+    head = json.loads(body[:length])
+    assert head["outputs"][0]["parameters"] == {"binary_data_size": 8}
+    assert head["outputs"][1]["data"] == ["ok", "dent"]
+    assert body[length:] == np.array([0.5, 0.25], dtype=np.float32).tobytes()
+
+    body, headers = render_infer_response("defects", outputs, {})
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body)["outputs"][0]["data"] == [0.5, 0.25]
