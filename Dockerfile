@@ -1,0 +1,51 @@
+# syntax=docker/dockerfile:1
+# One image for the operator, the gateway and the steps (`conveyor operator|gateway|step`).
+#   CPU:  docker build -t conveyor:0.1.0 .
+#   GPU:  docker build --build-arg VARIANT=gpu -t conveyor:0.1.0-gpu .   (onnxruntime-gpu on a CUDA + cuDNN base)
+ARG VARIANT=cpu
+ARG CPU_BASE=python:3.11-slim-bookworm
+ARG GPU_BASE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+
+FROM ${CPU_BASE} AS base-cpu
+
+FROM ${GPU_BASE} AS base-gpu
+# The CUDA images carry no Python: Ubuntu 22.04's python3 (3.10) meets requires-python >= 3.10.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && ln -sf /usr/bin/python3 /usr/local/bin/python
+
+FROM base-${VARIANT}
+ARG VARIANT
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+
+# Sources only (see .dockerignore); a regular (non-editable) install, then the sources go.
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY runtime runtime
+COPY operator operator
+COPY benchmarks benchmarks
+RUN pip install ".[examples]" \
+ && if [ "$VARIANT" = "gpu" ]; then \
+      pip uninstall -y onnxruntime && pip install "onnxruntime-gpu>=1.18"; \
+    fi \
+ && python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())" \
+ && rm -rf /src
+
+# The examples' manifests and label files (models are built at first run, never shipped).
+COPY examples /opt/conveyor/examples
+
+# Non-root; pods mount an emptyDir at the working directory and /tmp (the root filesystem is read-only).
+RUN groupadd --gid 10001 conveyor \
+ && useradd --uid 10001 --gid 10001 --home-dir /var/lib/conveyor --create-home --shell /usr/sbin/nologin conveyor
+WORKDIR /var/lib/conveyor
+ENV HOME=/var/lib/conveyor
+USER 10001:10001
+EXPOSE 9000 9090 8000 8001
+CMD ["conveyor", "--help"]
