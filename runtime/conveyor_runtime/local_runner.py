@@ -377,6 +377,12 @@ class LocalRunner:
             Path(tmp).write_text(text)
             os.replace(tmp, addresses_json)
 
+        def stopping(_: object) -> None:
+            # Ctrl-C reaches the replicas too (same process group): their exits from now on are not crashes
+            self._stopping = True
+
+        watcher = asyncio.ensure_future(stop.wait())
+        watcher.add_done_callback(stopping)
         try:
             start = asyncio.ensure_future(self.start(on_change=write_addresses))
             stopped = asyncio.ensure_future(stop.wait())
@@ -392,4 +398,5 @@ class LocalRunner:
             await stop.wait()
             self._say("stopping ...")
         finally:
+            watcher.cancel()
             await self.stop()
