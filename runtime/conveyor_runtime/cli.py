@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
             register = entry.load()
             register(subparsers)
         except ImportError as exc:  # an optional part is not installed (or not written yet); its command is absent
-            log.debug("command %s unavailable: %s", entry.name, exc)
+            log.warning("command %r unavailable (%s); reinstall conveyor with its dependencies", entry.name, exc)
             continue
     return parser
 
