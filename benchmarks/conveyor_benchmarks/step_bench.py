@@ -34,7 +34,9 @@ def register(modes: Any) -> None:
     )
     parser.add_argument("--model", type=Path, help="ONNX file to serve (default: build a ResNet with --depth/--image-size)")
     parser.add_argument("--depth", type=int, default=18, choices=[18, 34, 50], help="ResNet depth to build (default 18)")
-    parser.add_argument("--image-size", type=int, default=64, help="input side of the built ResNet (default 64)")
+    parser.add_argument(
+        "--image-size", type=int, default=224, help="input side of the built ResNet (default 224, as served in practice)"
+    )
     parser.add_argument("--max-batch", type=int, default=8, help="step's batching.maxBatchSize (default 8)")
     parser.add_argument("--delay-us", type=int, default=2000, help="batching.maxQueueDelayMicroseconds (default 2000)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent closed-loop clients (default 16)")
