@@ -38,7 +38,7 @@ RUN pip install ".[examples]" \
  && python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())" \
  && rm -rf /src
 
-# The examples' manifests and label files (models are built at first run, never shipped).
+# The examples' manifests (models are built at first run, never shipped).
 COPY examples /opt/conveyor/examples
 
 # Non-root; pods mount an emptyDir at the working directory and /tmp (the root filesystem is read-only).

@@ -157,6 +157,10 @@ def step_stats(step: str, before: list[dict[str, float]], after: list[dict[str, 
     )
 
 
+#: Below this share of time computing, a step is not what limits the pipeline.
+SATURATED_BUSY = 0.6
+
+
 def bottleneck(stats: list[StepStats]) -> StepStats | None:
     """The step whose replicas are busiest computing (ties: the longer queue)."""
     known = [s for s in stats if not math.isnan(s.busy)]
@@ -370,7 +374,12 @@ def _report(
             )
         print(_table(step_rows))
         neck = bottleneck(stats)
-        if neck is not None:
+        if neck is not None and neck.busy < SATURATED_BUSY:
+            print(
+                f"bottleneck: the gateway or the load generator (no step is saturated; busiest: {neck.step}, "
+                f"{100 * neck.busy:.0f}% per replica)"
+            )
+        elif neck is not None:
             print(f"bottleneck: {neck.step} (busy {100 * neck.busy:.0f}% per replica, queue {_fmt(neck.queue_ms, 2)} ms)")
     saturation = max((r.rows_per_s for r, _ in measured if r.mode == "closed"), default=0.0)
     summary: dict[str, Any] = {"pipeline": plan.pipeline, "saturation_rows_per_s": saturation}
