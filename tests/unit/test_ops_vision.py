@@ -59,6 +59,26 @@ def test_ops_preprocess_decodes_resizes_crops_and_normalizes() -> None:
     assert out[0].min() > 0.0  # (255/255 - 0.5) / 0.5 = 1 at the centre, nothing black left
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_ops_preprocess_matches_resize_then_center_crop(fmt: str) -> None:
+    """The crop-window resize (and JPEG draft decoding) give the pixels of the textbook resize-then-crop."""
+    op = _op(Preprocess, {"size": 56, "resize": 64})
+    gradient = (np.add.outer(np.arange(240), np.arange(320)) % 256).astype(np.uint8)
+    frame = np.stack([gradient, gradient[:, ::-1], np.full_like(gradient, 90)], axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format=fmt, quality=95)
+    batch = np.empty(1, dtype=object)
+    batch[:] = [buffer.getvalue()]
+    out = op.preprocess({"image": batch}, RequestContext("r"))["image"][0]
+
+    decoded = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    resized = decoded.resize((85, 64), Image.Resampling.BILINEAR)  # shorter side 240 -> 64
+    expected = np.asarray(resized.crop((14, 4, 70, 60)), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    # within 2 levels on average (JPEG's scaled decode filters a little differently); a crop one pixel
+    # off is about 5 levels away on this gradient
+    assert np.abs(out - expected).mean() < 2 / 255
+
+
 def test_ops_preprocess_bad_bytes_fail_with_image_decode() -> None:
     op = _op(Preprocess, {"size": 4})
     batch = np.empty(1, dtype=object)
