@@ -30,7 +30,7 @@ from .graph import ExecutionPlan, route_inputs
 from .proto import open_inference_pb2 as pb
 from .protocol import abort_with, add_inference_servicer, status_code
 from .spec import PipelineManifest, step_resource_name
-from .tensors import decode_tensor, encode_tensor
+from .tensors import decode_tensor, encode_tensor, request_tensors
 
 __all__ = [
     "WireTensor",
@@ -93,25 +93,9 @@ def checked_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes | 
 
 def tensors_from_request(request: pb.ModelInferRequest) -> dict[str, WireTensor]:
     """The request's inputs, validated (INVALID_ARGUMENT with a reason when malformed)."""
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidRequest(f"request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; send one per input")
     if not request.inputs:
         raise InvalidRequest("request has no inputs")
-    result: dict[str, WireTensor] = {}
-    for index, tensor in enumerate(request.inputs):
-        if not tensor.name:
-            raise InvalidRequest(f"input #{index} has no name")
-        if tensor.name in result:
-            raise InvalidRequest(f"input {tensor.name!r} is given more than once")
-        result[tensor.name] = checked_tensor(
-            tensor.name,
-            tensor.datatype,
-            tensor.shape,
-            raw[index] if raw else None,
-            tensor.contents if tensor.HasField("contents") else None,
-        )
-    return result
+    return {name: checked_tensor(name, *fields) for name, *fields in request_tensors(request)}
 
 
 def tensors_from_response(response: pb.ModelInferResponse) -> dict[str, WireTensor]:

@@ -7,7 +7,7 @@ Decoding checks everything a client can get wrong (datatype, shape, byte length,
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ __all__ = [
     "datatype_of",
     "dtype_of",
     "decode_request_inputs",
+    "request_tensors",
     "decode_tensor",
     "encode_tensor",
     "encode_response_outputs",
@@ -149,27 +150,30 @@ def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes | N
     return np.asarray(values, dtype=dtype).reshape(dims)
 
 
-def decode_request_inputs(request: pb.ModelInferRequest) -> dict[str, npt.NDArray[Any]]:
-    """All inputs of a ModelInferRequest by name; raw contents, when used, must cover every input."""
+def request_tensors(request: pb.ModelInferRequest) -> Iterator[tuple[str, str, Sequence[int], bytes | None, Any]]:
+    """Each input of a ModelInferRequest as (name, datatype, shape, raw or None, contents or None).
+
+    Checks what spans inputs: raw contents, when used, cover every input; names are present and unique.
+    """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidRequest(
             f"request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; send one per input"
         )
-    arrays: dict[str, npt.NDArray[Any]] = {}
+    seen: set[str] = set()
     for index, tensor in enumerate(request.inputs):
         if not tensor.name:
             raise InvalidRequest(f"input #{index} has no name")
-        if tensor.name in arrays:
+        if tensor.name in seen:
             raise InvalidRequest(f"input {tensor.name!r} is given more than once")
-        arrays[tensor.name] = decode_tensor(
-            tensor.name,
-            tensor.datatype,
-            tensor.shape,
-            raw[index] if raw else None,
-            tensor.contents if tensor.HasField("contents") else None,
-        )
-    return arrays
+        seen.add(tensor.name)
+        contents = tensor.contents if tensor.HasField("contents") else None
+        yield tensor.name, tensor.datatype, tensor.shape, raw[index] if raw else None, contents
+
+
+def decode_request_inputs(request: pb.ModelInferRequest) -> dict[str, npt.NDArray[Any]]:
+    """All inputs of a ModelInferRequest by name, decoded and checked."""
+    return {name: decode_tensor(name, *fields) for name, *fields in request_tensors(request)}
 
 
 def encode_tensor(array: npt.NDArray[Any]) -> tuple[str, list[int], bytes]:
