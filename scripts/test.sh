@@ -20,5 +20,8 @@ if [ -f scripts/install-helm.sh ]; then
   bash scripts/install-helm.sh
 fi
 
+echo "==> mypy --strict (runtime, operator, benchmarks)"
+.venv/bin/mypy
+
 echo "==> pytest"
 exec .venv/bin/python -m pytest "$@"
