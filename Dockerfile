@@ -33,7 +33,7 @@ COPY operator operator
 COPY benchmarks benchmarks
 RUN pip install ".[examples]" \
  && if [ "$VARIANT" = "gpu" ]; then \
-      pip uninstall -y onnxruntime && pip install "onnxruntime-gpu>=1.18"; \
+      pip uninstall -y onnxruntime && pip install "onnxruntime-gpu>=1.18" "onnxconverter-common>=1.14"; \
     fi \
  && python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())" \
  && rm -rf /src
