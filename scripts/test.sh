@@ -20,7 +20,8 @@ if [ -f scripts/install-helm.sh ]; then
   bash scripts/install-helm.sh
 fi
 
-echo "==> mypy --strict (runtime, operator, benchmarks)"
+echo "==> ruff (pyflakes) and mypy --strict (runtime, operator, benchmarks)"
+.venv/bin/ruff check --quiet
 .venv/bin/mypy
 
 echo "==> pytest"

@@ -1,7 +1,6 @@
 """The pipeline gateway: runs the DAG over the steps' replicas and serves it as one model (gRPC, HTTP, metrics).
 
-Tensors stay raw bytes from the client to the last step (`WireTensor`); they are checked once on the way in and
-never converted to numpy, JSON or pickle between steps.
+Tensors stay raw bytes from the client to the last step (see `wire`).
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from typing import Any
 
 import grpc
 import grpc.aio
-import numpy as np
-import numpy.typing as npt
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -30,10 +27,9 @@ from .graph import ExecutionPlan, route_inputs
 from .proto import open_inference_pb2 as pb
 from .protocol import abort_with, add_inference_servicer, status_code
 from .spec import PipelineManifest, step_resource_name
-from .tensors import decode_tensor, encode_tensor, request_tensors
+from .wire import WireTensor, build_request, tensors_from_request, tensors_from_response
 
 __all__ = [
-    "WireTensor",
     "TensorInfo",
     "PipelineExecutor",
     "GatewayServicer",
@@ -41,10 +37,6 @@ __all__ = [
     "create_gateway",
     "SERVER_OPTIONS",
     "http_status",
-    "tensors_from_request",
-    "tensors_from_response",
-    "build_request",
-    "checked_tensor",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,23 +49,6 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-@dataclass(frozen=True, slots=True)
-class WireTensor:
-    """A tensor as it travels: protocol datatype, shape and raw bytes (BYTES elements length-prefixed)."""
-
-    datatype: str
-    shape: tuple[int, ...]
-    raw: bytes
-
-    @classmethod
-    def from_numpy(cls, array: npt.NDArray[Any]) -> WireTensor:
-        datatype, shape, raw = encode_tensor(np.asarray(array))
-        return cls(datatype, tuple(shape), raw)
-
-    def to_numpy(self, name: str = "") -> npt.NDArray[Any]:
-        return decode_tensor(name, self.datatype, self.shape, self.raw)
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     """A tensor's metadata: name, datatype and shape (-1 for variable dimensions)."""
@@ -81,43 +56,6 @@ class TensorInfo:
     name: str
     datatype: str
     shape: tuple[int, ...]
-
-
-def checked_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes | None, contents: Any) -> WireTensor:
-    """Validate one incoming tensor; raw data passes through untouched, typed contents become raw bytes."""
-    array = decode_tensor(name, datatype, shape, raw, contents)
-    if raw is not None:
-        return WireTensor(datatype, tuple(int(d) for d in shape), raw)
-    return WireTensor(datatype, tuple(int(d) for d in shape), encode_tensor(array)[2])
-
-
-def tensors_from_request(request: pb.ModelInferRequest) -> dict[str, WireTensor]:
-    """The request's inputs, validated (INVALID_ARGUMENT with a reason when malformed)."""
-    if not request.inputs:
-        raise InvalidRequest("request has no inputs")
-    return {name: checked_tensor(name, *fields) for name, *fields in request_tensors(request)}
-
-
-def tensors_from_response(response: pb.ModelInferResponse) -> dict[str, WireTensor]:
-    """A step's outputs as raw tensors (typed contents, if a step used them, are converted once)."""
-    raw = response.raw_output_contents
-    result: dict[str, WireTensor] = {}
-    for index, tensor in enumerate(response.outputs):
-        if raw:
-            result[tensor.name] = WireTensor(tensor.datatype, tuple(tensor.shape), raw[index])
-        else:
-            result[tensor.name] = checked_tensor(
-                tensor.name, tensor.datatype, tensor.shape, None, tensor.contents if tensor.HasField("contents") else None
-            )
-    return result
-
-
-def build_request(model: str, tensors: Mapping[str, WireTensor], request_id: str = "") -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=model, id=request_id)
-    for name, tensor in tensors.items():
-        request.inputs.add(name=name, datatype=tensor.datatype, shape=tensor.shape)
-        request.raw_input_contents.append(tensor.raw)
-    return request
 
 
 def _infos(tensors: Sequence[pb.ModelMetadataResponse.TensorMetadata]) -> list[TensorInfo]:

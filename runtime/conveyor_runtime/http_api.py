@@ -18,7 +18,8 @@ from aiohttp import web
 
 from . import __version__
 from .errors import InvalidRequest, RequestError
-from .gateway import PipelineExecutor, WireTensor, checked_tensor, http_status
+from .gateway import PipelineExecutor, http_status
+from .wire import WireTensor, checked_tensor
 from .tensors import dtype_of
 
 __all__ = ["create_http_app", "parse_infer_request", "render_infer_response", "HEADER_LENGTH"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conveyor_runtime.errors import InvalidRequest
-from conveyor_runtime.gateway import WireTensor
+from conveyor_runtime.wire import WireTensor
 from conveyor_runtime.http_api import parse_infer_request, render_infer_response
 from conveyor_runtime.tensors import serialize_bytes
 
