@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from conveyor_runtime.graph import ExecutionPlan, route_inputs
 from conveyor_runtime.proto import open_inference_pb2 as pb
-from conveyor_runtime.spec import PipelineManifest, load_manifest
+from conveyor_runtime.spec import PipelineManifest, StepSpec, load_manifest
 from conveyor_runtime.tensors import encode_request_inputs
 
 from .load import LoadResult, closed_loop, open_loop
@@ -170,16 +170,27 @@ def bottleneck(stats: list[StepStats]) -> StepStats | None:
 # --- in-process baseline -------------------------------------------------------------------------------------
 
 
+def _in_process_spec(step: StepSpec) -> StepSpec:
+    if step.model is None:
+        return step
+    model = step.model.model_copy(update={"instances": 1, "intraOpThreads": 0, "interOpThreads": 0})
+    return step.model_copy(update={"model": model})
+
+
 def in_process_baseline(
     manifest_path: Path, payloads: list[npt.NDArray[Any]], batch_sizes: list[int], seconds: float = 5.0
 ) -> dict[int, float]:
-    """Rows/s of all steps run one after another in this process, per batch size (same ops, same ORT settings)."""
+    """Rows/s of all steps run one after another in this process, per batch size.
+
+    Same ops and models, but each model as ONE session with ONNX Runtime's default threads (all cores): the
+    best a single process does, whatever `instances` the pipeline uses to spread its work.
+    """
     from conveyor_runtime.ops.base import RequestContext, Skip
     from conveyor_runtime.step import load_step_op
 
     manifest = load_manifest(manifest_path)
     plan = ExecutionPlan.from_manifest(manifest)
-    ops = {name: load_step_op(plan.nodes[name].spec, manifest_path.parent) for name in plan.order}
+    ops = {name: load_step_op(_in_process_spec(plan.nodes[name].spec), manifest_path.parent) for name in plan.order}
     expected = {name: [t.name for t in op.inputs] or None for name, op in ops.items()}
     pool = np.concatenate(payloads)
 

@@ -6,6 +6,7 @@ which is what serving benchmarks and tests need. Batch norm is folded into the c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,16 +64,33 @@ def build(
     num_classes: int = 1000,
     seed: int = 0,
     fixed_batch: int | None = None,
+    input_dtype: str = "float32",
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> Path:
-    """Write a ResNet-`depth` classifier: input `image` float32 [N,3,S,S] -> output `logits` float32 [N,classes].
+    """Write a ResNet-`depth` classifier: input `image` [N,3,S,S] -> output `logits` float32 [N,classes].
 
     `fixed_batch` gives the model a fixed batch dimension (for `maxBatchSize: 0` steps); default is dynamic.
+    `input_dtype="uint8"` takes raw 0..255 pixels and normalizes in the graph, ``(x/255 - mean) / std``, so
+    a quarter of the bytes travel from the preprocess step (its ``dtype: uint8``).
     """
     if depth not in LAYOUTS:
         raise ValueError(f"depth must be one of {sorted(LAYOUTS)}, got {depth}")
+    if input_dtype not in ("float32", "uint8"):
+        raise ValueError(f"input_dtype must be float32 or uint8, got {input_dtype!r}")
     kind, blocks = LAYOUTS[depth]
     g = _Graph(seed)
-    x = g.conv("image", 3, 64, 7, stride=2)
+    x = "image"
+    if input_dtype == "uint8":
+        scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float32))).reshape(1, 3, 1, 1)
+        offset = (np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).reshape(1, 3, 1, 1)
+        g.weights.append(numpy_helper.from_array(scale.astype(np.float32), "norm_scale"))
+        g.weights.append(numpy_helper.from_array(offset.astype(np.float32), "norm_offset"))
+        g.nodes.append(helper.make_node("Cast", ["image"], ["image_f"], to=TensorProto.FLOAT))
+        g.nodes.append(helper.make_node("Mul", ["image_f", "norm_scale"], ["image_scaled"]))
+        g.nodes.append(helper.make_node("Sub", ["image_scaled", "norm_offset"], ["image_norm"]))
+        x = "image_norm"
+    x = g.conv(x, 3, 64, 7, stride=2)
     pooled = g.name("pool")
     g.nodes.append(helper.make_node("MaxPool", [x], [pooled], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
     x, channels = pooled, 64
@@ -102,7 +120,11 @@ def build(
     graph = helper.make_graph(
         g.nodes,
         f"resnet{depth}",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, image_size, image_size])],
+        [
+            helper.make_tensor_value_info(
+                "image", TensorProto.UINT8 if input_dtype == "uint8" else TensorProto.FLOAT, [batch, 3, image_size, image_size]
+            )
+        ],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, num_classes])],
         initializer=g.weights,
     )

@@ -42,7 +42,8 @@ class Preprocess(Op):
     """Decode, resize, center-crop and normalize images into a float32 NCHW batch.
 
     Input (any name; one tensor): BYTES ``[N]`` of encoded PNG/JPEG/... images, or UINT8 ``[N,H,W]`` /
-    ``[N,H,W,C]`` pixels. Output: FP32 ``[N,C,size,size]`` with values ``(pixel/255 - mean) / std``.
+    ``[N,H,W,C]`` pixels. Output: FP32 ``[N,C,size,size]`` with values ``(pixel/255 - mean) / std``, or UINT8
+    pixels with ``dtype: uint8``.
 
     Config keys:
       size       output side in pixels (default 224)
@@ -51,6 +52,8 @@ class Preprocess(Op):
                  false the image is resized straight to size x size
       grayscale  one channel instead of RGB (default false)
       mean, std  per channel (or one value) on the 0..1 scale (default 0 and 1)
+      dtype      float32 (default: normalized as above) or uint8: raw 0..255 pixels, NCHW, a quarter of the
+                 bytes on the wire; the model then normalizes (conveyor_runtime.models.resnet: input_dtype uint8)
       input      input name reported in metadata (default "image"; any name is accepted)
       output     output name (default "image")
     Undecodable bytes fail that request alone: INVALID_ARGUMENT with reason IMAGE_DECODE.
@@ -59,7 +62,7 @@ class Preprocess(Op):
     any_input_name: ClassVar[bool] = True
 
     def init(self, config: dict[str, Any], context: OpContext) -> None:
-        known = {"size", "resize", "crop", "grayscale", "mean", "std", "input", "output"}
+        known = {"size", "resize", "crop", "grayscale", "mean", "std", "dtype", "input", "output"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ValueError(f"config: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -77,7 +80,13 @@ class Preprocess(Op):
         self.input_name = str(config.get("input", "image"))
         self.output_name = str(config.get("output", "image"))
         self.inputs = [TensorSpec(self.input_name, "BYTES", None, also=("UINT8",))]
-        self.outputs = [TensorSpec(self.output_name, "FP32", (-1, self.channels, self.size, self.size))]
+        self.dtype = str(config.get("dtype", "float32"))
+        if self.dtype not in ("float32", "uint8"):
+            raise ValueError(f"config.dtype: must be float32 or uint8, got {self.dtype!r}")
+        if self.dtype == "uint8" and ("mean" in config or "std" in config):
+            raise ValueError("config.mean/std: uint8 output is not normalized; normalize in the model instead")
+        datatype = "UINT8" if self.dtype == "uint8" else "FP32"
+        self.outputs = [TensorSpec(self.output_name, datatype, (-1, self.channels, self.size, self.size))]
 
     def preprocess(self, inputs: Arrays, request: RequestContext) -> Arrays:
         (name, array), = inputs.items()
@@ -85,6 +94,8 @@ class Preprocess(Op):
             pixels = self._decode_all(name, array)
         else:
             pixels = self._pixels_from_array(name, array)
+        if self.dtype == "uint8":
+            return {self.output_name: np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))}
         return {self.output_name: self._normalize(pixels)}
 
     # --- helpers ----------------------------------------------------------------------------------
