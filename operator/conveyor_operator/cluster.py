@@ -98,6 +98,17 @@ class Cluster:
         found: dict[str, Any] = result.to_dict()
         return found
 
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the status subresource of one object (None values delete fields)."""
+        resource = self._resource(api_version, kind)
+        self._dynamic.patch(
+            resource.status,
+            body={"status": dict(status)},
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+        )
+
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Delete one object (dependents in the background); False when it was already gone."""
         try:

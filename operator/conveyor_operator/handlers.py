@@ -1,4 +1,4 @@
-"""kopf handlers for InferencePipelines: reconcile on create/update/resume and on a timer, one status patch each.
+"""kopf handlers for InferencePipelines: reconcile on create/update/resume, when a child changes, and on a timer.
 
 `build_registry(config)` registers them on a fresh registry, so that tests can pick a short timer interval.
 """
@@ -11,16 +11,20 @@ from typing import Any
 
 import kopf
 
-from conveyor_runtime.spec import API_GROUP, API_VERSION
+from conveyor_runtime.spec import API_GROUP, API_VERSION, KIND
 
 from .cluster import Cluster
 from .config import OperatorConfig
 from .crd import PLURAL
 from .reconciler import Outcome, Reconciler
+from .render import MANAGED_BY
 
 __all__ = ["build_registry", "configure_settings", "RESOURCE"]
 
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
+PIPELINE_API_VERSION = f"{API_GROUP}/{API_VERSION}"
+#: The kinds of children whose changes (status, hand edits, deletion) trigger a reconcile of their pipeline.
+CHILD_RESOURCES: tuple[tuple[str, ...], ...] = (("apps", "v1", "deployments"), ("v1", "services"), ("v1", "configmaps"))
 
 
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -50,6 +54,14 @@ def _write(outcome: Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
         patch.status[key] = value
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+def _owning_pipeline(child: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(name, uid) of the InferencePipeline that owns `child`, if any."""
+    for reference in (child.get("metadata") or {}).get("ownerReferences") or []:
+        if reference.get("kind") == KIND and str(reference.get("apiVersion", "")).startswith(f"{API_GROUP}/"):
+            return str(reference["name"]), str(reference.get("uid", ""))
+    return None
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -102,5 +114,31 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         _write(outcome, body, patch)
         for event in outcome.events:
             logger.info("%s: %s", event.reason, event.message)
+
+    def child_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+        """A child changed or went away: reconcile its pipeline now, so status follows the Deployments and a
+        hand-deleted or hand-edited child comes back at once rather than at the next resync."""
+        if type is None:  # the initial listing; the pipelines' own resume handlers cover it
+            return
+        owner = _owning_pipeline(body)
+        namespace = body.get("metadata", {}).get("namespace") or "default"
+        if owner is None:
+            return
+        pipeline = memo.cluster.get(PIPELINE_API_VERSION, KIND, namespace, owner[0])
+        meta = (pipeline or {}).get("metadata") or {}
+        if pipeline is None or meta.get("uid") != owner[1] or meta.get("deletionTimestamp"):
+            return
+        outcome = memo.reconciler.reconcile(pipeline)
+        if outcome.errors:  # an invalid spec is reported by the pipeline's own handlers
+            return
+        changes = _status_patch(outcome, pipeline.get("status") or {})
+        if changes:
+            memo.cluster.patch_status(PIPELINE_API_VERSION, KIND, namespace, owner[0], changes)
+        for event in outcome.events:
+            kopf.event(pipeline, type=event.type, reason=event.reason, message=event.message)
+        logger.debug("reconciled %s/%s after a %s of %s", namespace, owner[0], type, body.get("kind"))
+
+    for resource in CHILD_RESOURCES:
+        kopf.on.event(*resource, labels={"app.kubernetes.io/managed-by": MANAGED_BY}, registry=registry)(child_changed)
 
     return registry
