@@ -7,9 +7,10 @@ Open-loop latency is measured from each request's scheduled send time, so a slow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -61,6 +62,17 @@ class LoadResult:
         self.errors[code.name] = self.errors.get(code.name, 0) + 1
 
 
+@contextlib.asynccontextmanager
+async def _stubs(address: str, channels: int) -> AsyncIterator[list[InferenceStub]]:
+    """Stubs over `channels` separate connections (one HTTP/2 connection caps a client), closed afterwards."""
+    pool = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(max(1, channels))]
+    try:
+        yield [InferenceStub(channel) for channel in pool]
+    finally:
+        for channel in pool:
+            await channel.close()
+
+
 async def _call(stub: InferenceStub, request: pb.ModelInferRequest, timeout: float) -> grpc.StatusCode:
     try:
         await stub.ModelInfer(request, timeout=timeout)
@@ -82,13 +94,10 @@ async def closed_loop(
 ) -> LoadResult:
     """`concurrency` clients each send a request, wait for its answer and send the next; only the window counts."""
     result = LoadResult("closed", f"C={concurrency}", duration_s, rows_per_request)
-    pool = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(max(1, channels))]
-    stubs = [InferenceStub(channel) for channel in pool]
     start = time.monotonic() + warmup_s
     end = start + duration_s
 
-    async def client(index: int) -> None:
-        stub = stubs[index % len(stubs)]
+    async def client(index: int, stub: InferenceStub) -> None:
         n = index
         while True:
             sent = time.monotonic()
@@ -104,11 +113,8 @@ async def closed_loop(
             else:
                 result.add_error(code)
 
-    try:
-        await asyncio.gather(*(client(i) for i in range(concurrency)))
-    finally:
-        for channel in pool:
-            await channel.close()
+    async with _stubs(address, channels) as stubs:
+        await asyncio.gather(*(client(i, stubs[i % len(stubs)]) for i in range(concurrency)))
     return result
 
 
@@ -127,16 +133,14 @@ async def open_loop(
     if rate <= 0:
         raise ValueError(f"rate must be > 0 requests/s, got {rate}")
     result = LoadResult("open", f"{rate:g}/s", duration_s, rows_per_request)
-    pool = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(max(1, channels))]
-    stubs = [InferenceStub(channel) for channel in pool]
     begin = time.monotonic()
     start = begin + warmup_s
     end = start + duration_s
     interval = 1.0 / rate
     tasks: set[asyncio.Task[None]] = set()
 
-    async def one(n: int, scheduled: float) -> None:
-        code = await _call(stubs[n % len(stubs)], make_request(n), timeout_s)
+    async def one(stub: InferenceStub, n: int, scheduled: float) -> None:
+        code = await _call(stub, make_request(n), timeout_s)
         if scheduled < start:
             return
         if code == grpc.StatusCode.OK:
@@ -144,24 +148,23 @@ async def open_loop(
         else:
             result.add_error(code)
 
-    try:
-        n = 0
-        while True:
-            scheduled = begin + n * interval
-            if scheduled >= end:
-                break
-            delay = scheduled - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(one(n, scheduled))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            n += 1
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout_s)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for channel in pool:
-            await channel.close()
+    async with _stubs(address, channels) as stubs:
+        try:
+            n = 0
+            while True:
+                scheduled = begin + n * interval
+                if scheduled >= end:
+                    break
+                delay = scheduled - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(one(stubs[n % len(stubs)], n, scheduled))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                n += 1
+            if tasks:
+                await asyncio.wait(tasks, timeout=timeout_s)
+        finally:
+            for task in tasks:
+                task.cancel()
     return result

@@ -8,16 +8,14 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 
-from conveyor_operator.config import OperatorConfig
-from conveyor_operator.handlers import build_registry
 from conveyor_operator.render import child_selector
 from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
-    TEST_IMAGE,
     Kube,
     kube,
     namespace,
     pipeline_body,
     pipeline_crd,
+    running_operator,
     wait_for,
 )
 
@@ -30,12 +28,8 @@ WATCH_TIMEOUT_S = 20.0
 
 @pytest.fixture(scope="module")
 def watching_operator(pipeline_crd: dict[str, Any]) -> Iterator[KopfRunner]:
-    registry = build_registry(OperatorConfig(image=TEST_IMAGE, reconcile_interval=NO_RESYNC_S))
-    runner = KopfRunner(["run", "--standalone", "--all-namespaces", "--verbose"], registry=registry, timeout=60)
-    with runner:
+    with running_operator(NO_RESYNC_S) as runner:
         yield runner
-    assert runner.exit_code == 0, runner.output[-4000:]
-    assert runner.exception is None
 
 
 def _pipeline() -> dict[str, Any]:

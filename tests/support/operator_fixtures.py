@@ -5,6 +5,8 @@ Import the fixtures you use explicitly (``from tests.support.operator_fixtures i
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -232,12 +234,19 @@ def namespace(kube: Kube) -> Iterator[str]:
                 raise
 
 
-@pytest.fixture(scope="module")
-def operator(pipeline_crd: dict[str, Any]) -> Iterator[KopfRunner]:
-    """The real operator (kopf, cluster-wide, 1 s resync) running in a thread for the whole module."""
-    registry = build_registry(OperatorConfig(image=TEST_IMAGE, reconcile_interval=RECONCILE_INTERVAL))
+@contextlib.contextmanager
+def running_operator(reconcile_interval: float) -> Iterator[KopfRunner]:
+    """The real operator (kopf, cluster-wide) in a thread; checks on exit that it stopped cleanly."""
+    registry = build_registry(OperatorConfig(image=TEST_IMAGE, reconcile_interval=reconcile_interval))
     runner = KopfRunner(["run", "--standalone", "--all-namespaces", "--verbose"], registry=registry, timeout=60)
     with runner:
         yield runner
     assert runner.exit_code == 0, runner.output[-4000:]
     assert runner.exception is None
+
+
+@pytest.fixture(scope="module")
+def operator(pipeline_crd: dict[str, Any]) -> Iterator[KopfRunner]:
+    """The real operator with a 1 s resync, for the whole module."""
+    with running_operator(RECONCILE_INTERVAL) as runner:
+        yield runner
