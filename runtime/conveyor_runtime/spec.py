@@ -236,12 +236,13 @@ def graph_errors(spec: PipelineSpec, prefix: str = "spec") -> list[FieldError]:
         errors.append(FieldError(f"{prefix}.output", f"unknown step {spec.output!r}"))
     if errors:
         return errors
-    entries = [s.name for s in spec.steps if not step_inputs(spec)[s.name]]
+    inputs = step_inputs(spec)
+    entries = [s.name for s in spec.steps if not inputs[s.name]]
     if len(entries) != 1:
         errors.append(
             FieldError(f"{prefix}.steps", f"exactly one step may have no inputs (it receives the request), found {entries}")
         )
-    cycle = _find_cycle(step_inputs(spec))
+    cycle = _find_cycle(inputs)
     if cycle:
         first = next(i for i, s in enumerate(spec.steps) if s.name == cycle[0])
         errors.append(FieldError(f"{prefix}.steps[{first}].inputs", "cycle: " + " -> ".join(cycle + [cycle[0]])))

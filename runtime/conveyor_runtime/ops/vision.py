@@ -73,10 +73,10 @@ class Preprocess(Op):
         self.channels = 1 if self.grayscale else 3
         self.mean = _channel_values(config, "mean", 0.0, self.channels)
         self.std = _channel_values(config, "std", 1.0, self.channels)
-        self.scale = (1.0 / (255.0 * self.std)).astype(np.float32)
-        self.offset = (self.mean / self.std).astype(np.float32)
+        scale = (1.0 / (255.0 * self.std)).reshape(-1, 1)
+        offset = (self.mean / self.std).reshape(-1, 1)
         levels = np.arange(256, dtype=np.float32)
-        self._table = levels[None, :] * self.scale.reshape(-1, 1) - self.offset.reshape(-1, 1)
+        self._table = (levels[None, :] * scale - offset).astype(np.float32)
         self.input_name = str(config.get("input", "image"))
         self.output_name = str(config.get("output", "image"))
         self.inputs = [TensorSpec(self.input_name, "BYTES", None, also=("UINT8",))]
