@@ -20,9 +20,10 @@ if [ -f scripts/install-helm.sh ]; then
   bash scripts/install-helm.sh
 fi
 
-echo "==> ruff (pyflakes) and mypy --strict (runtime, operator, benchmarks)"
+echo "==> ruff, mypy --strict (runtime, operator, benchmarks) and the import layers (lint-imports)"
 .venv/bin/ruff check --quiet
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 
 echo "==> pytest"
 exec .venv/bin/python -m pytest "$@"

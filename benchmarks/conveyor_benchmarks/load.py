@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 import grpc
 import grpc.aio
 
-from conveyor_runtime.balancer import CHANNEL_OPTIONS
-from conveyor_runtime.proto import open_inference_pb2 as pb
-from conveyor_runtime.protocol import InferenceStub
+from conveyor_runtime.gateway import CHANNEL_OPTIONS
+from conveyor_runtime.protocol import InferenceStub, pb
 
 __all__ = ["LoadResult", "closed_loop", "open_loop", "percentile"]
 

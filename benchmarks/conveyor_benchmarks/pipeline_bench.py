@@ -24,14 +24,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from conveyor_runtime.graph import ExecutionPlan, route_inputs
-from conveyor_runtime.proto import open_inference_pb2 as pb
-from conveyor_runtime.spec import PipelineManifest, StepSpec, load_manifest
-from conveyor_runtime.tensors import encode_request_inputs
+from conveyor_runtime.protocol import encode_tensors, pb
+from conveyor_runtime.spec import ExecutionPlan, PipelineManifest, StepSpec, load_manifest, route_inputs
 
 from .load import LoadResult, closed_loop, open_loop
 
-__all__ = ["register", "run", "StepStats", "scrape", "step_stats", "make_payloads", "in_process_baseline"]
+__all__ = ["StepStats", "in_process_baseline", "make_payloads", "register", "run", "scrape", "step_stats"]
 
 _PREPROCESS_OPS = {"image-preprocess", "preprocess", "conveyor_runtime.ops.vision:Preprocess"}
 
@@ -185,7 +183,7 @@ def in_process_baseline(
     Same ops and models, but each model as ONE session with ONNX Runtime's default threads (all cores): the
     best a single process does, whatever `instances` the pipeline uses to spread its work.
     """
-    from conveyor_runtime.ops.base import RequestContext, Skip
+    from conveyor_runtime.ops import RequestContext, Skip
     from conveyor_runtime.step import load_step_op
 
     manifest = load_manifest(manifest_path)
@@ -277,7 +275,7 @@ async def _measure(
     requests = []
     for payload in payloads:
         request = pb.ModelInferRequest(model_name=plan.pipeline)
-        encode_request_inputs(request, [("image", payload)])
+        encode_tensors(request, [("image", payload)])
         requests.append(request)
 
     def make_request(n: int) -> pb.ModelInferRequest:

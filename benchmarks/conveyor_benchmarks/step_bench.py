@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["register", "run", "StepBenchResult"]
+__all__ = ["StepBenchResult", "register", "run"]
 
 
 def register(modes: Any) -> None:
@@ -87,7 +87,7 @@ def _free_port() -> int:
 def _model_path(args: argparse.Namespace) -> Path:
     if args.model is not None:
         return Path(args.model).resolve()
-    from conveyor_runtime.models import resnet
+    from conveyor_runtime.example_models import resnet
 
     cache = Path(os.environ.get("CONVEYOR_BENCH_CACHE", Path(tempfile.gettempdir()) / "conveyor-bench"))
     cache.mkdir(parents=True, exist_ok=True)
@@ -113,8 +113,8 @@ def _scrape(metrics_port: int) -> tuple[float, float]:
 def _input_feed(path: Path, rows: int) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from conveyor_runtime.session import ORT_DATATYPES
-    from conveyor_runtime.tensors import DATATYPES
+    from conveyor_runtime.protocol import DATATYPES
+    from conveyor_runtime.step import ORT_DATATYPES
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
@@ -147,12 +147,10 @@ class _Load:
 async def _load(port: int, feed: dict[str, Any], concurrency: int, warmup: float, duration: float, server_pid: int) -> _Load:
     import grpc.aio
 
-    from conveyor_runtime.proto import open_inference_pb2 as pb
-    from conveyor_runtime.protocol import InferenceStub
-    from conveyor_runtime.tensors import encode_request_inputs
+    from conveyor_runtime.protocol import InferenceStub, encode_tensors, pb
 
     request = pb.ModelInferRequest(model_name="bench")
-    encode_request_inputs(request, feed.items())
+    encode_tensors(request, feed.items())
     rows = next(iter(feed.values())).shape[0]
     latencies: list[float] = []
     counts = {"items": 0, "errors": 0}
@@ -232,7 +230,7 @@ def _spec(args: argparse.Namespace, path: Path) -> Any:
 
 
 async def _with_in_process_server(args: argparse.Namespace, path: Path, feed: dict[str, Any]) -> tuple[_Load, float]:
-    from conveyor_runtime.step_server import create_step_server
+    from conveyor_runtime.step import create_step_server
 
     server = create_step_server(_spec(args, path), metrics_port=0)
     await server.start()

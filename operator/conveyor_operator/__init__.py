@@ -1,5 +1,23 @@
-"""Conveyor's Kubernetes operator: the InferencePipeline CRD, its children and their status (kopf)."""
+"""Conveyor's Kubernetes operator: the InferencePipeline CRD, the children it renders, their status (kopf).
 
-from __future__ import annotations
+Layout: `crd` (the CRD, generated from `conveyor_runtime.spec`), `labels` and `render` (children as plain
+manifests), `status` (conditions and per-step figures), `reconciler` (level-based apply/prune), `cluster` (the
+API client), `handlers` (kopf wiring; import `conveyor_operator.handlers.build_registry` to embed the operator),
+`config` and `command` (`conveyor operator`, `conveyor crd`). This face stays free of kopf and the
+Kubernetes client so that every `conveyor` command starts fast.
+"""
 
-__all__: list[str] = []
+from .config import OperatorConfig
+from .crd import build_crd, crd_yaml
+from .render import Owner, render_children
+from .status import PipelineStatus, compute_status
+
+__all__ = [
+    "OperatorConfig",
+    "Owner",
+    "PipelineStatus",
+    "build_crd",
+    "compute_status",
+    "crd_yaml",
+    "render_children",
+]

@@ -15,9 +15,9 @@ from kubernetes import config as k8s_config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
-from .render import FIELD_MANAGER
+from .labels import FIELD_MANAGER
 
-__all__ = ["Cluster", "CHILD_KINDS", "ChildKey", "child_key"]
+__all__ = ["CHILD_KINDS", "ChildKey", "Cluster", "child_key"]
 
 logger = logging.getLogger(__name__)
 

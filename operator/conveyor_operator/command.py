@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import InvalidConfig, OperatorConfig
+from conveyor_runtime.errors import UsageError
 
-__all__ = ["register", "register_crd", "run_operator", "run_crd"]
+from .config import OperatorConfig
+
+__all__ = ["register", "register_crd", "run_crd", "run_operator"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +49,10 @@ def _config(args: argparse.Namespace) -> OperatorConfig:
             reconcile_interval=args.reconcile_interval if args.reconcile_interval is not None else base.reconcile_interval,
             namespaces=tuple(args.namespace) if args.namespace else base.namespaces,
         )
-    except InvalidConfig:
+    except UsageError:
         raise
     except (TypeError, ValueError) as exc:
-        raise InvalidConfig(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def run_operator(args: argparse.Namespace) -> int:

@@ -6,15 +6,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from conveyor_runtime.errors import ConveyorError
+from conveyor_runtime.errors import UsageError
 
-from .render import DEFAULT_IMAGE
+from .labels import DEFAULT_IMAGE
 
-__all__ = ["OperatorConfig", "InvalidConfig"]
-
-
-class InvalidConfig(ConveyorError):
-    """Raised when an operator setting (flag or environment variable) is malformed."""
+__all__ = ["OperatorConfig"]
 
 
 @dataclass(frozen=True)
@@ -29,9 +25,9 @@ class OperatorConfig:
 
     def __post_init__(self) -> None:
         if not self.image:
-            raise InvalidConfig("image must not be empty; set CONVEYOR_IMAGE or --image")
+            raise UsageError("image must not be empty; set CONVEYOR_IMAGE or --image")
         if not 0.1 <= self.reconcile_interval <= 3600:
-            raise InvalidConfig(f"reconcile interval must be within 0.1..3600 seconds, got {self.reconcile_interval}")
+            raise UsageError(f"reconcile interval must be within 0.1..3600 seconds, got {self.reconcile_interval}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -41,6 +37,6 @@ class OperatorConfig:
         try:
             interval = float(raw_interval)
         except ValueError:
-            raise InvalidConfig(f"CONVEYOR_RECONCILE_INTERVAL must be a number of seconds, got {raw_interval!r}") from None
+            raise UsageError(f"CONVEYOR_RECONCILE_INTERVAL must be a number of seconds, got {raw_interval!r}") from None
         namespaces = tuple(ns.strip() for ns in env.get("CONVEYOR_WATCH_NAMESPACES", "").split(",") if ns.strip())
         return cls(image=env.get("CONVEYOR_IMAGE", "") or DEFAULT_IMAGE, reconcile_interval=interval, namespaces=namespaces)

@@ -16,17 +16,17 @@ from conveyor_runtime.spec import API_GROUP, API_VERSION, KIND, PipelineSpec
 from .status import PipelineStatus
 
 __all__ = [
-    "PLURAL",
-    "SINGULAR",
-    "SHORT_NAMES",
-    "CRD_NAME",
     "CRD_FILENAME",
+    "CRD_NAME",
     "MAX_CHILD_NAME",
-    "structural_schema",
-    "spec_schema",
-    "status_schema",
+    "PLURAL",
+    "SHORT_NAMES",
+    "SINGULAR",
     "build_crd",
     "crd_yaml",
+    "spec_schema",
+    "status_schema",
+    "structural_schema",
 ]
 
 PLURAL = "inferencepipelines"

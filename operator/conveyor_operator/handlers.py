@@ -16,10 +16,10 @@ from conveyor_runtime.spec import API_GROUP, API_VERSION, KIND
 from .cluster import Cluster
 from .config import OperatorConfig
 from .crd import PLURAL
+from .labels import MANAGED_BY
 from .reconciler import Outcome, Reconciler
-from .render import MANAGED_BY
 
-__all__ = ["build_registry", "configure_settings", "RESOURCE"]
+__all__ = ["RESOURCE", "build_registry", "configure_settings"]
 
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 PIPELINE_API_VERSION = f"{API_GROUP}/{API_VERSION}"

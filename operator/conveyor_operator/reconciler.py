@@ -17,10 +17,11 @@ from conveyor_runtime.errors import FieldError
 from conveyor_runtime.spec import PipelineSpec, graph_errors, validation_field_errors
 
 from .cluster import CHILD_KINDS, ChildKey, child_key
-from .render import COMPONENT_LABEL, DEFAULT_IMAGE, STEP_LABEL, Owner, child_selector, name_errors, render_children
+from .labels import COMPONENT_LABEL, DEFAULT_IMAGE, STEP_LABEL, child_selector
+from .render import Owner, name_errors, render_children
 from .status import DeploymentState, PipelineStatus, compute_status, invalid_status
 
-__all__ = ["ClusterAPI", "Event", "Outcome", "Reconciler", "validate_spec", "utc_now"]
+__all__ = ["ClusterAPI", "Event", "Outcome", "Reconciler", "utc_now", "validate_spec"]
 
 logger = logging.getLogger(__name__)
 

@@ -30,36 +30,23 @@ from conveyor_runtime.spec import (
     step_to_env,
 )
 
+from .labels import DEFAULT_IMAGE, labels, selector_labels
+
 __all__ = [
-    "FIELD_MANAGER",
-    "MANAGED_BY",
-    "STEP_LABEL",
-    "PIPELINE_LABEL",
-    "COMPONENT_LABEL",
-    "DEFAULT_IMAGE",
-    "WORK_DIR",
     "MANIFEST_DIR",
     "MANIFEST_KEY",
+    "WORK_DIR",
     "Owner",
-    "labels",
-    "child_selector",
     "name_errors",
+    "pipeline_manifest",
     "render_children",
+    "render_gateway_deployment",
+    "render_gateway_service",
     "render_graph_configmap",
     "render_step_deployment",
     "render_step_service",
-    "render_gateway_deployment",
-    "render_gateway_service",
-    "pipeline_manifest",
 ]
 
-FIELD_MANAGER = "conveyor-operator"
-MANAGED_BY = "conveyor-operator"
-PIPELINE_LABEL = f"{API_GROUP}/pipeline"
-STEP_LABEL = f"{API_GROUP}/step"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-#: Used when neither spec.image nor the operator's CONVEYOR_IMAGE names an image.
-DEFAULT_IMAGE = "conveyor:0.1.0"
 #: The writable working directory of every pod (an emptyDir): relative model paths land here.
 WORK_DIR = "/var/lib/conveyor"
 MANIFEST_DIR = "/etc/conveyor"
@@ -89,34 +76,6 @@ class Owner:
             "controller": True,
             "blockOwnerDeletion": True,
         }
-
-
-def labels(pipeline: str, component: str, step: str | None = None) -> dict[str, str]:
-    """Recommended `app.kubernetes.io/*` labels plus conveyor's own pipeline/step labels."""
-    result = {
-        "app.kubernetes.io/name": "conveyor",
-        "app.kubernetes.io/instance": pipeline,
-        COMPONENT_LABEL: component,
-        "app.kubernetes.io/part-of": "conveyor",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        PIPELINE_LABEL: pipeline,
-    }
-    if step is not None:
-        result[STEP_LABEL] = step
-    return result
-
-
-def _selector_labels(pipeline: str, component: str, step: str | None = None) -> dict[str, str]:
-    """The (immutable) Deployment selector: a subset of `labels`."""
-    result = {PIPELINE_LABEL: pipeline, COMPONENT_LABEL: component}
-    if step is not None:
-        result[STEP_LABEL] = step
-    return result
-
-
-def child_selector(pipeline: str) -> str:
-    """Label selector for every child of one pipeline."""
-    return f"app.kubernetes.io/instance={pipeline},app.kubernetes.io/managed-by={MANAGED_BY}"
 
 
 def name_errors(pipeline: str, spec: PipelineSpec) -> list[FieldError]:
@@ -220,7 +179,7 @@ def _deployment(
         "metadata": _metadata(owner, name, component, step),
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": _selector_labels(owner.name, component, step)},
+            "selector": {"matchLabels": selector_labels(owner.name, component, step)},
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": dict(annotations)},
                 "spec": pod_spec,
@@ -282,7 +241,7 @@ def render_step_service(owner: Owner, step: StepSpec) -> dict[str, Any]:
         "metadata": _metadata(owner, step_resource_name(owner.name, step.name), "step", step.name),
         "spec": {
             "clusterIP": "None",
-            "selector": _selector_labels(owner.name, "step", step.name),
+            "selector": selector_labels(owner.name, "step", step.name),
             "ports": [{"name": "grpc", "port": STEP_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}],
             "publishNotReadyAddresses": False,
         },
@@ -371,7 +330,7 @@ def render_gateway_service(owner: Owner, spec: PipelineSpec) -> dict[str, Any]:
         "metadata": _metadata(owner, gateway_resource_name(owner.name), "gateway"),
         "spec": {
             "type": "ClusterIP",
-            "selector": _selector_labels(owner.name, "gateway"),
+            "selector": selector_labels(owner.name, "gateway"),
             "ports": [
                 {"name": "grpc", "port": spec.gateway.grpcPort, "targetPort": "grpc", "protocol": "TCP"},
                 {"name": "http", "port": spec.gateway.httpPort, "targetPort": "http", "protocol": "TCP"},

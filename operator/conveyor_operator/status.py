@@ -18,14 +18,14 @@ from conveyor_runtime.spec import PipelineSpec, gateway_resource_name, step_reso
 __all__ = [
     "CONDITION_TYPES",
     "Condition",
-    "StepStatus",
+    "DeploymentState",
     "GatewayStatus",
     "PipelineStatus",
-    "DeploymentState",
+    "StepStatus",
     "compute_status",
-    "invalid_status",
     "condition",
     "gateway_endpoint",
+    "invalid_status",
 ]
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded")

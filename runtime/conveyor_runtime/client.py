@@ -11,9 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import RequestError
-from .proto import open_inference_pb2 as pb
-from .protocol import METHODS, SERVICE_NAME
-from .tensors import decode_response_outputs, encode_request_inputs
+from .protocol import METHODS, SERVICE_NAME, decode_tensors, encode_tensors, error_from_rpc, pb
 
 __all__ = ["Client", "image_tensor"]
 
@@ -53,11 +51,8 @@ class Client:
         try:
             return self._calls[method](request, timeout=timeout if timeout is not None else self.timeout)
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            if code == grpc.StatusCode.UNAVAILABLE:
-                details = f"{details} (is the pipeline running at {self.url}? try `conveyor run PIPELINE.yaml`)"
-            raise RequestError(details or code.name, status=code.name if code.name != "OK" else "UNKNOWN") from None
+            hint = f"is the pipeline running at {self.url}? try `conveyor run PIPELINE.yaml`"
+            raise error_from_rpc(exc, hint=hint) from None
 
     def ready(self) -> bool:
         try:
@@ -92,10 +87,10 @@ class Client:
                 raise RequestError(f"the model takes inputs {names}; pass a dict of name -> array", status="INVALID_ARGUMENT")
             inputs = {names[0]: inputs}
         request = pb.ModelInferRequest(model_name=self.model)
-        encode_request_inputs(request, ((name, np.asarray(array)) for name, array in inputs.items()))
+        encode_tensors(request, ((name, np.asarray(array)) for name, array in inputs.items()))
         for name in outputs or []:
             request.outputs.add(name=name)
-        return decode_response_outputs(self._call("ModelInfer", request, timeout))
+        return decode_tensors(self._call("ModelInfer", request, timeout))
 
     def close(self) -> None:
         self._channel.close()

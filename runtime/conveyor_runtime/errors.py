@@ -1,18 +1,21 @@
-"""Conveyor's error tree; every error a user can meet is one of these.
+"""Conveyor's error tree: every error a user can meet is one of these, each with the case that raises it.
 
-    ConveyorError
-    ├── InvalidManifest    a pipeline manifest or step spec breaks a rule (names each field path)
-    ├── RequestError       one request fails; carries the gRPC status name that reaches the client
-    │   ├── InvalidRequest     malformed input: wrong dtype, shape, size, unknown input  -> INVALID_ARGUMENT
-    │   ├── ModelNotReady      the step or model is loading or shutting down              -> UNAVAILABLE
-    │   ├── QueueFull          the batch queue is at maxQueueSize                          -> RESOURCE_EXHAUSTED
-    │   ├── DeadlineExceeded   the client's deadline passed before compute                 -> DEADLINE_EXCEEDED
-    │   ├── StepFailed         a server-side fault while computing                         -> INTERNAL
-    │   └── OpError            an op hook rejected the request with its own code/reason
-    └── ModelLoadError     a model file is missing, unreadable or clashes with its settings
+    ConveyorError            base of every error Conveyor raises on purpose
+    ├── InvalidManifest      a pipeline manifest or step spec breaks a rule; lists each field path
+    ├── UsageError           a command's flag, argument or environment setting is unusable (bad flag, missing file)
+    ├── ModelLoadError       a model file is missing, unreadable or clashes with its step's settings
+    ├── RunnerFailed         `conveyor run` cannot bring the pipeline up (a step keeps crashing, a port is taken)
+    └── RequestError         one request fails; `status` is the gRPC status name the client sees
+        ├── InvalidRequest       malformed input: wrong dtype, shape, size, unknown input   -> INVALID_ARGUMENT
+        ├── ModelNotReady        the step or model is loading or shutting down               -> UNAVAILABLE
+        ├── QueueFull            the batch queue is at maxQueueSize                           -> RESOURCE_EXHAUSTED
+        ├── DeadlineExceeded     the client's deadline passed before compute                  -> DEADLINE_EXCEEDED
+        ├── StepFailed           a server-side fault while computing                          -> INTERNAL
+        ├── StepCallError        a step answered the gateway with an error (its own status)
+        └── OpError              an op hook rejected the request with its own status and reason code
 
 Status names are plain strings (grpc.StatusCode member names) so that this module stays free of grpc;
-the servicer seam maps them to real codes in one table.
+`conveyor_runtime.protocol.status` maps them to gRPC codes and HTTP statuses in one table.
 """
 
 from __future__ import annotations
@@ -20,18 +23,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "STATUS_NAMES",
     "ConveyorError",
+    "DeadlineExceeded",
     "FieldError",
     "InvalidManifest",
-    "RequestError",
     "InvalidRequest",
-    "ModelNotReady",
-    "QueueFull",
-    "DeadlineExceeded",
-    "StepFailed",
-    "OpError",
     "ModelLoadError",
-    "STATUS_NAMES",
+    "ModelNotReady",
+    "OpError",
+    "QueueFull",
+    "RequestError",
+    "RunnerFailed",
+    "StepCallError",
+    "StepFailed",
+    "UsageError",
 ]
 
 #: The gRPC status names that a RequestError may carry.
@@ -83,6 +89,18 @@ class InvalidManifest(ConveyorError):
         super().__init__(f"{len(self.errors)} invalid field(s){where}:\n{lines}")
 
 
+class UsageError(ConveyorError):
+    """Raised when a command's flag or argument, or an environment setting, cannot be used; says what to pass."""
+
+
+class ModelLoadError(ConveyorError):
+    """Raised when a model cannot be loaded: missing file, bad ONNX, or settings that clash with it."""
+
+
+class RunnerFailed(ConveyorError):
+    """Raised when `conveyor run` cannot bring the pipeline up (a step keeps crashing, a port is taken, ...)."""
+
+
 class RequestError(ConveyorError):
     """Raised when one request fails; ``status`` is the gRPC status name the client sees."""
 
@@ -127,6 +145,15 @@ class StepFailed(RequestError):
     status = "INTERNAL"
 
 
+class StepCallError(RequestError):
+    """Raised at the gateway when a step answers with an error; the message is prefixed with the step's name."""
+
+    def __init__(self, step: str, status: str, details: str) -> None:
+        self.step = step
+        status = status if status in STATUS_NAMES else "INTERNAL"
+        super().__init__(f"step {step!r}: {details or status}", status=status)
+
+
 class OpError(RequestError):
     """Raised by an op hook to fail one request with its own status and an app-level ``reason`` code.
 
@@ -137,7 +164,3 @@ class OpError(RequestError):
     def __init__(self, message: str, *, status: str = "INVALID_ARGUMENT", reason: str = "") -> None:
         self.reason = reason
         super().__init__(f"[{reason}] {message}" if reason else message, status=status)
-
-
-class ModelLoadError(ConveyorError):
-    """Raised when a model cannot be loaded: missing file, bad ONNX, or settings that clash with it."""

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor_runtime.graph import ExecutionPlan
-from conveyor_runtime.spec import load_manifest
+from conveyor_runtime.spec import ExecutionPlan, load_manifest
 from tests.support.pipeline_fixtures import REPO
 
 MANIFESTS = sorted((REPO / "examples").glob("*/*.yaml"))

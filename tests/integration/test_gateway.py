@@ -14,9 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor_runtime.errors import InvalidRequest
 from conveyor_runtime.gateway import Gateway, create_gateway
-from conveyor_runtime.proto import open_inference_pb2 as pb
-from conveyor_runtime.protocol import InferenceStub
-from conveyor_runtime.tensors import decode_response_outputs, encode_request_inputs
+from conveyor_runtime.protocol import InferenceStub, decode_tensors, encode_tensors, pb
 from tests.support.pipeline_fixtures import FakeStep, RunningStep, manifest, start_fake_step
 
 
@@ -69,7 +67,7 @@ async def chain() -> AsyncIterator[tuple[Gateway, dict[str, list[RunningStep]]]]
 
 def _request(model: str, **arrays: np.ndarray) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model)
-    encode_request_inputs(request, arrays.items())
+    encode_tensors(request, arrays.items())
     return request
 
 
@@ -79,7 +77,7 @@ async def test_gateway_runs_a_chain_renaming_single_tensors(chain: tuple[Gateway
         stub = InferenceStub(channel)
         for _ in range(6):
             response = await stub.ModelInfer(_request("chain", image=np.array([[1.0, 2.0]], dtype=np.float32)), timeout=10)
-            outputs = decode_response_outputs(response)
+            outputs = decode_tensors(response)
             np.testing.assert_allclose(outputs["y"], [[104.0, 106.0]])
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
@@ -172,7 +170,7 @@ async def test_gateway_runs_branches_in_parallel_and_joins_by_name() -> None:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
             response = await InferenceStub(channel).ModelInfer(_request("diamond", x=np.array([1.0], np.float32)), timeout=10)
-        np.testing.assert_allclose(decode_response_outputs(response)["sum"], [5.0])
+        np.testing.assert_allclose(decode_tensors(response)["sum"], [5.0])
     finally:
         await gateway.stop(0)
         for replicas in steps.values():
@@ -190,7 +188,7 @@ async def test_gateway_retries_unavailable_on_another_replica() -> None:
             results = await asyncio.gather(
                 *(stub.ModelInfer(_request("retry", x=np.array([i], np.float32)), timeout=10) for i in range(20))
             )
-        assert [float(decode_response_outputs(r)["y"][0]) for r in results] == [i + 1.0 for i in range(20)]
+        assert [float(decode_tensors(r)["y"][0]) for r in results] == [i + 1.0 for i in range(20)]
     finally:
         await gateway.stop(0)
         await healthy.stop()

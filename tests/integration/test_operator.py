@@ -10,8 +10,8 @@ from kubernetes.client.rest import ApiException
 
 from conveyor_operator.cluster import Cluster
 from conveyor_operator.crd import PLURAL
+from conveyor_operator.labels import STEP_LABEL, child_selector
 from conveyor_operator.reconciler import Reconciler
-from conveyor_operator.render import STEP_LABEL, child_selector
 from conveyor_runtime.spec import API_GROUP, API_VERSION, STEP_SPEC_ENV, StepSpec, step_from_env
 from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
     TEST_IMAGE,
@@ -33,7 +33,7 @@ def _demo(name: str = "demo") -> dict[str, Any]:
         {"name": "pre", "op": "resize", "config": {"size": 32}, "replicas": 1},
         {
             "name": "cls",
-            "model": {"path": "models/resnet18.onnx", "build": "conveyor_runtime.models.resnet:build"},
+            "model": {"path": "models/resnet18.onnx", "build": "conveyor_runtime.example_models.resnet:build"},
             "replicas": 2,
             "batching": {"maxBatchSize": 16, "maxQueueDelayMicroseconds": 500},
             "resources": {"gpu": 1, "cpu": "500m", "memory": "1Gi"},

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 
-from conveyor_operator.render import child_selector
+from conveyor_operator.labels import child_selector
 from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
     Kube,
     kube,

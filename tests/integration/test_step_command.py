@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from conveyor_runtime.cli import build_parser
-from conveyor_runtime.errors import InvalidManifest
+from conveyor_runtime.cli.step import load_step_spec
+from conveyor_runtime.errors import InvalidManifest, UsageError
 from conveyor_runtime.spec import STEP_SPEC_ENV
-from conveyor_runtime.step_command import load_step_spec
 
 MANIFEST = """\
 apiVersion: conveyor.dev/v1alpha1
@@ -30,9 +30,9 @@ def test_step_command_takes_the_step_from_a_manifest(tmp_path: Path) -> None:
     spec, base_dir = load_step_spec(manifest, "model")
     assert spec.name == "model" and spec.batching.maxBatchSize == 16
     assert base_dir == tmp_path.resolve()
-    with pytest.raises(InvalidManifest, match="no step 'post'; steps: pre, model"):
+    with pytest.raises(UsageError, match="no step 'post'; steps: pre, model"):
         load_step_spec(manifest, "post")
-    with pytest.raises(InvalidManifest, match="name the step"):
+    with pytest.raises(UsageError, match="name the step"):
         load_step_spec(manifest, None)
 
 

@@ -12,23 +12,22 @@ import pytest
 import tritonclient.grpc as triton
 from PIL import Image
 
-from conveyor_runtime.models import digits
-from conveyor_runtime.proto import open_inference_pb2 as pb
-from conveyor_runtime.tensors import decode_response_outputs, encode_request_inputs
+from conveyor_runtime.example_models import digits
+from conveyor_runtime.protocol import decode_tensors, encode_tensors, pb
 from tests.support import step_fixtures
 from tests.support.step_fixtures import ModelFiles, model_files, running_step, step_spec, stub_for  # noqa: F401
 
 
 def _request(name: str, x: np.ndarray, **parameters: bool) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest()
-    encode_request_inputs(request, [(name, x)])
+    encode_tensors(request, [(name, x)])
     for key, value in parameters.items():
         request.parameters[key].bool_param = value
     return request
 
 
 async def _infer(stub: object, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
-    return decode_response_outputs(await stub.ModelInfer(_request(name, x)))  # type: ignore[attr-defined]
+    return decode_tensors(await stub.ModelInfer(_request(name, x)))  # type: ignore[attr-defined]
 
 
 async def test_step_ops_digits_preprocess_model_topk_chain(model_files: ModelFiles) -> None:
@@ -91,10 +90,10 @@ async def test_step_ops_custom_error_code_reaches_the_client_and_others_carry_on
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error.details() == "[NEGATIVE] x must not be negative"
     assert isinstance(results[0], pb.ModelInferResponse) and isinstance(results[2], pb.ModelInferResponse)
-    np.testing.assert_array_equal(decode_response_outputs(results[0])["y"], good * 2)
-    np.testing.assert_array_equal(decode_response_outputs(results[2])["y"], good * 6)
+    np.testing.assert_array_equal(decode_tensors(results[0])["y"], good * 2)
+    np.testing.assert_array_equal(decode_tensors(results[2])["y"], good * 6)
     assert isinstance(results[3], pb.ModelInferResponse)
-    np.testing.assert_array_equal(decode_response_outputs(results[3])["y"], good * 7)  # Skip: process never ran
+    np.testing.assert_array_equal(decode_tensors(results[3])["y"], good * 7)  # Skip: process never ran
 
 
 async def test_step_ops_drop_expired_requests_before_compute() -> None:

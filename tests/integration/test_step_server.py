@@ -15,10 +15,8 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor_runtime.errors import ModelLoadError
-from conveyor_runtime.proto import open_inference_pb2 as pb
-from conveyor_runtime.protocol import SERVICE_NAME
-from conveyor_runtime.step_server import create_step_server
-from conveyor_runtime.tensors import decode_response_outputs, encode_request_inputs
+from conveyor_runtime.protocol import SERVICE_NAME, decode_tensors, encode_tensors, pb
+from conveyor_runtime.step import create_step_server
 from tests.support.step_fixtures import ModelFiles, model_files, running_step, step_spec, stub_for  # noqa: F401
 
 
@@ -29,7 +27,7 @@ def _reference(path: Any, x: np.ndarray) -> np.ndarray:
 
 def _request(x: np.ndarray, name: str = "image", model: str = "classify") -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model, id="r1")
-    encode_request_inputs(request, [(name, x)])
+    encode_tensors(request, [(name, x)])
     return request
 
 
@@ -71,11 +69,11 @@ async def test_step_server_splits_large_client_batches_and_keeps_order(model_fil
     requests = [rng.random((rows, 3, 32, 32), dtype=np.float32) for rows in (11, 1, 2, 5, 3)]
     async with running_step(spec) as server, stub_for(server) as stub:
         responses = await asyncio.gather(*(stub.ModelInfer(_request(x)) for x in requests))
-        assert server.step is not None and server.step.batcher is not None
-        assert server.step.batcher.stats.rows == sum(len(x) for x in requests)
+        assert server.op_loop is not None and server.op_loop.batcher is not None
+        assert server.op_loop.batcher.stats.rows == sum(len(x) for x in requests)
     for x, response in zip(requests, responses):
         assert response.model_name == "classify" and response.id == "r1"
-        np.testing.assert_allclose(decode_response_outputs(response)["logits"], _reference(path, x), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(decode_tensors(response)["logits"], _reference(path, x), rtol=1e-4, atol=1e-5)
 
 
 async def test_step_server_health_metadata_and_model_names(model_files: ModelFiles) -> None:
@@ -158,7 +156,7 @@ async def test_step_server_serves_fixed_batch_models_unbatched(model_files: Mode
     async with running_step(step_spec(model={"path": str(path)}, batching={"maxBatchSize": 0})) as server, stub_for(server) as stub:
         x = np.random.default_rng(2).random((2, 3, 32, 32), dtype=np.float32)
         response = await stub.ModelInfer(_request(x))
-        np.testing.assert_allclose(decode_response_outputs(response)["logits"], _reference(path, x), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(decode_tensors(response)["logits"], _reference(path, x), rtol=1e-4, atol=1e-5)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.ModelInfer(_request(x[:1]))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -177,7 +175,7 @@ async def test_step_server_builds_a_missing_model_relative_to_base_dir(tmp_path:
     spec = step_spec(
         model={
             "path": "models/r.onnx",
-            "build": "conveyor_runtime.models.resnet:build",
+            "build": "conveyor_runtime.example_models.resnet:build",
             "buildArgs": {"depth": 18, "image_size": 32, "num_classes": 3},
         }
     )

@@ -16,10 +16,8 @@ import grpc.aio
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conveyor_runtime.proto import open_inference_pb2 as pb
-from conveyor_runtime.protocol import InferenceStub
+from conveyor_runtime.protocol import InferenceStub, decode_tensors, encode_tensors, pb
 from conveyor_runtime.spec import step_to_env
-from conveyor_runtime.tensors import decode_response_outputs, encode_request_inputs
 from tests.support.step_fixtures import step_spec
 
 
@@ -79,7 +77,7 @@ async def test_step_command_sigterm_goes_not_serving_drains_and_exits_zero(tmp_p
         requests = []
         for value in (1.0, 2.0):
             request = pb.ModelInferRequest()
-            encode_request_inputs(request, [("x", np.full((1, 2), value, np.float32))])
+            encode_tensors(request, [("x", np.full((1, 2), value, np.float32))])
             requests.append(asyncio.ensure_future(stub.ModelInfer(request, timeout=60)))
         await _wait_file(marker)  # the first request is computing, the second is queued
         process.send_signal(signal.SIGTERM)
@@ -89,7 +87,7 @@ async def test_step_command_sigterm_goes_not_serving_drains_and_exits_zero(tmp_p
         assert not all(r.done() for r in requests)  # readiness dropped before the work was done
         responses = await asyncio.gather(*requests)
         for value, response in zip((1.0, 2.0), responses):
-            np.testing.assert_array_equal(decode_response_outputs(response)["y"], np.full((1, 2), 2 * value))
+            np.testing.assert_array_equal(decode_tensors(response)["y"], np.full((1, 2), 2 * value))
         assert await asyncio.to_thread(process.wait, 30) == 0
     finally:
         await channel.close()
@@ -97,5 +95,5 @@ async def test_step_command_sigterm_goes_not_serving_drains_and_exits_zero(tmp_p
             process.kill()
             process.wait(timeout=10)
     text = log.read_text()
-    assert "step slow SERVING on 127.0.0.1:%d (provider python" % port in text
+    assert f"step slow SERVING on 127.0.0.1:{port} (provider python" in text
     assert "SIGTERM received" in text

@@ -20,8 +20,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
@@ -400,7 +400,7 @@ class ControlPlane:
             try:
                 if check():
                     return
-            except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
+            except Exception as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             if time.monotonic() >= deadline:
                 raise ControlPlaneError(

@@ -6,7 +6,6 @@ Import the fixtures you use explicitly (``from tests.support.operator_fixtures i
 from __future__ import annotations
 
 import contextlib
-
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,15 +25,15 @@ from conveyor_operator.handlers import build_registry
 from conveyor_runtime.spec import API_GROUP, API_VERSION
 
 __all__ = [
+    "RECONCILE_INTERVAL",
+    "TEST_IMAGE",
     "Kube",
     "kube",
-    "pipeline_crd",
     "namespace",
     "operator",
-    "wait_for",
     "pipeline_body",
-    "TEST_IMAGE",
-    "RECONCILE_INTERVAL",
+    "pipeline_crd",
+    "wait_for",
 ]
 
 T = TypeVar("T")

@@ -20,10 +20,8 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from conveyor_runtime.errors import RequestError
-from conveyor_runtime.proto import open_inference_pb2 as pb
-from conveyor_runtime.protocol import abort_with, add_inference_servicer
+from conveyor_runtime.protocol import abort_with, add_inference_servicer, decode_tensors, encode_tensors, pb
 from conveyor_runtime.spec import PipelineManifest, parse_manifest
-from conveyor_runtime.tensors import decode_request_inputs, encode_response_outputs
 
 REPO = Path(__file__).resolve().parents[2]
 Arrays = dict[str, np.ndarray]
@@ -67,7 +65,7 @@ class FakeStep:
         self.deadlines.append(context.time_remaining())
         self.entered.set()
         try:
-            arrays = decode_request_inputs(request)
+            arrays = decode_tensors(request)
             result = self.fn(arrays)
             if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
                 result = await result
@@ -76,7 +74,7 @@ class FakeStep:
             raise
         response = pb.ModelInferResponse(model_name=self.name)
         assert isinstance(result, Mapping)
-        encode_response_outputs(response, result.items())
+        encode_tensors(response, result.items())
         return response
 
 

@@ -15,22 +15,22 @@ import numpy as np
 import pytest
 
 from conveyor_runtime.errors import OpError
-from conveyor_runtime.models import resnet
+from conveyor_runtime.example_models import resnet
 from conveyor_runtime.ops import Arrays, Op, OpContext, RequestContext, Skip, TensorSpec
 from conveyor_runtime.protocol import InferenceStub
 from conveyor_runtime.spec import StepSpec
-from conveyor_runtime.step_server import StepServer, create_step_server
+from conveyor_runtime.step import StepServer, create_step_server
 
 __all__ = [
+    "GATE",
+    "DoubleOp",
+    "GateOp",
     "ModelFiles",
+    "SlowOp",
     "model_files",
     "running_step",
     "step_spec",
     "stub_for",
-    "DoubleOp",
-    "GateOp",
-    "GATE",
-    "SlowOp",
 ]
 
 
@@ -48,7 +48,7 @@ class ModelFiles:
         return path
 
     def digits(self) -> Path:
-        from conveyor_runtime.models import digits
+        from conveyor_runtime.example_models import digits
 
         path = self.root / "digits.onnx"
         if not path.exists():

@@ -8,17 +8,15 @@ import time
 import numpy as np
 import pytest
 
-from conveyor_runtime.balancer import Balancer, StepCallError
-from conveyor_runtime.endpoints import StaticEndpoints
-from conveyor_runtime.errors import InvalidRequest, ModelNotReady
-from conveyor_runtime.proto import open_inference_pb2 as pb
-from conveyor_runtime.tensors import encode_request_inputs
+from conveyor_runtime.errors import InvalidRequest, ModelNotReady, StepCallError
+from conveyor_runtime.gateway import Balancer, StaticEndpoints
+from conveyor_runtime.protocol import encode_tensors, pb
 from tests.support.pipeline_fixtures import FakeStep, start_fake_step
 
 
 def _request() -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="s")
-    encode_request_inputs(request, [("x", np.zeros(1, np.float32))])
+    encode_tensors(request, [("x", np.zeros(1, np.float32))])
     return request
 
 
@@ -37,7 +35,7 @@ async def test_balancer_prefers_the_replica_with_fewer_outstanding_calls() -> No
         while not all(r.healthy for r in balancer.replicas.values()):
             await asyncio.sleep(0.01)
         stuck_request = pb.ModelInferRequest(model_name="s")
-        encode_request_inputs(stuck_request, [("x", np.ones(1, np.float32))])
+        encode_tensors(stuck_request, [("x", np.ones(1, np.float32))])
         stuck = asyncio.create_task(balancer.infer(stuck_request, None))
         await asyncio.wait_for(asyncio.wait([asyncio.create_task(s.servicer.entered.wait()) for s in steps],
                                             return_when=asyncio.FIRST_COMPLETED), 5)

@@ -12,9 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conveyor_runtime.batcher import Batcher, batch_key, form_batch
 from conveyor_runtime.errors import DeadlineExceeded, ModelNotReady, OpError, QueueFull, StepFailed
-from conveyor_runtime.metrics import StepMetrics
+from conveyor_runtime.step import Batcher, StepMetrics, batch_key, form_batch
 
 Arrays = dict[str, np.ndarray]
 
@@ -173,7 +172,7 @@ def test_batcher_answers_every_request_once_in_order_without_oversize_or_mixed_b
             )
         finally:
             await batcher.aclose()
-        for i, ((rows, width), result) in enumerate(zip(requests, results)):
+        for i, ((rows, _width), result) in enumerate(zip(requests, results)):
             expected = (i * 1000 + np.arange(rows, dtype=np.float32)) * 10
             np.testing.assert_array_equal(result["y"][:, 0], expected)
         assert sum(rows for rows, _ in compute.batches) == sum(rows for rows, _ in requests)

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from conveyor_runtime.endpoints import DnsEndpoints, StaticEndpoints, format_address, parse_address, watch_endpoints
+from conveyor_runtime.gateway import DnsEndpoints, StaticEndpoints, watch_endpoints
+from conveyor_runtime.serving import format_address, parse_address
 
 
 def test_endpoints_parse_and_format_addresses() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conveyor_runtime.errors import StepFailed
-from conveyor_runtime.graph import ExecutionPlan, route_inputs
+from conveyor_runtime.spec import ExecutionPlan, route_inputs
 from tests.support.pipeline_fixtures import manifest
 
 

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from conveyor_runtime.errors import InvalidRequest
-from conveyor_runtime.wire import WireTensor
-from conveyor_runtime.http_api import parse_infer_request, render_infer_response
-from conveyor_runtime.tensors import serialize_bytes
+from conveyor_runtime.protocol import WireTensor, parse_infer_request, render_infer_response, serialize_bytes
 
 
 def _body(header: dict[str, object], binary: bytes = b"") -> tuple[bytes, int | None]:

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from conveyor_runtime.models import resnet
-from conveyor_runtime.ops.base import OpContext, RequestContext
+from conveyor_runtime.example_models import resnet
+from conveyor_runtime.ops import OpContext, RequestContext
 from conveyor_runtime.ops.vision import Preprocess
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -9,9 +9,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from conveyor_operator.labels import DEFAULT_IMAGE, STEP_LABEL
 from conveyor_operator.render import (
-    DEFAULT_IMAGE,
-    STEP_LABEL,
     WORK_DIR,
     Owner,
     name_errors,
@@ -30,7 +29,7 @@ def _spec(**overrides: Any) -> PipelineSpec:
             {"name": "pre", "op": "resize", "config": {"size": 32}},
             {
                 "name": "cls",
-                "model": {"path": "models/m.onnx", "build": "conveyor_runtime.models.resnet:build"},
+                "model": {"path": "models/m.onnx", "build": "conveyor_runtime.example_models.resnet:build"},
                 "replicas": 3,
                 "batching": {"maxBatchSize": 32, "maxQueueDelayMicroseconds": 250},
                 "resources": {"gpu": 2, "cpu": "2", "memory": "4Gi"},

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conveyor_runtime.errors import ModelLoadError
-from conveyor_runtime.session import ModelSession, plan_precision, plan_providers, plan_threads
 from conveyor_runtime.spec import ModelSpec
+from conveyor_runtime.step import ModelSession, plan_precision, plan_providers, plan_threads
 from tests.support.step_fixtures import ModelFiles, model_files  # noqa: F401 (fixture)
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"

@@ -11,14 +11,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from conveyor_runtime.errors import InvalidRequest
-from conveyor_runtime.proto import open_inference_pb2 as pb
-from conveyor_runtime.tensors import (
-    decode_request_inputs,
-    decode_response_outputs,
+from conveyor_runtime.protocol import (
     decode_tensor,
+    decode_tensors,
     deserialize_bytes,
-    encode_request_inputs,
-    encode_response_outputs,
+    encode_tensors,
+    pb,
     serialize_bytes,
 )
 
@@ -31,8 +29,8 @@ numeric = hnp.arrays(
 @given(numeric)
 def test_tensors_raw_round_trip(array: np.ndarray[Any, Any]) -> None:
     request = pb.ModelInferRequest()
-    encode_request_inputs(request, [("x", array)])
-    decoded = decode_request_inputs(pb.ModelInferRequest.FromString(request.SerializeToString()))["x"]
+    encode_tensors(request, [("x", array)])
+    decoded = decode_tensors(pb.ModelInferRequest.FromString(request.SerializeToString()))["x"]
     assert decoded.dtype == array.dtype and decoded.shape == array.shape
     np.testing.assert_array_equal(decoded, array)
 
@@ -42,8 +40,8 @@ def test_tensors_bytes_round_trip(items: list[bytes]) -> None:
     array = np.empty(len(items), dtype=object)
     array[:] = items
     response = pb.ModelInferResponse()
-    encode_response_outputs(response, [("b", array)])
-    decoded = decode_response_outputs(response)["b"]
+    encode_tensors(response, [("b", array)])
+    decoded = decode_tensors(response)["b"]
     assert list(decoded) == items
     assert list(deserialize_bytes(serialize_bytes(array), len(items))) == items
 
@@ -73,7 +71,7 @@ def test_tensors_bad_input_names_the_input(datatype: str, shape: list[int], raw:
 
 def test_tensors_raw_contents_must_cover_every_input() -> None:
     request = pb.ModelInferRequest()
-    encode_request_inputs(request, [("a", np.zeros(2, np.float32)), ("b", np.zeros(2, np.float32))])
+    encode_tensors(request, [("a", np.zeros(2, np.float32)), ("b", np.zeros(2, np.float32))])
     del request.raw_input_contents[1]
     with pytest.raises(InvalidRequest, match="2 inputs but 1 raw_input_contents"):
-        decode_request_inputs(request)
+        decode_tensors(request)

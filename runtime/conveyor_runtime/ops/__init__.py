@@ -1,4 +1,4 @@
-"""Ops a step can run: the Op API, the built-in ops by short name, and loading `package.module:Class` references."""
+"""Ops a step can run: the Op API users subclass, the built-in ops by short name, and loading `package.module:Class`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib
 
 from .base import Arrays, Op, OpContext, RequestContext, Skip, TensorSpec
 
-__all__ = ["Arrays", "Op", "OpContext", "RequestContext", "Skip", "TensorSpec", "BUILTIN_OPS", "load_op"]
+__all__ = ["BUILTIN_OPS", "Arrays", "Op", "OpContext", "RequestContext", "Skip", "TensorSpec", "load_op"]
 
 #: Short names usable as a step's `op:`; values are import references (loaded on use).
 BUILTIN_OPS: dict[str, str] = {
@@ -29,5 +29,5 @@ def load_op(reference: str) -> type[Op]:
         raise ValueError(f"op {reference!r}: cannot import module {module_name!r}: {exc}") from exc
     cls = getattr(module, attribute, None)
     if not (isinstance(cls, type) and issubclass(cls, Op)):
-        raise ValueError(f"op {reference!r}: {attribute!r} in {module_name} is not a subclass of conveyor_runtime.ops.Op")
+        raise ValueError(f"op {reference!r}: {attribute!r} in {module_name} is not a subclass of conveyor_runtime.Op")
     return cls

@@ -9,12 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy.typing as npt
+from ..arrays import Arrays
 
-__all__ = ["Arrays", "TensorSpec", "OpContext", "RequestContext", "Skip", "Op"]
-
-#: Named tensors; in `process` every tensor has the batch's rows along axis 0.
-Arrays = dict[str, npt.NDArray[Any]]
+__all__ = ["Arrays", "Op", "OpContext", "RequestContext", "Skip", "TensorSpec"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,7 @@ class Op:
     * ``process(batch)`` per batch: rows along axis 0, must return as many rows as it got;
     * ``postprocess(outputs, request)`` per request.
 
-    Any hook may raise `conveyor_runtime.errors.OpError(message, status=..., reason=...)` to fail a request
+    Any hook may raise `conveyor_runtime.OpError(message, status=..., reason=...)` to fail a request
     (in `process`: every request of the batch) with a status and reason that reach the client.
     """
 

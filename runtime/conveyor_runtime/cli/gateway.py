@@ -1,0 +1,94 @@
+"""`conveyor gateway`: serve a pipeline manifest as one model, calling each step's replicas over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from typing import Any
+
+from ..errors import UsageError
+from ..gateway import create_gateway
+from ..serving import parse_address, stop_on_signals
+from ..spec import STEP_GRPC_PORT, PipelineManifest, load_manifest
+
+__all__ = ["parse_endpoints", "register", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def parse_endpoints(values: list[str]) -> dict[str, list[str]]:
+    """``STEP=HOST:PORT[,HOST:PORT...]`` options -> {step: [address, ...]}; repeated steps add addresses."""
+    result: dict[str, list[str]] = {}
+    for value in values:
+        step, sep, addresses = value.partition("=")
+        if not sep or not step or not addresses:
+            raise UsageError(f"--endpoints: expected STEP=HOST:PORT[,HOST:PORT...], got {value!r}")
+        for address in addresses.split(","):
+            try:
+                parse_address(address)
+            except ValueError as exc:
+                raise UsageError(f"--endpoints {step}: {exc}") from None
+            result.setdefault(step, []).append(address.strip())
+    return result
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "gateway", help="serve a pipeline as one model over gRPC and HTTP, balancing calls over step replicas"
+    )
+    parser.add_argument("--manifest", required=True, help="the InferencePipeline manifest (YAML)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = pick a free one)")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000; 0 = free; -1 = off)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default off)")
+    parser.add_argument(
+        "--endpoints",
+        action="append",
+        default=[],
+        metavar="STEP=HOST:PORT[,HOST:PORT...]",
+        help="fixed replica addresses of a step (repeatable); other steps are found by DNS",
+    )
+    parser.add_argument(
+        "--dns-suffix", default="", help="appended to `<pipeline>-<step>` for DNS lookups (default: none)"
+    )
+    parser.add_argument("--step-port", type=int, default=STEP_GRPC_PORT, help=f"steps' gRPC port (default {STEP_GRPC_PORT})")
+    parser.add_argument("--refresh", type=float, default=5.0, help="seconds between DNS re-resolutions (default 5)")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds to finish in-flight requests on SIGTERM")
+    parser.set_defaults(handler=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.manifest)
+    endpoints = parse_endpoints(args.endpoints)
+    known = {step.name for step in manifest.spec.steps}
+    unknown = sorted(set(endpoints) - known)
+    if unknown:
+        raise UsageError(f"--endpoints: unknown step(s) {unknown}; known steps: {sorted(known)}")
+    asyncio.run(
+        serve(
+            manifest,
+            endpoints=endpoints,
+            dns_suffix=args.dns_suffix,
+            step_port=args.step_port,
+            refresh_s=args.refresh,
+            host=args.host,
+            grpc_port=args.grpc_port,
+            http_port=None if args.http_port < 0 else args.http_port,
+            metrics_port=args.metrics_port,
+            grace=args.grace,
+        )
+    )
+    return 0
+
+
+async def serve(manifest: PipelineManifest, *, grace: float = 10.0, **options: Any) -> None:
+    """Run a gateway until SIGTERM or SIGINT, then shut it down gracefully."""
+    gateway = create_gateway(manifest, **options)
+    with stop_on_signals(f"gateway {manifest.metadata.name}") as stop:
+        await gateway.start()
+        try:
+            await stop.wait()
+            log.info("stopping the gateway (grace %.0fs)", grace)
+        finally:
+            await gateway.stop(grace)

@@ -1,0 +1,69 @@
+"""`conveyor run PIPELINE.yaml`: the whole pipeline on this machine, on 127.0.0.1, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from ..errors import UsageError
+from ..local import LocalRunner
+from ..serving import stop_on_signals
+from ..spec import PipelineManifest, load_manifest
+
+__all__ = ["parse_replicas", "register"]
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "run", help="run a pipeline locally: every step replica as a process, plus the gateway"
+    )
+    parser.add_argument("manifest", help="the InferencePipeline manifest, the same file you would kubectl apply")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gateway gRPC port (default 8001; 0 = pick a free one)")
+    parser.add_argument("--http-port", type=int, default=8000, help="gateway HTTP port (default 8000; 0 = free; -1 = off)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="gateway Prometheus port (default off; 0 = free)")
+    parser.add_argument(
+        "--replicas", action="append", default=[], metavar="STEP=N", help="override a step's replica count (repeatable)"
+    )
+    parser.add_argument(
+        "--addresses-json",
+        metavar="FILE",
+        default=None,
+        help="write the gateway's and every replica's addresses as JSON to FILE once ready ('-' = stdout)",
+    )
+    parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for every replica (default 600)")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds replicas get to stop before SIGKILL (default 10)")
+    parser.set_defaults(handler=_main)
+
+
+def parse_replicas(values: list[str], manifest: PipelineManifest) -> dict[str, int]:
+    """``--replicas STEP=N`` overrides, checked against the manifest's steps."""
+    known = {step.name for step in manifest.spec.steps}
+    result: dict[str, int] = {}
+    for value in values:
+        step, sep, count = value.partition("=")
+        if not sep or step not in known or not count.isdigit() or int(count) < 1:
+            raise UsageError(f"--replicas: expected STEP=N with N >= 1 and STEP one of {sorted(known)}, got {value!r}")
+        result[step] = int(count)
+    return result
+
+
+def _main(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.manifest)
+    runner = LocalRunner(
+        args.manifest,
+        grpc_port=args.grpc_port,
+        http_port=None if args.http_port < 0 else args.http_port,
+        metrics_port=args.metrics_port,
+        replicas=parse_replicas(args.replicas, manifest),
+        ready_timeout_s=args.ready_timeout,
+        grace_s=args.grace,
+        log_level=args.log_level.upper(),
+    )
+    asyncio.run(_serve(runner, args.addresses_json))
+    return 0
+
+
+async def _serve(runner: LocalRunner, addresses_json: str | None) -> None:
+    with stop_on_signals(f"conveyor run {runner.name}") as stop:
+        await runner.run(stop, addresses_json)

@@ -1,0 +1,28 @@
+"""The pipeline gateway: runs the DAG over the steps' replicas and serves it as one model over gRPC and HTTP.
+
+`endpoints` finds replicas, `balancer` picks one per call and retries, `executor` runs the DAG, `servicer` and
+`http` are its two protocol faces, `server` owns the processes' servers.
+"""
+
+from .balancer import CHANNEL_OPTIONS, Balancer, Replica
+from .endpoints import DnsEndpoints, EndpointSource, StaticEndpoints, watch_endpoints
+from .executor import PipelineExecutor
+from .http import create_http_app
+from .server import SERVER_OPTIONS, Gateway, create_gateway
+from .servicer import GatewayServicer
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "SERVER_OPTIONS",
+    "Balancer",
+    "DnsEndpoints",
+    "EndpointSource",
+    "Gateway",
+    "GatewayServicer",
+    "PipelineExecutor",
+    "Replica",
+    "StaticEndpoints",
+    "create_gateway",
+    "create_http_app",
+    "watch_endpoints",
+]

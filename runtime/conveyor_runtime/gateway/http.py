@@ -1,0 +1,102 @@
+"""The gateway's HTTP/REST face: Open Inference Protocol v2 routes served by aiohttp (codec: `protocol.rest`)."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import time
+import zlib
+
+from aiohttp import web
+
+from ..errors import InvalidRequest, RequestError
+from ..protocol import HEADER_LENGTH, INTERNAL_MESSAGE, http_status, parse_infer_request, render_infer_response
+from ..version import __version__
+from .servicer import GatewayServicer
+
+__all__ = ["create_http_app"]
+
+log = logging.getLogger(__name__)
+
+
+def _error(exc: BaseException) -> web.Response:
+    message = exc.message if isinstance(exc, RequestError) else INTERNAL_MESSAGE
+    return web.json_response({"error": message}, status=http_status(exc))
+
+
+def create_http_app(model: GatewayServicer) -> web.Application:
+    """The aiohttp application serving the same pipeline as the gRPC servicer `model`."""
+    executor = model.executor
+
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({"ready": model.is_ready}, status=200 if model.is_ready else 503)
+
+    async def server_metadata(request: web.Request) -> web.Response:
+        return web.json_response({"name": model.server_name, "version": __version__, "extensions": list(model.extensions)})
+
+    async def model_ready(request: web.Request) -> web.Response:
+        try:
+            model.check_model(request.match_info["name"])
+        except RequestError as exc:
+            return _error(exc)
+        return web.json_response({"name": model.model_name, "ready": model.is_ready}, status=200 if model.is_ready else 503)
+
+    async def model_metadata(request: web.Request) -> web.Response:
+        try:
+            model.check_model(request.match_info["name"])
+        except RequestError as exc:
+            return _error(exc)
+        inputs, outputs = await model.tensor_metadata()
+        return web.json_response(
+            {
+                "name": model.model_name,
+                "versions": ["1"],
+                "platform": model.platform,
+                "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in inputs],
+                "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in outputs],
+            }
+        )
+
+    async def infer(request: web.Request) -> web.Response:
+        try:
+            model.check_model(request.match_info["name"])
+            body = await request.read()
+            encoding = request.headers.get("Content-Encoding", "").lower()
+            if encoding == "gzip":
+                body = gzip.decompress(body)
+            elif encoding == "deflate":
+                body = zlib.decompress(body)
+            raw_length = request.headers.get(HEADER_LENGTH)
+            if raw_length is not None and not raw_length.strip().isdigit():
+                raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got {raw_length!r}")
+            inputs, document = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
+            timeout_us = (document.get("parameters") or {}).get("timeout")
+            deadline = time.monotonic() + timeout_us / 1e6 if isinstance(timeout_us, (int, float)) and timeout_us > 0 else None
+            requested = [o["name"] for o in document.get("outputs") or [] if isinstance(o, dict) and "name" in o]
+            outputs = await executor.infer(
+                inputs, deadline=deadline, outputs=requested, request_id=str(document.get("id") or "")
+            )
+            payload, headers = render_infer_response(executor.name, outputs, document)
+        except RequestError as exc:
+            return _error(exc)
+        except (OSError, zlib.error) as exc:
+            return _error(InvalidRequest(f"cannot decompress the request body: {exc}"))
+        except Exception as exc:
+            log.exception("HTTP infer request failed unexpectedly")
+            return _error(exc)
+        return web.Response(body=payload, headers=headers)
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2", server_metadata)
+    app.router.add_get("/v2/models/{name}", model_metadata)
+    app.router.add_get("/v2/models/{name}/versions/{version}", model_metadata)
+    app.router.add_get("/v2/models/{name}/ready", model_ready)
+    app.router.add_get("/v2/models/{name}/versions/{version}/ready", model_ready)
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    app.router.add_post("/v2/models/{name}/versions/{version}/infer", infer)
+    return app

@@ -1,0 +1,159 @@
+"""The gateway process's servers: gRPC (inference + health), HTTP/REST and Prometheus metrics, and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ..protocol import add_inference_servicer
+from ..serving import HttpSite, MetricsEndpoint, TaskSet
+from ..spec import STEP_GRPC_PORT, ExecutionPlan, PipelineManifest, step_resource_name
+from .balancer import Balancer
+from .endpoints import DnsEndpoints, EndpointSource, StaticEndpoints
+from .executor import PipelineExecutor
+from .http import create_http_app
+from .servicer import GatewayServicer
+
+__all__ = ["SERVER_OPTIONS", "Gateway", "create_gateway"]
+
+log = logging.getLogger(__name__)
+
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class Gateway:
+    """The gateway process's servers: gRPC (inference + health), HTTP/REST and Prometheus metrics."""
+
+    def __init__(
+        self,
+        manifest: PipelineManifest,
+        sources: Mapping[str, EndpointSource],
+        *,
+        host: str = "0.0.0.0",
+        grpc_port: int = 8001,
+        http_port: int | None = 8000,
+        metrics_port: int | None = None,
+    ) -> None:
+        self.plan = ExecutionPlan.from_manifest(manifest)
+        missing = [name for name in self.plan.order if name not in sources]
+        if missing:
+            raise ValueError(f"no endpoint source for step(s) {', '.join(missing)}")
+        self.host = host
+        self.grpc_port = grpc_port
+        self.http_port = http_port
+        self.metrics_port = metrics_port
+        self.balancers = {name: Balancer(name, sources[name], on_ready_change=self._on_ready_change) for name in self.plan.order}
+        self.executor = PipelineExecutor(self.plan, self.balancers)
+        self.health = health.aio.HealthServicer()
+        self.servicer = GatewayServicer(self.executor)
+        self._server: grpc.aio.Server | None = None
+        self._sites: list[HttpSite] = []
+        self._tasks = TaskSet(f"gateway {self.name}")
+        self._stopped = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.plan.pipeline
+
+    def _on_ready_change(self) -> None:
+        self._tasks.spawn(self._publish_health(), name="publish-health")
+
+    async def _publish_health(self) -> None:
+        ready = self.executor.ready
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", self.name):
+            await self.health.set(service, status)
+        if ready:
+            log.info("pipeline %s is ready: every step has a ready replica", self.name)
+        else:
+            log.info("pipeline %s is not ready; waiting for step(s) %s", self.name, ", ".join(self.executor.not_ready_steps()))
+
+    async def start(self) -> None:
+        """Bind the ports (0 picks a free one; the real ports are set afterwards) and start watching the steps."""
+        await self._publish_health()
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        add_inference_servicer(server, self.servicer)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        port = server.add_insecure_port(f"{self.host}:{self.grpc_port}")
+        if port == 0:
+            raise OSError(f"cannot bind gRPC port {self.host}:{self.grpc_port}; is another server using it?")
+        self.grpc_port = port
+        await server.start()
+        self._server = server
+        if self.http_port is not None:
+            self.http_port = await self._serve(HttpSite(create_http_app(self.servicer), self.host, self.http_port))
+        if self.metrics_port is not None:
+            self.metrics_port = await self._serve(MetricsEndpoint(self.executor.registry, self.host, self.metrics_port))
+        for balancer in self.balancers.values():
+            await balancer.start()
+        log.info(
+            "gateway for pipeline %s: gRPC %s:%s, HTTP %s, metrics %s",
+            self.name,
+            self.host,
+            self.grpc_port,
+            self.http_port,
+            self.metrics_port,
+        )
+
+    async def _serve(self, site: HttpSite) -> int:
+        port = await site.start()
+        self._sites.append(site)
+        return port
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """True once every step has a ready replica (False if `timeout` passes first)."""
+        results = await asyncio.gather(*(b.wait_ready(timeout) for b in self.balancers.values()))
+        return all(results)
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Report NOT_SERVING, finish in-flight requests within `grace`, then close every connection."""
+        await self.health.enter_graceful_shutdown()
+        for site in self._sites:
+            await site.stop()
+        self._sites.clear()
+        if self._server is not None:
+            await self._server.stop(grace)
+        for balancer in self.balancers.values():
+            await balancer.aclose()
+        await self._tasks.aclose()
+        self._stopped.set()
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()
+
+
+def create_gateway(
+    manifest: PipelineManifest,
+    *,
+    endpoints: Mapping[str, Sequence[str]] | None = None,
+    dns_suffix: str = "",
+    step_port: int = STEP_GRPC_PORT,
+    refresh_s: float = 5.0,
+    host: str = "0.0.0.0",
+    grpc_port: int = 8001,
+    http_port: int | None = 8000,
+    metrics_port: int | None = None,
+) -> Gateway:
+    """A gateway whose steps are at the given static `endpoints`, or else at their headless Service's DNS name."""
+    endpoints = endpoints or {}
+    unknown = [name for name in endpoints if name not in {s.name for s in manifest.spec.steps}]
+    if unknown:
+        raise ValueError(f"--endpoints names unknown step(s) {', '.join(unknown)}")
+    sources: dict[str, EndpointSource] = {}
+    for step in manifest.spec.steps:
+        if step.name in endpoints:
+            sources[step.name] = StaticEndpoints(endpoints[step.name])
+        else:
+            dns_name = step_resource_name(manifest.metadata.name, step.name) + dns_suffix
+            sources[step.name] = DnsEndpoints(dns_name, step_port, refresh_s)
+    return Gateway(manifest, sources, host=host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)

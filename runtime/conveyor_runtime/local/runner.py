@@ -1,0 +1,319 @@
+"""`conveyor run` on one machine: builds the models once, starts every step replica as a process, supervises them
+(a crashed replica is restarted on its ports), and serves the pipeline through an in-process gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import RunnerFailed
+from ..gateway import Gateway, StaticEndpoints
+from ..serving import TaskSet, free_port
+from ..spec import ExecutionPlan, load_manifest
+from ..step import ensure_model
+from .replica import MAX_STARTUP_CRASHES, ReplicaProcess, restart_delay
+
+__all__ = ["LocalRunner"]
+
+log = logging.getLogger(__name__)
+
+#: What a step server logs once serving, e.g. "... SERVING on 127.0.0.1:9000 (provider CPUExecutionProvider, ...".
+_PROVIDER = re.compile(r"SERVING on \S+ \(provider ([^,)\s]+)")
+
+
+class LocalRunner:
+    """Runs a whole pipeline on 127.0.0.1: step replicas as subprocesses, the gateway in this process."""
+
+    def __init__(
+        self,
+        manifest_path: str | Path,
+        *,
+        grpc_port: int = 8001,
+        http_port: int | None = 8000,
+        metrics_port: int | None = None,
+        replicas: Mapping[str, int] | None = None,
+        ready_timeout_s: float = 600.0,
+        grace_s: float = 10.0,
+        log_level: str = "INFO",
+        out: TextIO | None = None,
+    ) -> None:
+        self.manifest_path = Path(manifest_path).resolve()
+        self.manifest = load_manifest(self.manifest_path)
+        self.plan = ExecutionPlan.from_manifest(self.manifest)
+        self.replica_counts = {
+            name: (replicas or {}).get(name, max(self.plan.nodes[name].spec.replicas, 1)) for name in self.plan.order
+        }
+        self.grpc_port = grpc_port
+        self.http_port = http_port
+        self.metrics_port = metrics_port
+        self.ready_timeout_s = ready_timeout_s
+        self.grace_s = grace_s
+        self.log_level = log_level
+        self.out = out or sys.stderr
+        self.replicas: list[ReplicaProcess] = []
+        self.gateway: Gateway | None = None
+        self._stopping = False
+        self._tasks = TaskSet(f"conveyor run {self.manifest.metadata.name}")
+        self._on_change: Callable[[], None] | None = None
+        self._failed: asyncio.Future[str] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.metadata.name
+
+    def _say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+
+    # --- start ------------------------------------------------------------------------------------------------
+
+    async def build_models(self) -> None:
+        """Build every missing model file once, before any replica starts (so replicas never race to build it)."""
+        base = self.manifest_path.parent
+        for name in self.plan.order:
+            model = self.plan.nodes[name].spec.model
+            if model is None:
+                continue
+            path = Path(model.path) if Path(model.path).is_absolute() else base / model.path
+            if not path.exists() and model.build:
+                self._say(f"building model for step {name}: {path} ({model.build}, first run only) ...")
+            started = time.monotonic()
+            await asyncio.to_thread(ensure_model, model, base)
+            if time.monotonic() - started > 0.5:
+                self._say(f"  built {path.name} in {time.monotonic() - started:.1f}s")
+
+    async def _launch(self, replica: ReplicaProcess) -> None:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        replica.process = await asyncio.create_subprocess_exec(
+            *replica.command(self.manifest_path, self.log_level),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=str(self.manifest_path.parent),
+            env=env,
+        )
+        replica.started_at = time.monotonic()
+        self._tasks.spawn(self._forward_output(replica, replica.process), name=f"output-{replica.name}")
+        self._tasks.spawn(self._supervise(replica, replica.process), name=f"supervise-{replica.name}")
+
+    async def _forward_output(self, replica: ReplicaProcess, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while True:
+            line = await process.stdout.readline()
+            if not line:
+                return
+            text = line.decode(errors="replace").rstrip()
+            replica.tail = (replica.tail + [text])[-20:]
+            found = _PROVIDER.search(text)
+            if found:
+                replica.provider = found.group(1)
+            print(f"[{replica.name}] {text}", file=self.out, flush=True)
+
+    async def _supervise(self, replica: ReplicaProcess, process: asyncio.subprocess.Process) -> None:
+        """Restart the replica when its process exits on its own (not when the runner stops it)."""
+        code = await process.wait()
+        if self._stopping or replica.process is not process:
+            return
+        replica.restarts += 1
+        if not replica.ever_ready:
+            replica.crashes_before_ready += 1
+            if replica.crashes_before_ready >= MAX_STARTUP_CRASHES and self._failed is not None and not self._failed.done():
+                tail = "\n".join(f"    {line}" for line in replica.tail[-12:])
+                self._failed.set_result(
+                    f"step replica {replica.name} exited with code {code} {replica.crashes_before_ready} times before "
+                    f"becoming ready; its last output:\n{tail}"
+                )
+                return
+        delay = restart_delay(replica.restarts)
+        self._say(f"step replica {replica.name} exited with code {code}; restarting in {delay:.1f}s (restart #{replica.restarts})")
+        await asyncio.sleep(delay)
+        if not self._stopping:
+            await self._launch(replica)
+            if self._on_change is not None:
+                self._on_change()
+
+    async def start(self, on_change: Callable[[], None] | None = None) -> None:
+        """Build models, start replicas and the gateway, and wait until every step has all replicas ready."""
+        self._on_change = on_change
+        self._failed = asyncio.get_running_loop().create_future()
+        await self.build_models()
+        for name in self.plan.order:
+            for index in range(self.replica_counts[name]):
+                self.replicas.append(ReplicaProcess(name, index, free_port(), free_port()))
+        sources = {name: StaticEndpoints([r.address for r in self.replicas if r.step == name]) for name in self.plan.order}
+        self.gateway = Gateway(
+            self.manifest,
+            sources,
+            host="127.0.0.1",
+            grpc_port=self.grpc_port,
+            http_port=self.http_port,
+            metrics_port=self.metrics_port,
+        )
+        try:
+            await self.gateway.start()
+        except OSError as exc:
+            raise RunnerFailed(f"{exc}; pass --grpc-port 0 --http-port 0 to pick free ports") from None
+        self.grpc_port = self.gateway.grpc_port
+        self.http_port = self.gateway.http_port
+        self.metrics_port = self.gateway.metrics_port
+        total = len(self.replicas)
+        self._say(f"starting {total} step replica(s) for pipeline {self.name} ...")
+        for replica in self.replicas:
+            await self._launch(replica)
+        await self._wait_ready(total)
+
+    def _healthy(self) -> set[str]:
+        assert self.gateway is not None
+        return {
+            r["address"] for balancer in self.gateway.balancers.values() for r in balancer.snapshot() if r["healthy"]
+        }
+
+    async def _wait_ready(self, total: int) -> None:
+        assert self._failed is not None
+        started = time.monotonic()
+        announced: set[str] = set()
+        while True:
+            healthy = self._healthy()
+            for replica in self.replicas:
+                if replica.address in healthy and replica.name not in announced:
+                    announced.add(replica.name)
+                    replica.ever_ready = True
+                    self._say(
+                        f"  [{len(announced)}/{total}] {replica.name} ready on {replica.address} "
+                        f"({time.monotonic() - started:.1f}s)"
+                    )
+            if len(announced) == total:
+                return
+            if self._failed.done():
+                raise RunnerFailed(self._failed.result() + "\nnext: fix the step (see its output above) and run again")
+            if time.monotonic() - started > self.ready_timeout_s:
+                waiting = ", ".join(r.name for r in self.replicas if r.name not in announced)
+                raise RunnerFailed(
+                    f"step replica(s) {waiting} not ready after {self.ready_timeout_s:.0f}s; "
+                    "check their output above or raise --ready-timeout"
+                )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._failed), 0.25)
+
+    # --- reporting ----------------------------------------------------------------------------------------------
+
+    def addresses(self) -> dict[str, Any]:
+        """Where everything listens (and the replicas' pids): what `--addresses-json` writes."""
+        return {
+            "pipeline": self.name,
+            "grpc": f"127.0.0.1:{self.grpc_port}",
+            "http": f"127.0.0.1:{self.http_port}" if self.http_port is not None else None,
+            "metrics": f"127.0.0.1:{self.metrics_port}" if self.metrics_port is not None else None,
+            "steps": {
+                name: [
+                    {
+                        "address": r.address,
+                        "metrics": f"127.0.0.1:{r.metrics_port}",
+                        "pid": r.process.pid if r.process is not None else None,
+                        "restarts": r.restarts,
+                    }
+                    for r in self.replicas
+                    if r.step == name
+                ]
+                for name in self.plan.order
+            },
+        }
+
+    async def summary(self) -> str:
+        """The readiness table: step, replicas, ports, kind/provider and state."""
+        assert self.gateway is not None
+        healthy = self._healthy()
+        rows = [("STEP", "REPLICAS", "PORTS (gRPC/metrics)", "RUNS", "STATE")]
+        for name in self.plan.order:
+            spec = self.plan.nodes[name].spec
+            mine = [r for r in self.replicas if r.step == name]
+            ready = sum(r.address in healthy for r in mine)
+            ports = " ".join(f"{r.port}/{r.metrics_port}" for r in mine)
+            providers = sorted({r.provider for r in mine if r.provider})
+            runs = spec.op or ""
+            if spec.model is not None:
+                runs = f"{Path(spec.model.path).name} [{', '.join(providers) or spec.model.device}]"
+            rows.append((name, f"{ready}/{len(mine)}", ports, runs, "ready" if ready == len(mine) else "degraded"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+        lines.append("")
+        lines.append(f"pipeline {self.name} is ready: model {self.name!r}")
+        lines.append(f"  gRPC  127.0.0.1:{self.grpc_port}   (tritonclient.grpc, conveyor infer --url 127.0.0.1:{self.grpc_port})")
+        if self.http_port is not None:
+            lines.append(f"  HTTP  http://127.0.0.1:{self.http_port}/v2/models/{self.name}/infer")
+        if self.metrics_port is not None:
+            lines.append(f"  metrics http://127.0.0.1:{self.metrics_port}/metrics")
+        lines.append("press Ctrl-C to stop")
+        return "\n".join(lines)
+
+    # --- stop ---------------------------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop the gateway, then SIGTERM every replica, and SIGKILL those still running after the grace period."""
+        self._stopping = True
+        if self.gateway is not None:
+            await self.gateway.stop(min(self.grace_s, 5.0))
+        running = [r.process for r in self.replicas if r.process is not None and r.process.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        if running:
+            self._say(f"stopping {len(running)} step replica(s) ...")
+            _, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running], timeout=self.grace_s)
+            for process in running:
+                if process.returncode is None:
+                    log.warning("replica pid %d did not stop within %.0fs; killing it", process.pid, self.grace_s)
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        await self._tasks.aclose()
+
+    async def run(self, stop: asyncio.Event, addresses_json: str | None = None) -> None:
+        """Start, print the summary, keep `addresses_json` current, and run until `stop` is set."""
+
+        def write_addresses() -> None:
+            if addresses_json is None:
+                return
+            text = json.dumps(self.addresses(), indent=2)
+            if addresses_json == "-":
+                print(json.dumps(self.addresses()), flush=True)
+                return
+            tmp = f"{addresses_json}.tmp"
+            Path(tmp).write_text(text)
+            os.replace(tmp, addresses_json)
+
+        def stopping(_: object) -> None:
+            # Ctrl-C reaches the replicas too (same process group): their exits from now on are not crashes
+            self._stopping = True
+
+        watcher = asyncio.ensure_future(stop.wait())
+        watcher.add_done_callback(stopping)
+        try:
+            start = asyncio.ensure_future(self.start(on_change=write_addresses))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([start, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if not start.done():
+                start.cancel()
+                await asyncio.gather(start, return_exceptions=True)
+                return
+            stopped.cancel()
+            start.result()
+            self._say(await self.summary())
+            write_addresses()
+            await stop.wait()
+            self._say("stopping ...")
+        finally:
+            watcher.cancel()
+            await self.stop()

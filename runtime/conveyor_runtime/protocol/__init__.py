@@ -1,0 +1,60 @@
+"""The Open Inference Protocol (KServe v2 / Triton): messages, the gRPC service binding, tensor codecs (numpy, raw
+wire, REST JSON), the status table and the health/metadata half of a servicer. Both the step and the gateway speak it.
+"""
+
+from .model_service import ModelServicerBase, TensorInfo
+from .proto import open_inference_pb2 as pb
+from .rest import HEADER_LENGTH, parse_infer_request, render_infer_response
+from .service import METHODS, SERVICE_NAME, InferenceServicer, InferenceStub, add_inference_servicer
+from .status import INTERNAL_MESSAGE, abort_with, error_from_rpc, grpc_code, http_status
+from .tensors import (
+    DATATYPES,
+    InferMessage,
+    add_raw_tensor,
+    datatype_of,
+    decode_tensor,
+    decode_tensors,
+    deserialize_bytes,
+    dtype_of,
+    encode_tensor,
+    encode_tensors,
+    serialize_bytes,
+    tensor_entries,
+)
+from .wire import WireTensor, add_wire_tensors, checked_tensor, wire_request, wire_tensors
+
+__all__ = [
+    "DATATYPES",
+    "HEADER_LENGTH",
+    "INTERNAL_MESSAGE",
+    "METHODS",
+    "SERVICE_NAME",
+    "InferMessage",
+    "InferenceServicer",
+    "InferenceStub",
+    "ModelServicerBase",
+    "TensorInfo",
+    "WireTensor",
+    "abort_with",
+    "add_inference_servicer",
+    "add_raw_tensor",
+    "add_wire_tensors",
+    "checked_tensor",
+    "datatype_of",
+    "decode_tensor",
+    "decode_tensors",
+    "deserialize_bytes",
+    "dtype_of",
+    "encode_tensor",
+    "encode_tensors",
+    "error_from_rpc",
+    "grpc_code",
+    "http_status",
+    "parse_infer_request",
+    "pb",
+    "render_infer_response",
+    "serialize_bytes",
+    "tensor_entries",
+    "wire_request",
+    "wire_tensors",
+]

@@ -1,0 +1,92 @@
+"""The health and metadata half of `inference.GRPCInferenceService`, shared by every server of one model.
+
+A step and the gateway each serve one model; they differ only in `ModelInfer`, their name, readiness and tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc.aio
+
+from ..errors import RequestError
+from ..version import __version__
+from .proto import open_inference_pb2 as pb
+from .status import abort_with
+
+__all__ = ["ModelServicerBase", "TensorInfo"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor's metadata: name, datatype and shape (-1 for variable dimensions)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+class ModelServicerBase:
+    """ServerLive/Ready/Metadata and ModelReady/Metadata for one model; subclasses add `ModelInfer`.
+
+    An empty model name in a request means "the model this server serves".
+    """
+
+    #: ServerMetadata's name and extensions, ModelMetadata's platform.
+    server_name = "conveyor"
+    extensions: tuple[str, ...] = ()
+
+    @property
+    def model_name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def platform(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    async def tensor_metadata(self) -> tuple[Sequence[TensorInfo], Sequence[TensorInfo]]:
+        """(inputs, outputs) of the model; empty while unknown."""
+        raise NotImplementedError
+
+    def check_model(self, name: str) -> None:
+        """Raise NOT_FOUND unless `name` is empty or this server's model."""
+        if name and name != self.model_name:
+            raise RequestError(f"unknown model {name!r}; this server serves {self.model_name!r}", status="NOT_FOUND")
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.is_ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        try:
+            self.check_model(request.name)
+        except RequestError as exc:
+            await abort_with(context, exc)
+        return pb.ModelReadyResponse(ready=self.is_ready)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=self.server_name, version=__version__, extensions=list(self.extensions))
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            self.check_model(request.name)
+        except RequestError as exc:
+            await abort_with(context, exc)
+        inputs, outputs = await self.tensor_metadata()
+        response = pb.ModelMetadataResponse(name=self.model_name, versions=["1"], platform=self.platform)
+        for info in inputs:
+            response.inputs.add(name=info.name, datatype=info.datatype, shape=info.shape)
+        for info in outputs:
+            response.outputs.add(name=info.name, datatype=info.datatype, shape=info.shape)
+        return response

@@ -1,0 +1,128 @@
+"""The Open Inference Protocol's REST codec (v2 JSON) with Triton's binary tensor data extension.
+
+A request body is a JSON header, optionally followed by raw tensor bytes when the `Inference-Header-Content-Length`
+header gives the JSON's length; inputs carry either JSON `data` or a `binary_data_size` parameter. Pure functions:
+the HTTP server lives with the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidRequest
+from .tensors import dtype_of
+from .wire import WireTensor, checked_tensor
+
+__all__ = ["HEADER_LENGTH", "parse_infer_request", "render_infer_response"]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def _json_tensor(name: str, datatype: str, shape: list[int], data: Any) -> WireTensor:
+    dtype = dtype_of(datatype, name=name)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    flat = np.asarray(data, dtype=object).reshape(-1) if datatype == "BYTES" else None
+    try:
+        if datatype == "BYTES":
+            assert flat is not None
+            items = [item.encode() if isinstance(item, str) else bytes(item) for item in flat]
+            array = np.empty(len(items), dtype=object)
+            array[:] = items
+        else:
+            array = np.asarray(data, dtype=dtype).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"input {name!r}: `data` does not hold {datatype} values: {exc}") from None
+    if array.size != count:
+        raise InvalidRequest(f"input {name!r}: shape {shape} holds {count} elements but `data` has {array.size}")
+    return WireTensor.from_numpy(array.reshape(shape))
+
+
+def _shape(name: str, value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise InvalidRequest(f"input {name!r}: `shape` must be a list of integers, got {value!r}")
+    return list(value)
+
+
+def parse_infer_request(body: bytes, header_length: int | None) -> tuple[dict[str, WireTensor], dict[str, Any]]:
+    """(inputs, JSON header) of an HTTP infer request; raises InvalidRequest saying what is wrong."""
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise InvalidRequest(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
+        head, binary = body[:header_length], memoryview(body)[header_length:]
+    else:
+        head, binary = body, memoryview(b"")
+    try:
+        document = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list) or not document["inputs"]:
+        raise InvalidRequest("request JSON must be an object with a non-empty `inputs` list")
+    inputs: dict[str, WireTensor] = {}
+    offset = 0
+    for index, spec in enumerate(document["inputs"]):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise InvalidRequest(f"inputs[{index}] needs a `name`")
+        name = spec["name"]
+        if name in inputs:
+            raise InvalidRequest(f"input {name!r} is given more than once")
+        datatype = spec.get("datatype")
+        if not isinstance(datatype, str):
+            raise InvalidRequest(f"input {name!r} needs a `datatype`")
+        shape = _shape(name, spec.get("shape"))
+        size = (spec.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidRequest(
+                    f"input {name!r}: binary_data_size {size!r} runs past the {len(binary)} bytes of binary data"
+                )
+            inputs[name] = checked_tensor(name, datatype, shape, bytes(binary[offset : offset + size]), None)
+            offset += size
+        elif "data" in spec:
+            inputs[name] = _json_tensor(name, datatype, shape, spec["data"])
+        else:
+            raise InvalidRequest(f"input {name!r} has neither `data` nor a `binary_data_size` parameter")
+    if offset != len(binary):
+        raise InvalidRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    return inputs, document
+
+
+def _json_data(name: str, tensor: WireTensor) -> list[Any]:
+    array = tensor.to_numpy(name).reshape(-1)
+    if tensor.datatype != "BYTES":
+        return list(array.tolist())
+    try:
+        return [bytes(item).decode() for item in array]
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"output {name!r} is not UTF-8 text; request it with binary_data=true") from None
+
+
+def render_infer_response(
+    model: str, outputs: dict[str, WireTensor], document: dict[str, Any]
+) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) answering `document`: each output binary or JSON as its request asked."""
+    binary_default = bool((document.get("parameters") or {}).get("binary_data_output", False))
+    per_output = {
+        o["name"]: (o.get("parameters") or {}).get("binary_data", binary_default)
+        for o in document.get("outputs") or []
+        if isinstance(o, dict) and "name" in o
+    }
+    entries = []
+    chunks: list[bytes] = []
+    for name, tensor in outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if per_output.get(name, binary_default):
+            entry["parameters"] = {"binary_data_size": len(tensor.raw)}
+            chunks.append(tensor.raw)
+        else:
+            entry["data"] = _json_data(name, tensor)
+        entries.append(entry)
+    result: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": entries}
+    if document.get("id"):
+        result["id"] = document["id"]
+    head = json.dumps(result, separators=(",", ":")).encode()
+    if not chunks:
+        return head, {"Content-Type": "application/json"}
+    return head + b"".join(chunks), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}

@@ -1,0 +1,17 @@
+"""What every server process shares: owned background tasks, the metrics endpoint, HTTP sites, addresses, signals."""
+
+from .addresses import format_address, free_port, parse_address
+from .http_site import HttpSite
+from .metrics_endpoint import MetricsEndpoint
+from .signals import stop_on_signals
+from .tasks import TaskSet
+
+__all__ = [
+    "HttpSite",
+    "MetricsEndpoint",
+    "TaskSet",
+    "format_address",
+    "free_port",
+    "parse_address",
+    "stop_on_signals",
+]

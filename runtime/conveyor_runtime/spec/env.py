@@ -1,0 +1,57 @@
+"""A step's spec in its pod's environment: the whole spec as JSON plus batching knobs an admin may override."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+from pydantic import ValidationError
+
+from ..errors import FieldError, InvalidManifest
+from .manifest import validation_field_errors
+from .model import StepSpec
+
+__all__ = ["BATCHING_ENV", "STEP_SPEC_ENV", "step_from_env", "step_to_env"]
+
+STEP_SPEC_ENV = "CONVEYOR_STEP_SPEC"
+#: Batching overrides a cluster admin may set on a Deployment (`kubectl set env`) without editing the CR.
+BATCHING_ENV = {
+    "maxBatchSize": "CONVEYOR_MAX_BATCH_SIZE",
+    "maxQueueDelayMicroseconds": "CONVEYOR_MAX_QUEUE_DELAY_US",
+    "maxQueueSize": "CONVEYOR_MAX_QUEUE_SIZE",
+}
+
+
+def step_to_env(step: StepSpec) -> dict[str, str]:
+    """The environment that hands a step its spec: the whole spec as JSON plus readable batching knobs."""
+    env = {STEP_SPEC_ENV: step.model_dump_json(exclude_defaults=True)}
+    for field, var in BATCHING_ENV.items():
+        env[var] = str(getattr(step.batching, field))
+    return env
+
+
+def step_from_env(environ: Mapping[str, str] | None = None) -> StepSpec:
+    """Read a step's spec from the environment; batching variables, if set, override the JSON."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get(STEP_SPEC_ENV)
+    if not raw:
+        raise InvalidManifest([FieldError(STEP_SPEC_ENV, "not set: a step needs its spec as JSON in this variable")])
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidManifest([FieldError(STEP_SPEC_ENV, f"not valid JSON: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise InvalidManifest([FieldError(STEP_SPEC_ENV, "must be a JSON object")])
+    batching = dict(data.get("batching") or {})
+    for field, var in BATCHING_ENV.items():
+        if environ.get(var):
+            try:
+                batching[field] = int(environ[var])
+            except ValueError:
+                raise InvalidManifest([FieldError(var, f"must be an integer, got {environ[var]!r}")]) from None
+    data["batching"] = batching
+    try:
+        return StepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidManifest(validation_field_errors(exc, prefix="step")) from None

@@ -1,0 +1,37 @@
+"""An ONNX model as an op: `process` is one ONNX Runtime call on a free model instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from ..arrays import Arrays
+from ..ops import Op
+from ..spec import BatchingSpec, ModelSpec
+from .session import ModelSession
+
+__all__ = ["ModelOp"]
+
+
+class ModelOp(Op):
+    """Serves one ONNX file; inputs and outputs come from the model, batching is checked against it."""
+
+    platform: ClassVar[str] = "onnxruntime_onnx"
+
+    def __init__(self, path: Path, model: ModelSpec, batching: BatchingSpec) -> None:
+        self.session = ModelSession(path, model)
+        self.session.check_batching(batching.maxBatchSize)
+        self.inputs = list(self.session.inputs)
+        self.outputs = list(self.session.outputs)
+        self.instances = model.instances
+
+    def process(self, batch: Arrays) -> Arrays:
+        return self.session.run(batch)
+
+    def warm_up(self, batch_sizes: list[int]) -> None:
+        fixed = self.session.fixed_batch
+        self.session.warm_up([fixed] if fixed else batch_sizes)
+
+    @property
+    def provider(self) -> str:
+        return self.session.provider

@@ -1,0 +1,198 @@
+"""The op loop: one step's request path: validate, preprocess, batch, process, postprocess (or skip process).
+
+The same loop runs an ONNX model (process = ONNX Runtime) and any op. Plain hooks run on worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..arrays import Arrays, shared_rows
+from ..errors import DeadlineExceeded, InvalidRequest, ModelLoadError, RequestError, StepFailed
+from ..ops import Op, OpContext, RequestContext, Skip, TensorSpec, load_op
+from ..protocol import decode_tensors, encode_tensors, pb
+from ..spec import StepSpec
+from .batcher import Batcher
+from .inputs import validate_inputs
+from .metrics import StepMetrics
+from .model_file import ensure_model
+from .model_op import ModelOp
+from .session import cpu_count
+
+__all__ = ["OpLoop", "load_step_op"]
+
+log = logging.getLogger(__name__)
+
+
+
+def load_step_op(spec: StepSpec, base_dir: Path) -> Op:
+    """Build the step's op: the ONNX model (built first if missing) or the op class with its config."""
+    if spec.model is not None:
+        path = ensure_model(spec.model, base_dir)
+        return ModelOp(path, spec.model, spec.batching)
+    assert spec.op is not None
+    try:
+        cls = load_op(spec.op)
+        op = cls()
+        op.init(dict(spec.config), OpContext(step=spec.name, base_dir=base_dir))
+    except ValueError as exc:
+        raise ModelLoadError(f"step {spec.name!r}: op {spec.op!r}: {exc}") from exc
+    return op
+
+
+def _parameters(request: pb.ModelInferRequest) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in request.parameters.items():
+        which = value.WhichOneof("parameter_choice")
+        result[key] = getattr(value, which) if which else None
+    return result
+
+
+def _overrides(op: Op, hook: str) -> bool:
+    return getattr(type(op), hook) is not getattr(Op, hook)
+
+
+class OpLoop:
+    """A loaded step: its op, batcher and worker threads. Create with `OpLoop.load`, then `start`, `infer`, `aclose`."""
+
+    def __init__(self, spec: StepSpec, op: Op, metrics: StepMetrics) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.op = op
+        self.metrics = metrics
+        instances = spec.model.instances if spec.model is not None else 1
+        self.concurrency = spec.batching.maxConcurrentBatches or instances
+        self._has_pre = _overrides(op, "preprocess")
+        self._has_post = _overrides(op, "postprocess")
+        self._hooks_async = {
+            hook: inspect.iscoroutinefunction(getattr(op, hook)) for hook in ("preprocess", "process", "postprocess")
+        }
+        self._compute_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-compute")
+        self._hook_pool = (
+            ThreadPoolExecutor(max(2, cpu_count()), thread_name_prefix=f"{self.name}-hooks")
+            if self._has_pre or self._has_post
+            else None
+        )
+        self.batcher: Batcher | None = None
+        if _overrides(op, "process"):
+            batched = op.batched and spec.batching.maxBatchSize > 0
+            self.batcher = Batcher(
+                self._process,
+                name=self.name,
+                max_batch_size=spec.batching.maxBatchSize if batched else 0,
+                max_queue_delay_s=spec.batching.maxQueueDelayMicroseconds / 1e6,
+                preferred_batch_sizes=spec.batching.preferredBatchSizes if batched else (),
+                max_queue_size=spec.batching.maxQueueSize,
+                concurrency=self.concurrency,
+                metrics=metrics,
+            )
+        self._output_names = {o.name for o in op.outputs}
+
+    @classmethod
+    def load(cls, spec: StepSpec, base_dir: Path, metrics: StepMetrics) -> OpLoop:
+        """Load the op or model and warm it up (blocking: call from a thread)."""
+        op = load_step_op(spec, base_dir)
+        step = cls(spec, op, metrics)
+        sizes = sorted({1, *spec.batching.preferredBatchSizes}) if spec.batching.maxBatchSize else [1]
+        op.warm_up(sizes)
+        return step
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.op.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.op.outputs
+
+    @property
+    def provider(self) -> str:
+        return self.op.provider
+
+    @property
+    def busy(self) -> bool:
+        return self.batcher is not None and self.batcher.busy
+
+    async def start(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.start()
+
+    async def aclose(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.aclose()
+        self._compute_pool.shutdown(wait=False, cancel_futures=True)
+        if self._hook_pool is not None:
+            self._hook_pool.shutdown(wait=False, cancel_futures=True)
+        self.op.close()
+
+    async def infer(self, request: pb.ModelInferRequest, *, deadline: float | None = None) -> pb.ModelInferResponse:
+        """Answer one ModelInferRequest; raises RequestError (with its status) when the request fails."""
+        inputs = validate_inputs(self.name, self.op.inputs, decode_tensors(request), any_name=self.op.any_input_name)
+        requested = [o.name for o in request.outputs]
+        if self._output_names:
+            for name in requested:
+                if name not in self._output_names:
+                    raise InvalidRequest(
+                        f"unknown output {name!r} requested; step {self.name!r} has {', '.join(sorted(self._output_names))}"
+                    )
+        context = RequestContext(id=request.id, parameters=_parameters(request))
+        prepared: Arrays | Skip = inputs
+        if self._has_pre:
+            prepared = await self._hook("preprocess", self.op.preprocess, inputs, context)
+        if isinstance(prepared, Skip):
+            outputs = prepared.outputs
+        elif self.batcher is not None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"step {self.name!r}: the deadline passed before the request was queued")
+            if self.batcher.max_batch_size:
+                self._check_rows(prepared)
+            outputs = await self.batcher.submit(prepared, deadline=deadline)
+        else:
+            outputs = prepared
+        if self._has_post:
+            outputs = await self._hook("postprocess", self.op.postprocess, outputs, context)
+        response = pb.ModelInferResponse(model_name=self.name, id=request.id)
+        if requested:
+            missing = [n for n in requested if n not in outputs]
+            if missing:
+                raise InvalidRequest(f"step {self.name!r} did not produce requested output(s) {missing}")
+            encode_tensors(response, ((name, outputs[name]) for name in requested))
+        else:
+            encode_tensors(response, outputs.items())
+        return response
+
+    async def _process(self, batch: Arrays) -> Arrays:
+        if self._hooks_async["process"]:
+            result: Arrays = await self.op.process(batch)  # type: ignore[misc]
+            return result
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._compute_pool, self.op.process, batch)
+
+    async def _hook(self, hook: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            if self._hooks_async[hook]:
+                return await fn(*args)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._hook_pool, fn, *args)
+        except RequestError:
+            raise
+        except Exception:
+            log.exception("step %s: %s failed", self.name, hook)
+            raise StepFailed(f"step {self.name!r}: {hook} failed; see the step's log") from None
+
+    def _check_rows(self, prepared: Arrays) -> None:
+        rows = shared_rows(prepared)
+        if rows is None:
+            shapes = {name: list(a.shape) for name, a in prepared.items()}
+            raise InvalidRequest(
+                f"step {self.name!r}: every input needs the same number of rows (first dimension) to batch, got {shapes}"
+            )
+        if rows == 0:
+            raise InvalidRequest(f"step {self.name!r}: the request has 0 rows")

@@ -1,0 +1,81 @@
+"""The step's `inference.GRPCInferenceService`: converts and delegates to its `OpLoop`, maps errors at one seam."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import grpc.aio
+
+from ..errors import InvalidRequest, RequestError
+from ..ops import TensorSpec
+from ..protocol import ModelServicerBase, TensorInfo, abort_with, pb
+from .op_loop import OpLoop
+
+__all__ = ["SERVER_NAME", "StepServicer"]
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "conveyor-step"
+
+
+class StepServicer(ModelServicerBase):
+    """Open Inference Protocol for one step; the model name is the step's name (an empty name also works)."""
+
+    server_name = SERVER_NAME
+
+    def __init__(self, op_loop: OpLoop, *, max_message_bytes: int) -> None:
+        self.op_loop = op_loop
+        self.ready = False
+        self.max_message_bytes = max_message_bytes
+
+    @property
+    def model_name(self) -> str:
+        return self.op_loop.name
+
+    @property
+    def platform(self) -> str:
+        return self.op_loop.op.platform
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready
+
+    async def tensor_metadata(self) -> tuple[Sequence[TensorInfo], Sequence[TensorInfo]]:
+        def infos(specs: Sequence[TensorSpec]) -> list[TensorInfo]:
+            return [TensorInfo(s.name, s.datatype, tuple(s.reported_shape)) for s in specs]
+
+        return infos(self.op_loop.inputs), infos(self.op_loop.outputs)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        started = time.monotonic()
+        remaining = context.time_remaining()
+        deadline = started + remaining if remaining is not None else None
+        error: BaseException
+        try:
+            self.check_model(request.model_name)
+            size = request.ByteSize()
+            if size > self.max_message_bytes:
+                raise _too_large(request, size, self.max_message_bytes)
+            response = await self.op_loop.infer(request, deadline=deadline)
+        except RequestError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("step %s: request %r failed", self.op_loop.name, request.id)
+            error = exc
+        else:
+            self.op_loop.metrics.request_done("OK", time.monotonic() - started)
+            return response
+        status = error.status if isinstance(error, RequestError) else "INTERNAL"
+        self.op_loop.metrics.request_done(status, time.monotonic() - started)
+        await abort_with(context, error)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+def _too_large(request: pb.ModelInferRequest, size: int, limit: int) -> RequestError:
+    sizes = {t.name: len(raw) for t, raw in zip(request.inputs, request.raw_input_contents)}
+    largest = max(sizes, key=lambda n: sizes[n]) if sizes else (request.inputs[0].name if request.inputs else "?")
+    return InvalidRequest(
+        f"input {largest!r}: the request is {size} bytes, over this step's limit of {limit}; send fewer rows per request"
+    )
