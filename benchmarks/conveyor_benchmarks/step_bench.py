@@ -13,7 +13,6 @@ import asyncio
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from conveyor_runtime.serving import free_port
 
 __all__ = ["StepBenchResult", "register", "run"]
 
@@ -76,12 +77,6 @@ class StepBenchResult:
 
 def _progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _model_path(args: argparse.Namespace) -> Path:
@@ -248,7 +243,7 @@ async def _with_in_process_server(args: argparse.Namespace, path: Path, feed: di
 def _with_subprocess_server(args: argparse.Namespace, path: Path, feed: dict[str, Any]) -> tuple[_Load, float]:
     from conveyor_runtime.spec import step_to_env
 
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, **step_to_env(_spec(args, path))}
     command = [sys.executable, "-m", "conveyor_runtime.cli", "--log-level", "WARNING", "step", "--host", "127.0.0.1",
                "--port", str(port), "--metrics-port", str(metrics_port), "--grace", "5"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,9 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor_runtime.protocol import InferenceStub, decode_tensors, encode_tensors, pb
+from conveyor_runtime.serving import free_port
 from conveyor_runtime.spec import step_to_env
 from tests.support.step_fixtures import step_spec
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _wait_serving(health: health_pb2_grpc.HealthStub, process: subprocess.Popen[bytes], limit_s: float = 60) -> None:
@@ -56,7 +50,7 @@ async def test_step_command_sigterm_goes_not_serving_drains_and_exits_zero(tmp_p
         config={"marker": str(marker), "delay": 1.0},
         batching={"maxBatchSize": 1},
     )
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **step_to_env(spec), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     log = tmp_path / "step.log"
     with log.open("wb") as out:
