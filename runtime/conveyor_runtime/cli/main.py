@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 #: Shown after an error of each kind: what to do next.
 _NEXT_STEP: dict[type[ConveyorError], str] = {
     InvalidManifest: "fix the fields listed above and run the command again",
-    UsageError: "see `conveyor COMMAND --help` for what each flag takes",
+    UsageError: "check the flag or file named above; `conveyor COMMAND --help` lists what each flag takes",
 }
 
 

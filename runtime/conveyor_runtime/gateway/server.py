@@ -60,6 +60,7 @@ class Gateway:
         self._sites: list[HttpSite] = []
         self._tasks = TaskSet(f"gateway {self.name}")
         self._stopped = asyncio.Event()
+        self._published_ready: bool | None = None
 
     @property
     def name(self) -> str:
@@ -70,6 +71,9 @@ class Gateway:
 
     async def _publish_health(self) -> None:
         ready = self.executor.ready
+        if ready == self._published_ready:
+            return  # several steps changed at once: one task already published this state
+        self._published_ready = ready
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", self.name):
             await self.health.set(service, status)
