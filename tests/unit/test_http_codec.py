@@ -90,3 +90,20 @@ def test_http_renders_binary_and_json_outputs_as_asked() -> None:
     body, headers = render_infer_response("defects", outputs, {})
     assert headers["Content-Type"] == "application/json"
     assert json.loads(body)["outputs"][0]["data"] == [0.5, 0.25]
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        ({"datatype": "INT8", "shape": [1], "data": [1000]}, "does not hold INT8 values"),
+        ({"datatype": "FP32", "shape": [2**70], "data": [1.0]}, "too large"),
+        ({"datatype": "FP32", "shape": [-1, -1], "data": [1.0]}, "negative dimension"),
+        ({"datatype": "FP32", "shape": [2**33, 2**31], "data": [1.0]}, "too large"),
+        ({"datatype": "FP32", "shape": [0, 2**62], "data": []}, "too large"),
+        ({"datatype": "BYTES", "shape": [2], "data": [["a"], ["b", "c"]]}, "does not hold BYTES values"),
+    ],
+)
+def test_http_out_of_range_values_and_shapes_are_invalid(tensor: dict[str, object], message: str) -> None:
+    body, length = _body({"inputs": [{"name": "x", **tensor}]})
+    with pytest.raises(InvalidRequest, match=message):
+        parse_infer_request(body, length)

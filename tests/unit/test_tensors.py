@@ -75,3 +75,12 @@ def test_tensors_raw_contents_must_cover_every_input() -> None:
     del request.raw_input_contents[1]
     with pytest.raises(InvalidRequest, match="2 inputs but 1 raw_input_contents"):
         decode_tensors(request)
+
+
+@pytest.mark.parametrize("shape", [[2**33, 2**31], [0, 2**62], [2**62, 4]])
+def test_tensors_shape_whose_element_count_overflows_int64_is_invalid(shape: list[int]) -> None:
+    # the int64 product wraps to 0, so empty data used to "match" and reshape failed as INTERNAL
+    for raw, contents in ((b"", None), (b"\0" * 8, None), (None, pb.InferTensorContents()), (None, None)):
+        with pytest.raises(InvalidRequest, match="'big'") as info:
+            decode_tensor("big", "FP32", shape, raw, contents)
+        assert info.value.status == "INVALID_ARGUMENT"

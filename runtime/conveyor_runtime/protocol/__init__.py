@@ -9,8 +9,10 @@ from .service import METHODS, SERVICE_NAME, InferenceServicer, InferenceStub, ad
 from .status import INTERNAL_MESSAGE, abort_with, error_from_rpc, grpc_code, http_status
 from .tensors import (
     DATATYPES,
+    MAX_TENSOR_SPAN,
     InferMessage,
     add_raw_tensor,
+    checked_shape,
     datatype_of,
     decode_tensor,
     decode_tensors,
@@ -27,6 +29,7 @@ __all__ = [
     "DATATYPES",
     "HEADER_LENGTH",
     "INTERNAL_MESSAGE",
+    "MAX_TENSOR_SPAN",
     "METHODS",
     "SERVICE_NAME",
     "InferMessage",
@@ -39,6 +42,7 @@ __all__ = [
     "add_inference_servicer",
     "add_raw_tensor",
     "add_wire_tensors",
+    "checked_shape",
     "checked_tensor",
     "datatype_of",
     "decode_tensor",

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest
-from .tensors import dtype_of
+from .tensors import checked_shape, dtype_of
 from .wire import WireTensor, checked_tensor
 
 __all__ = ["HEADER_LENGTH", "parse_infer_request", "render_infer_response"]
@@ -23,21 +23,20 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 def _json_tensor(name: str, datatype: str, shape: list[int], data: Any) -> WireTensor:
     dtype = dtype_of(datatype, name=name)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    flat = np.asarray(data, dtype=object).reshape(-1) if datatype == "BYTES" else None
+    dims, count = checked_shape(name, shape, dtype)
     try:
         if datatype == "BYTES":
-            assert flat is not None
+            flat = np.asarray(data, dtype=object).reshape(-1)
             items = [item.encode() if isinstance(item, str) else bytes(item) for item in flat]
             array = np.empty(len(items), dtype=object)
             array[:] = items
         else:
             array = np.asarray(data, dtype=dtype).reshape(-1)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a value out of the datatype's range
         raise InvalidRequest(f"input {name!r}: `data` does not hold {datatype} values: {exc}") from None
     if array.size != count:
         raise InvalidRequest(f"input {name!r}: shape {shape} holds {count} elements but `data` has {array.size}")
-    return WireTensor.from_numpy(array.reshape(shape))
+    return WireTensor.from_numpy(array.reshape(dims))
 
 
 def _shape(name: str, value: Any) -> list[int]:

@@ -6,6 +6,7 @@ Decoding checks everything a client can get wrong (datatype, shape, byte length,
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -18,8 +19,10 @@ from .proto import open_inference_pb2 as pb
 
 __all__ = [
     "DATATYPES",
+    "MAX_TENSOR_SPAN",
     "InferMessage",
     "add_raw_tensor",
+    "checked_shape",
     "datatype_of",
     "decode_tensor",
     "decode_tensors",
@@ -120,17 +123,25 @@ def deserialize_bytes(raw: bytes, count: int, *, name: str = "") -> npt.NDArray[
     return result
 
 
-def _check_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
-    if any(dim < 0 for dim in shape):
-        raise InvalidRequest(f"input {name!r}: shape {list(shape)} has a negative dimension")
-    return tuple(int(d) for d in shape)
+#: No tensor may span more bytes than this, counting only its non-zero dimensions (numpy's own limit is 2**63).
+MAX_TENSOR_SPAN = 2**62
+
+
+def checked_shape(name: str, shape: Sequence[int], dtype: np.dtype[Any]) -> tuple[tuple[int, ...], int]:
+    """(dims, element count) of a client's shape, counted exactly (no int64 wrap-around); raises InvalidRequest
+    for a negative dimension or a shape no array could have."""
+    dims = tuple(int(d) for d in shape)
+    if any(dim < 0 for dim in dims):
+        raise InvalidRequest(f"input {name!r}: shape {list(dims)} has a negative dimension")
+    if math.prod(d for d in dims if d) * max(dtype.itemsize, 1) > MAX_TENSOR_SPAN:
+        raise InvalidRequest(f"input {name!r}: shape {list(dims)} is too large for any tensor")
+    return dims, math.prod(dims)
 
 
 def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes | None, contents: Any = None) -> npt.NDArray[Any]:
     """One tensor from raw bytes (preferred) or typed contents, checked against its shape and datatype."""
-    dims = _check_shape(shape, name)
     dtype = dtype_of(datatype, name=name)
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    dims, count = checked_shape(name, shape, dtype)
     if raw is not None:
         if datatype == "BYTES":
             return deserialize_bytes(raw, count, name=name).reshape(dims)
