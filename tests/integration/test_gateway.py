@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -239,7 +243,7 @@ async def test_gateway_serves_unmodified_tritonclient_over_grpc_and_http(chain: 
         finally:
             client.close()
 
-    def call_http(binary: bool) -> np.ndarray:
+    def call_http(binary: bool, compression: str | None = None) -> np.ndarray:
         client = thttp.InferenceServerClient(f"127.0.0.1:{gateway.http_port}")
         try:
             assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("chain")
@@ -247,7 +251,8 @@ async def test_gateway_serves_unmodified_tritonclient_over_grpc_and_http(chain: 
             tensor = thttp.InferInput("image", list(data.shape), "FP32")
             tensor.set_data_from_numpy(data, binary_data=binary)
             outputs = [thttp.InferRequestedOutput("y", binary_data=binary)]
-            return np.asarray(client.infer("chain", [tensor], outputs=outputs).as_numpy("y"))
+            result = client.infer("chain", [tensor], outputs=outputs, request_compression_algorithm=compression)
+            return np.asarray(result.as_numpy("y"))
         finally:
             client.close()
 
@@ -255,3 +260,35 @@ async def test_gateway_serves_unmodified_tritonclient_over_grpc_and_http(chain: 
     np.testing.assert_allclose(await asyncio.to_thread(call_grpc), expected)
     np.testing.assert_allclose(await asyncio.to_thread(call_http, True), expected)
     np.testing.assert_allclose(await asyncio.to_thread(call_http, False), expected)
+    for compression in ("gzip", "deflate"):
+        np.testing.assert_allclose(await asyncio.to_thread(call_http, True, compression), expected)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("gzip", b"\x1f\x8b\x08\x00not gzip at all"),
+        ("gzip", gzip.compress(b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [1]}]}')[:20]),
+        ("deflate", b"\x78\x9cnot deflate"),
+    ],
+)
+async def test_gateway_http_corrupt_compressed_body_is_400(
+    chain: tuple[Gateway, Any], encoding: str, body: bytes
+) -> None:
+    gateway, _ = chain
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gateway.http_port}/v2/models/chain/infer",
+        data=body,
+        headers={"Content-Encoding": encoding, "Content-Type": "application/json"},
+    )
+
+    def send() -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    status, answer = await asyncio.to_thread(send)
+    assert status == 400, answer  # the body is unreadable or, truncated, not valid JSON: never a 500
+    assert json.loads(answer)["error"]

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from conveyor_runtime.errors import InvalidRequest
-from conveyor_runtime.protocol import WireTensor, parse_infer_request, render_infer_response, serialize_bytes
+from conveyor_runtime.protocol import (
+    RequestOptions,
+    WireTensor,
+    parse_infer_request,
+    render_infer_response,
+    request_options,
+    serialize_bytes,
+)
 
 
 def _body(header: dict[str, object], binary: bytes = b"") -> tuple[bytes, int | None]:
@@ -107,3 +114,46 @@ def test_http_out_of_range_values_and_shapes_are_invalid(tensor: dict[str, objec
     body, length = _body({"inputs": [{"name": "x", **tensor}]})
     with pytest.raises(InvalidRequest, match=message):
         parse_infer_request(body, length)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ({"parameters": [1]}, "`parameters` must be an object"),
+        ({"parameters": {"timeout": "soon"}}, "`parameters.timeout`"),
+        ({"outputs": {"name": "y"}}, "`outputs` must be a list"),
+        ({"outputs": [{"name": ["y"]}]}, r"outputs\[0\] needs a `name`"),
+        ({"outputs": [{"name": "y", "parameters": "binary"}]}, r"outputs\[0\]\.parameters"),
+        ({"id": {"a": 1}}, "`id` must be a string"),
+    ],
+)
+def test_http_malformed_request_fields_are_invalid(header: dict[str, object], message: str) -> None:
+    document = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}], **header}
+    body, length = _body(document)
+    with pytest.raises(InvalidRequest, match=message):
+        parse_infer_request(body, length)
+
+
+def test_http_input_parameters_must_be_an_object() -> None:
+    body, length = _body({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0], "parameters": [2]}]})
+    with pytest.raises(InvalidRequest, match=r"`inputs\[0\]\.parameters` must be an object"):
+        parse_infer_request(body, length)
+
+
+def test_http_json_nested_too_deep_is_invalid() -> None:
+    body = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
+        parse_infer_request(body, None)
+
+
+def test_http_request_options_are_read_once_checked() -> None:
+    body, length = _body(
+        {
+            "id": "r1",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+            "parameters": {"timeout": 2_000_000},
+        }
+    )
+    _, document = parse_infer_request(body, length)
+    assert request_options(document) == RequestOptions(request_id="r1", outputs=["y"], timeout_s=2.0)

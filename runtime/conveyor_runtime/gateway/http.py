@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
 import time
-import zlib
 
 from aiohttp import web
 
 from ..errors import InvalidRequest, RequestError
-from ..protocol import HEADER_LENGTH, INTERNAL_MESSAGE, http_status, parse_infer_request, render_infer_response
+from ..protocol import HEADER_LENGTH, INTERNAL_MESSAGE, http_status, parse_infer_request, render_infer_response, request_options
 from ..version import __version__
 from .servicer import GatewayServicer
 
@@ -22,6 +20,17 @@ log = logging.getLogger(__name__)
 def _error(exc: BaseException) -> web.Response:
     message = exc.message if isinstance(exc, RequestError) else INTERNAL_MESSAGE
     return web.json_response({"error": message}, status=http_status(exc))
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The request body, already decompressed by aiohttp when Content-Encoding is gzip or deflate."""
+    try:
+        return await request.read()
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # aiohttp's payload errors: a corrupt or truncated compressed body
+        encoding = request.headers.get("Content-Encoding", "identity")
+        raise InvalidRequest(f"cannot read the request body (Content-Encoding {encoding}): {exc}") from None
 
 
 def create_http_app(model: GatewayServicer) -> web.Application:
@@ -63,27 +72,19 @@ def create_http_app(model: GatewayServicer) -> web.Application:
     async def infer(request: web.Request) -> web.Response:
         try:
             model.check_model(request.match_info["name"])
-            body = await request.read()
-            encoding = request.headers.get("Content-Encoding", "").lower()
-            if encoding == "gzip":
-                body = gzip.decompress(body)
-            elif encoding == "deflate":
-                body = zlib.decompress(body)
+            body = await _read_body(request)
             raw_length = request.headers.get(HEADER_LENGTH)
             if raw_length is not None and not raw_length.strip().isdigit():
                 raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got {raw_length!r}")
             inputs, document = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
-            timeout_us = (document.get("parameters") or {}).get("timeout")
-            deadline = time.monotonic() + timeout_us / 1e6 if isinstance(timeout_us, (int, float)) and timeout_us > 0 else None
-            requested = [o["name"] for o in document.get("outputs") or [] if isinstance(o, dict) and "name" in o]
+            options = request_options(document)
+            deadline = time.monotonic() + options.timeout_s if options.timeout_s is not None else None
             outputs = await executor.infer(
-                inputs, deadline=deadline, outputs=requested, request_id=str(document.get("id") or "")
+                inputs, deadline=deadline, outputs=options.outputs, request_id=options.request_id
             )
             payload, headers = render_infer_response(executor.name, outputs, document)
         except RequestError as exc:
             return _error(exc)
-        except (OSError, zlib.error) as exc:
-            return _error(InvalidRequest(f"cannot decompress the request body: {exc}"))
         except Exception as exc:
             log.exception("HTTP infer request failed unexpectedly")
             return _error(exc)

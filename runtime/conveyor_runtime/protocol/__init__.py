@@ -4,7 +4,7 @@ wire, REST JSON), the status table and the health/metadata half of a servicer. B
 
 from .model_service import ModelServicerBase, TensorInfo
 from .proto import open_inference_pb2 as pb
-from .rest import HEADER_LENGTH, parse_infer_request, render_infer_response
+from .rest import HEADER_LENGTH, RequestOptions, parse_infer_request, render_infer_response, request_options
 from .service import METHODS, SERVICE_NAME, InferenceServicer, InferenceStub, add_inference_servicer
 from .status import INTERNAL_MESSAGE, abort_with, error_from_rpc, grpc_code, http_status
 from .tensors import (
@@ -36,6 +36,7 @@ __all__ = [
     "InferenceServicer",
     "InferenceStub",
     "ModelServicerBase",
+    "RequestOptions",
     "TensorInfo",
     "WireTensor",
     "abort_with",
@@ -57,6 +58,7 @@ __all__ = [
     "parse_infer_request",
     "pb",
     "render_infer_response",
+    "request_options",
     "serialize_bytes",
     "tensor_entries",
     "wire_request",

@@ -8,6 +8,7 @@ the HTTP server lives with the gateway.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from ..errors import InvalidRequest
 from .tensors import checked_shape, dtype_of
 from .wire import WireTensor, checked_tensor
 
-__all__ = ["HEADER_LENGTH", "parse_infer_request", "render_infer_response"]
+__all__ = ["HEADER_LENGTH", "RequestOptions", "parse_infer_request", "render_infer_response", "request_options"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -45,6 +46,50 @@ def _shape(name: str, value: Any) -> list[int]:
     return list(value)
 
 
+@dataclass(frozen=True)
+class RequestOptions:
+    """What a checked request asks besides its inputs: its id, the outputs it wants, its timeout (None: none)."""
+
+    request_id: str
+    outputs: list[str]
+    timeout_s: float | None
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    """A `parameters` member: absent or an object."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"`{where}parameters` must be an object, got {type(value).__name__}")
+    return value
+
+
+def _check_document(document: dict[str, Any]) -> None:
+    """The request-level members that the inputs' loop does not read: `id`, `parameters` and `outputs`."""
+    if not isinstance(document.get("id", ""), str):
+        raise InvalidRequest("`id` must be a string")
+    timeout = _parameters(document.get("parameters"), "").get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0):
+        raise InvalidRequest(f"`parameters.timeout` must be a number of microseconds >= 0, got {timeout!r}")
+    outputs = document.get("outputs", [])
+    if not isinstance(outputs, list):
+        raise InvalidRequest("`outputs` must be a list of objects with a `name`")
+    for index, output in enumerate(outputs):
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str) or not output["name"]:
+            raise InvalidRequest(f"outputs[{index}] needs a `name` (a string)")
+        _parameters(output.get("parameters"), f"outputs[{index}].")
+
+
+def request_options(document: dict[str, Any]) -> RequestOptions:
+    """The options of a request that `parse_infer_request` has checked."""
+    timeout = (document.get("parameters") or {}).get("timeout")
+    return RequestOptions(
+        request_id=str(document.get("id") or ""),
+        outputs=[output["name"] for output in document.get("outputs") or []],
+        timeout_s=timeout / 1e6 if timeout else None,
+    )
+
+
 def parse_infer_request(body: bytes, header_length: int | None) -> tuple[dict[str, WireTensor], dict[str, Any]]:
     """(inputs, JSON header) of an HTTP infer request; raises InvalidRequest saying what is wrong."""
     if header_length is not None:
@@ -57,8 +102,11 @@ def parse_infer_request(body: bytes, header_length: int | None) -> tuple[dict[st
         document = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("request body is not valid JSON for this server: nested too deep") from None
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list) or not document["inputs"]:
         raise InvalidRequest("request JSON must be an object with a non-empty `inputs` list")
+    _check_document(document)
     inputs: dict[str, WireTensor] = {}
     offset = 0
     for index, spec in enumerate(document["inputs"]):
@@ -71,7 +119,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> tuple[dict[st
         if not isinstance(datatype, str):
             raise InvalidRequest(f"input {name!r} needs a `datatype`")
         shape = _shape(name, spec.get("shape"))
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(spec.get("parameters"), f"inputs[{index}].").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidRequest(
