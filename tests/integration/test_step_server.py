@@ -183,3 +183,24 @@ async def test_step_server_builds_a_missing_model_relative_to_base_dir(tmp_path:
         response = await stub.ModelInfer(_request(np.zeros((1, 3, 32, 32), np.float32)))
     assert (tmp_path / "models" / "r.onnx").exists()
     assert list(response.outputs[0].shape) == [1, 3]
+
+
+async def test_step_server_checks_the_model_version_and_clips_echoed_names(model_files: ModelFiles) -> None:
+    spec = step_spec(model={"path": str(model_files.resnet(32))}, batching={"maxBatchSize": 2})
+    async with running_step(spec) as server, stub_for(server) as stub:
+        x = np.zeros((1, 3, 32, 32), np.float32)
+        for version in ("", "1"):
+            request = _request(x)
+            request.model_version = version
+            assert (await stub.ModelInfer(request)).outputs[0].name == "logits"
+        request = _request(x)
+        request.model_version = "7"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ModelInfer(request)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "version '7'" in (info.value.details() or "")
+        # a 10 KB name echoed into the error must not push the status over gRPC's metadata limit
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ModelInfer(_request(x, model="m" * 10_000))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert len(info.value.details() or "") <= 1100

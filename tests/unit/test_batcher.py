@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conveyor_runtime.errors import DeadlineExceeded, ModelNotReady, OpError, QueueFull, StepFailed
+from conveyor_runtime.errors import DeadlineExceeded, InvalidRequest, ModelNotReady, OpError, QueueFull, StepFailed
 from conveyor_runtime.step import Batcher, StepMetrics, batch_key, form_batch
 
 Arrays = dict[str, np.ndarray]
@@ -366,3 +366,16 @@ async def test_batcher_records_metrics() -> None:
 def test_batcher_checks_settings_eagerly() -> None:
     with pytest.raises(ValueError, match="preferred batch sizes must be in 1..4, got 8"):
         Batcher(Recorder(), max_batch_size=4, preferred_batch_sizes=[8])
+
+
+async def test_batcher_request_larger_than_the_whole_queue_is_invalid_not_retryable() -> None:
+    compute = Recorder()
+    batcher = Batcher(compute, max_batch_size=2, max_queue_delay_s=0, max_queue_size=4)
+    await batcher.start()
+    try:
+        with pytest.raises(InvalidRequest, match="5 rows.*maxQueueSize is 4") as info:
+            await batcher.submit(_request(0, 5, 2))
+        assert info.value.status == "INVALID_ARGUMENT"
+        assert (await batcher.submit(_request(1, 4, 2)))["y"].shape == (4, 1)
+    finally:
+        await batcher.aclose()

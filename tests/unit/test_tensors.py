@@ -84,3 +84,11 @@ def test_tensors_shape_whose_element_count_overflows_int64_is_invalid(shape: lis
         with pytest.raises(InvalidRequest, match="'big'") as info:
             decode_tensor("big", "FP32", shape, raw, contents)
         assert info.value.status == "INVALID_ARGUMENT"
+
+
+def test_tensors_raw_and_typed_contents_together_are_invalid() -> None:
+    request = pb.ModelInferRequest()
+    encode_tensors(request, [("a", np.zeros(2, np.float32))])
+    request.inputs[0].contents.fp32_contents.extend([1.0, 2.0])
+    with pytest.raises(InvalidRequest, match="'a'.*both raw and typed contents"):
+        decode_tensors(request)

@@ -8,7 +8,15 @@ import time
 from aiohttp import web
 
 from ..errors import InvalidRequest, RequestError
-from ..protocol import HEADER_LENGTH, INTERNAL_MESSAGE, http_status, parse_infer_request, render_infer_response, request_options
+from ..protocol import (
+    HEADER_LENGTH,
+    MODEL_VERSION,
+    client_message,
+    http_status,
+    parse_infer_request,
+    render_infer_response,
+    request_options,
+)
 from ..version import __version__
 from .servicer import GatewayServicer
 
@@ -18,8 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _error(exc: BaseException) -> web.Response:
-    message = exc.message if isinstance(exc, RequestError) else INTERNAL_MESSAGE
-    return web.json_response({"error": message}, status=http_status(exc))
+    return web.json_response({"error": client_message(exc)}, status=http_status(exc))
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -48,21 +55,21 @@ def create_http_app(model: GatewayServicer) -> web.Application:
 
     async def model_ready(request: web.Request) -> web.Response:
         try:
-            model.check_model(request.match_info["name"])
+            model.check_model(request.match_info["name"], request.match_info.get("version", ""))
         except RequestError as exc:
             return _error(exc)
         return web.json_response({"name": model.model_name, "ready": model.is_ready}, status=200 if model.is_ready else 503)
 
     async def model_metadata(request: web.Request) -> web.Response:
         try:
-            model.check_model(request.match_info["name"])
+            model.check_model(request.match_info["name"], request.match_info.get("version", ""))
         except RequestError as exc:
             return _error(exc)
         inputs, outputs = await model.tensor_metadata()
         return web.json_response(
             {
                 "name": model.model_name,
-                "versions": ["1"],
+                "versions": [MODEL_VERSION],
                 "platform": model.platform,
                 "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in inputs],
                 "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in outputs],
@@ -71,7 +78,7 @@ def create_http_app(model: GatewayServicer) -> web.Application:
 
     async def infer(request: web.Request) -> web.Response:
         try:
-            model.check_model(request.match_info["name"])
+            model.check_model(request.match_info["name"], request.match_info.get("version", ""))
             body = await _read_body(request)
             raw_length = request.headers.get(HEADER_LENGTH)
             if raw_length is not None and not raw_length.strip().isdigit():

@@ -45,7 +45,7 @@ class GatewayServicer(ModelServicerBase):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         try:
-            self.check_model(request.model_name)
+            self.check_model(request.model_name, request.model_version)
             inputs = wire_tensors(request)
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining

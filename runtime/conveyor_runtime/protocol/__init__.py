@@ -2,11 +2,11 @@
 wire, REST JSON), the status table and the health/metadata half of a servicer. Both the step and the gateway speak it.
 """
 
-from .model_service import ModelServicerBase, TensorInfo
+from .model_service import MODEL_VERSION, ModelServicerBase, TensorInfo
 from .proto import open_inference_pb2 as pb
 from .rest import HEADER_LENGTH, RequestOptions, parse_infer_request, render_infer_response, request_options
 from .service import METHODS, SERVICE_NAME, InferenceServicer, InferenceStub, add_inference_servicer
-from .status import INTERNAL_MESSAGE, abort_with, error_from_rpc, grpc_code, http_status
+from .status import INTERNAL_MESSAGE, MAX_MESSAGE_CHARS, abort_with, client_message, error_from_rpc, grpc_code, http_status
 from .tensors import (
     DATATYPES,
     MAX_TENSOR_SPAN,
@@ -29,8 +29,10 @@ __all__ = [
     "DATATYPES",
     "HEADER_LENGTH",
     "INTERNAL_MESSAGE",
+    "MAX_MESSAGE_CHARS",
     "MAX_TENSOR_SPAN",
     "METHODS",
+    "MODEL_VERSION",
     "SERVICE_NAME",
     "InferMessage",
     "InferenceServicer",
@@ -45,6 +47,7 @@ __all__ = [
     "add_wire_tensors",
     "checked_shape",
     "checked_tensor",
+    "client_message",
     "datatype_of",
     "decode_tensor",
     "decode_tensors",

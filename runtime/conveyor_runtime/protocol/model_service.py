@@ -15,7 +15,10 @@ from ..version import __version__
 from .proto import open_inference_pb2 as pb
 from .status import abort_with
 
-__all__ = ["ModelServicerBase", "TensorInfo"]
+__all__ = ["MODEL_VERSION", "ModelServicerBase", "TensorInfo"]
+
+#: Every model served here has exactly one version.
+MODEL_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,15 @@ class ModelServicerBase:
         """(inputs, outputs) of the model; empty while unknown."""
         raise NotImplementedError
 
-    def check_model(self, name: str) -> None:
-        """Raise NOT_FOUND unless `name` is empty or this server's model."""
+    def check_model(self, name: str, version: str = "") -> None:
+        """Raise NOT_FOUND unless `name` is empty or this server's model, and `version` empty or its only one."""
         if name and name != self.model_name:
             raise RequestError(f"unknown model {name!r}; this server serves {self.model_name!r}", status="NOT_FOUND")
+        if version and version != MODEL_VERSION:
+            raise RequestError(
+                f"model {self.model_name!r} has no version {version!r}; it has version {MODEL_VERSION!r}",
+                status="NOT_FOUND",
+            )
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -66,7 +74,7 @@ class ModelServicerBase:
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         try:
-            self.check_model(request.name)
+            self.check_model(request.name, request.version)
         except RequestError as exc:
             await abort_with(context, exc)
         return pb.ModelReadyResponse(ready=self.is_ready)
@@ -80,11 +88,11 @@ class ModelServicerBase:
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         try:
-            self.check_model(request.name)
+            self.check_model(request.name, request.version)
         except RequestError as exc:
             await abort_with(context, exc)
         inputs, outputs = await self.tensor_metadata()
-        response = pb.ModelMetadataResponse(name=self.model_name, versions=["1"], platform=self.platform)
+        response = pb.ModelMetadataResponse(name=self.model_name, versions=[MODEL_VERSION], platform=self.platform)
         for info in inputs:
             response.inputs.add(name=info.name, datatype=info.datatype, shape=info.shape)
         for info in outputs:

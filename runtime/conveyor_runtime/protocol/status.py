@@ -16,6 +16,10 @@ __all__ = ["INTERNAL_MESSAGE", "abort_with", "error_from_rpc", "grpc_code", "htt
 #: What a client sees for an unexpected error (the traceback is in the server's log).
 INTERNAL_MESSAGE = "internal error; see the server's log"
 
+#: Error messages are clipped to this: they echo client input (names, datatypes), and gRPC refuses status details
+#: over its 8 KB metadata limit, which the client would see as RESOURCE_EXHAUSTED instead of the real error.
+MAX_MESSAGE_CHARS = 1024
+
 #: gRPC status name -> HTTP status of the REST API (names missing here answer 500).
 _HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
@@ -47,11 +51,19 @@ def http_status(error: BaseException) -> int:
     return _HTTP_STATUS.get(_status_name(error), 500)
 
 
+def client_message(error: BaseException) -> str:
+    """What the client is told: a `RequestError`'s message, clipped; a generic line for anything unexpected."""
+    if not isinstance(error, RequestError):
+        return INTERNAL_MESSAGE
+    message = error.message
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 20] + " ... (message clipped)"
+    return message
+
+
 async def abort_with(context: grpc.aio.ServicerContext, error: BaseException) -> None:
     """End an RPC with the status for `error`; unexpected errors get a generic message (log them first)."""
-    if isinstance(error, RequestError):
-        await context.abort(grpc_code(error), error.message)
-    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    await context.abort(grpc_code(error), client_message(error))
 
 
 def error_from_rpc(exc: grpc.RpcError, *, step: str | None = None, hint: str = "") -> RequestError:

@@ -190,6 +190,8 @@ def tensor_entries(message: InferMessage) -> Iterator[tuple[str, str, Sequence[i
             raise InvalidRequest(f"input {tensor.name!r} is given more than once")
         seen.add(tensor.name)
         contents = tensor.contents if tensor.HasField("contents") else None
+        if raw and contents is not None and contents.ByteSize():
+            raise InvalidRequest(f"input {tensor.name!r} has both raw and typed contents; send one of them")
         yield tensor.name, tensor.datatype, tensor.shape, raw[index] if raw else None, contents
 
 

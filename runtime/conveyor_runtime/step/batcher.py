@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from ..arrays import Arrays, rows_of
-from ..errors import DeadlineExceeded, ModelNotReady, QueueFull, RequestError, StepFailed
+from ..errors import DeadlineExceeded, InvalidRequest, ModelNotReady, QueueFull, RequestError, StepFailed
 from ..serving import TaskSet
 from .metrics import StepMetrics
 
@@ -193,6 +193,11 @@ class Batcher:
         if self._closed or self._loop_task is None:
             raise ModelNotReady(f"step {self.name!r} is not accepting requests (starting or shutting down); retry")
         rows = rows_of(arrays)
+        if rows > self.max_queue_size:
+            raise InvalidRequest(
+                f"step {self.name!r}: the request has {rows} rows but maxQueueSize is {self.max_queue_size}, "
+                "so it can never be queued; send fewer rows per request"
+            )
         if self._queued_rows + rows > self.max_queue_size:
             raise QueueFull(
                 f"step {self.name!r} queue is full ({self._queued_rows} of {self.max_queue_size} rows queued, "

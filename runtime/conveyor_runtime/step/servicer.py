@@ -54,7 +54,7 @@ class StepServicer(ModelServicerBase):
         deadline = started + remaining if remaining is not None else None
         error: BaseException
         try:
-            self.check_model(request.model_name)
+            self.check_model(request.model_name, request.model_version)
             size = request.ByteSize()
             if size > self.max_message_bytes:
                 raise _too_large(request, size, self.max_message_bytes)
