@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import grpc.aio
 
 from ..errors import InvalidRequest, RequestError, StepCallError
-from ..protocol import ModelServicerBase, TensorInfo, abort_with, add_wire_tensors, pb, wire_tensors
+from ..protocol import MODEL_VERSION, ModelServicerBase, TensorInfo, abort_with, add_wire_tensors, pb, wire_tensors
 from .executor import PipelineExecutor
 
 __all__ = ["GatewayServicer"]
@@ -60,6 +60,6 @@ class GatewayServicer(ModelServicerBase):
             log.exception("request %s failed unexpectedly", request.id or "-")
             await abort_with(context, exc)
             raise
-        response = pb.ModelInferResponse(model_name=self.executor.name, model_version="1", id=request.id)
+        response = pb.ModelInferResponse(model_name=self.executor.name, model_version=MODEL_VERSION, id=request.id)
         add_wire_tensors(response, outputs)
         return response

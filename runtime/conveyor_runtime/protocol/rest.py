@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidRequest
+from .model_service import MODEL_VERSION
 from .tensors import checked_shape, dtype_of
 from .wire import WireTensor, checked_tensor
 
@@ -149,12 +150,11 @@ def _json_data(name: str, tensor: WireTensor) -> list[Any]:
 def render_infer_response(
     model: str, outputs: dict[str, WireTensor], document: dict[str, Any]
 ) -> tuple[bytes, dict[str, str]]:
-    """(body, headers) answering `document`: each output binary or JSON as its request asked."""
+    """(body, headers) answering `document` (checked by `parse_infer_request`): each output binary or JSON as
+    its request asked."""
     binary_default = bool((document.get("parameters") or {}).get("binary_data_output", False))
     per_output = {
-        o["name"]: (o.get("parameters") or {}).get("binary_data", binary_default)
-        for o in document.get("outputs") or []
-        if isinstance(o, dict) and "name" in o
+        o["name"]: (o.get("parameters") or {}).get("binary_data", binary_default) for o in document.get("outputs") or []
     }
     entries = []
     chunks: list[bytes] = []
@@ -166,7 +166,7 @@ def render_infer_response(
         else:
             entry["data"] = _json_data(name, tensor)
         entries.append(entry)
-    result: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": entries}
+    result: dict[str, Any] = {"model_name": model, "model_version": MODEL_VERSION, "outputs": entries}
     if document.get("id"):
         result["id"] = document["id"]
     head = json.dumps(result, separators=(",", ":")).encode()
