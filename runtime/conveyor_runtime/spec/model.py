@@ -126,6 +126,19 @@ class GatewaySpec(_Spec):
     grpcPort: int = Field(8001, ge=1, le=65535)
     httpPort: int = Field(8000, ge=1, le=65535)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    maxRequestBytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=2**31 - 1,
+        description="Largest request accepted: a gRPC message, or an HTTP body after decompression. "
+        "Larger ones get INVALID_ARGUMENT (HTTP 413).",
+    )
+    maxConcurrentRequests: int = Field(
+        1024, ge=1, le=1_000_000, description="Requests in flight at once per gateway replica; more get RESOURCE_EXHAUSTED (HTTP 429) at once."
+    )
+    defaultTimeoutSeconds: float = Field(
+        60.0, ge=0.001, le=86_400, description="Deadline of a request that carries none, applied at every hop."
+    )
 
 
 class PipelineSpec(_Spec):
