@@ -8,7 +8,7 @@
     └── RequestError         one request fails; `status` is the gRPC status name the client sees
         ├── InvalidRequest       malformed input: wrong dtype, shape, size, unknown input   -> INVALID_ARGUMENT
         ├── ModelNotReady        the step or model is loading or shutting down               -> UNAVAILABLE
-        ├── QueueFull            the batch queue is at maxQueueSize                           -> RESOURCE_EXHAUSTED
+        ├── QueueFull            a batch queue at maxQueueSize, a gateway at its request cap  -> RESOURCE_EXHAUSTED
         ├── DeadlineExceeded     the client's deadline passed before compute                  -> DEADLINE_EXCEEDED
         ├── StepFailed           a server-side fault while computing                          -> INTERNAL
         ├── StepCallError        a step answered the gateway with an error (its own status)
@@ -128,7 +128,7 @@ class ModelNotReady(RequestError):
 
 
 class QueueFull(RequestError):
-    """Raised when the batch queue already holds maxQueueSize items."""
+    """Raised when a step's batch queue already holds maxQueueSize rows, or the gateway has maxConcurrentRequests."""
 
     status = "RESOURCE_EXHAUSTED"
 

@@ -55,6 +55,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--step-port", type=int, default=STEP_GRPC_PORT, help=f"steps' gRPC port (default {STEP_GRPC_PORT})")
     parser.add_argument("--refresh", type=float, default=5.0, help="seconds between DNS re-resolutions (default 5)")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to finish in-flight requests on SIGTERM")
+    parser.add_argument(
+        "--pre-stop",
+        type=float,
+        default=0.0,
+        help="seconds to keep answering after SIGTERM while reporting not ready, so load balancers stop "
+        "sending first (default 0; the operator sets it in pods)",
+    )
     parser.set_defaults(handler=_main)
 
 
@@ -77,12 +84,13 @@ def _main(args: argparse.Namespace) -> int:
             http_port=None if args.http_port < 0 else args.http_port,
             metrics_port=args.metrics_port,
             grace=args.grace,
+            pre_stop=args.pre_stop,
         )
     )
     return 0
 
 
-async def serve(manifest: PipelineManifest, *, grace: float = 10.0, **options: Any) -> None:
+async def serve(manifest: PipelineManifest, *, grace: float = 10.0, pre_stop: float = 0.0, **options: Any) -> None:
     """Run a gateway until SIGTERM or SIGINT, then shut it down gracefully."""
     gateway = create_gateway(manifest, **options)
     with stop_on_signals(f"gateway {manifest.metadata.name}") as stop:
@@ -91,4 +99,4 @@ async def serve(manifest: PipelineManifest, *, grace: float = 10.0, **options: A
             await stop.wait()
             log.info("stopping the gateway (grace %.0fs)", grace)
         finally:
-            await gateway.stop(grace)
+            await gateway.stop(grace, pre_stop=pre_stop)

@@ -4,16 +4,17 @@
 `http` are its two protocol faces, `server` owns the processes' servers.
 """
 
+from .admission import Admission
 from .balancer import CHANNEL_OPTIONS, Balancer, Replica
 from .endpoints import DnsEndpoints, EndpointSource, StaticEndpoints, watch_endpoints
 from .executor import PipelineExecutor
 from .http import create_http_app
-from .server import SERVER_OPTIONS, Gateway, create_gateway
+from .server import Gateway, create_gateway, server_options
 from .servicer import GatewayServicer
 
 __all__ = [
     "CHANNEL_OPTIONS",
-    "SERVER_OPTIONS",
+    "Admission",
     "Balancer",
     "DnsEndpoints",
     "EndpointSource",
@@ -24,5 +25,6 @@ __all__ = [
     "StaticEndpoints",
     "create_gateway",
     "create_http_app",
+    "server_options",
     "watch_endpoints",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -25,14 +25,28 @@ __all__ = ["create_http_app"]
 log = logging.getLogger(__name__)
 
 
+class _TooLarge(InvalidRequest):
+    """A body over spec.gateway.maxRequestBytes: INVALID_ARGUMENT, answered over HTTP as 413."""
+
+
 def _error(exc: BaseException) -> web.Response:
-    return web.json_response({"error": client_message(exc)}, status=http_status(exc))
+    status = 413 if isinstance(exc, _TooLarge) else http_status(exc)
+    return web.json_response({"error": client_message(exc)}, status=status)
 
 
-async def _read_body(request: web.Request) -> bytes:
-    """The request body, already decompressed by aiohttp when Content-Encoding is gzip or deflate."""
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, decompressed by aiohttp when Content-Encoding is gzip or deflate.
+
+    aiohttp counts the decompressed bytes against the app's `client_max_size` as they arrive, so a small
+    compressed body cannot expand past the limit in memory.
+    """
     try:
         return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _TooLarge(
+            f"the request body is over the gateway's limit of {limit} bytes (spec.gateway.maxRequestBytes), "
+            "after decompression; send fewer rows per request"
+        ) from None
     except web.HTTPException:
         raise
     except Exception as exc:  # aiohttp's payload errors: a corrupt or truncated compressed body
@@ -40,12 +54,23 @@ async def _read_body(request: web.Request) -> bytes:
         raise InvalidRequest(f"cannot read the request body (Content-Encoding {encoding}): {exc}") from None
 
 
-def create_http_app(model: GatewayServicer) -> web.Application:
-    """The aiohttp application serving the same pipeline as the gRPC servicer `model`."""
+def create_http_app(model: GatewayServicer, serving: Callable[[], bool] = lambda: True) -> web.Application:
+    """The aiohttp application serving the same pipeline as the gRPC servicer `model`.
+
+    `serving` answers the pod's readiness probe (`/gateway/ready`): whether this gateway takes requests at all,
+    true while it runs and false once it drains. The standard `/v2/health/ready` keeps its Open Inference
+    Protocol meaning (every step ready), so one step's outage does not take the gateway out of its Service:
+    clients get UNAVAILABLE naming the step instead of a refused connection.
+    """
     executor = model.executor
+    limit = model.max_request_bytes
 
     async def live(request: web.Request) -> web.Response:
         return web.json_response({"live": True})
+
+    async def gateway_ready(request: web.Request) -> web.Response:
+        up = serving()
+        return web.json_response({"serving": up}, status=200 if up else 503)
 
     async def ready(request: web.Request) -> web.Response:
         return web.json_response({"ready": model.is_ready}, status=200 if model.is_ready else 503)
@@ -79,15 +104,14 @@ def create_http_app(model: GatewayServicer) -> web.Application:
     async def infer(request: web.Request) -> web.Response:
         try:
             model.check_model(request.match_info["name"], request.match_info.get("version", ""))
-            body = await _read_body(request)
+            body = await _read_body(request, limit)
             raw_length = request.headers.get(HEADER_LENGTH)
             if raw_length is not None and not raw_length.strip().isdigit():
                 raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got {raw_length!r}")
             inputs, document = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
             options = request_options(document)
-            deadline = time.monotonic() + options.timeout_s if options.timeout_s is not None else None
-            outputs = await executor.infer(
-                inputs, deadline=deadline, outputs=options.outputs, request_id=options.request_id
+            outputs = await model.infer(
+                inputs, timeout_s=options.timeout_s, outputs=options.outputs, request_id=options.request_id
             )
             payload, headers = render_infer_response(executor.name, outputs, document)
         except RequestError as exc:
@@ -97,7 +121,8 @@ def create_http_app(model: GatewayServicer) -> web.Application:
             return _error(exc)
         return web.Response(body=payload, headers=headers)
 
-    app = web.Application(client_max_size=1 << 30)
+    app = web.Application(client_max_size=limit)
+    app.router.add_get("/gateway/ready", gateway_ready)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
     app.router.add_get("/v2", server_metadata)

@@ -14,21 +14,30 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ..protocol import add_inference_servicer
 from ..serving import HttpSite, MetricsEndpoint, TaskSet
 from ..spec import STEP_GRPC_PORT, ExecutionPlan, PipelineManifest, step_resource_name
+from .admission import Admission
 from .balancer import Balancer
 from .endpoints import DnsEndpoints, EndpointSource, StaticEndpoints
 from .executor import PipelineExecutor
 from .http import create_http_app
 from .servicer import GatewayServicer
 
-__all__ = ["SERVER_OPTIONS", "Gateway", "create_gateway"]
+__all__ = ["Gateway", "create_gateway", "server_options"]
 
 log = logging.getLogger(__name__)
 
-SERVER_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.so_reuseport", 0),
-]
+
+def server_options(max_request_bytes: int) -> list[tuple[str, Any]]:
+    """gRPC server options for a gateway whose requests may be `max_request_bytes` long.
+
+    The transport takes up to twice the limit so that a request just over it reaches the servicer and gets
+    INVALID_ARGUMENT naming the limit; beyond that gRPC itself refuses the message (RESOURCE_EXHAUSTED)
+    before buffering it.
+    """
+    return [
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_receive_message_length", min(2 * max_request_bytes, 2**31 - 1)),
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 class Gateway:
@@ -52,10 +61,13 @@ class Gateway:
         self.grpc_port = grpc_port
         self.http_port = http_port
         self.metrics_port = metrics_port
+        self.limits = manifest.spec.gateway
         self.balancers = {name: Balancer(name, sources[name], on_ready_change=self._on_ready_change) for name in self.plan.order}
         self.executor = PipelineExecutor(self.plan, self.balancers)
         self.health = health.aio.HealthServicer()
-        self.servicer = GatewayServicer(self.executor)
+        admission = Admission(self.limits.maxConcurrentRequests, self.limits.defaultTimeoutSeconds)
+        self.servicer = GatewayServicer(self.executor, admission, max_request_bytes=self.limits.maxRequestBytes)
+        self.serving = False
         self._server: grpc.aio.Server | None = None
         self._sites: list[HttpSite] = []
         self._tasks = TaskSet(f"gateway {self.name}")
@@ -85,7 +97,7 @@ class Gateway:
     async def start(self) -> None:
         """Bind the ports (0 picks a free one; the real ports are set afterwards) and start watching the steps."""
         await self._publish_health()
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=server_options(self.limits.maxRequestBytes))
         add_inference_servicer(server, self.servicer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         port = server.add_insecure_port(f"{self.host}:{self.grpc_port}")
@@ -95,11 +107,13 @@ class Gateway:
         await server.start()
         self._server = server
         if self.http_port is not None:
-            self.http_port = await self._serve(HttpSite(create_http_app(self.servicer), self.host, self.http_port))
+            app = create_http_app(self.servicer, serving=lambda: self.serving)
+            self.http_port = await self._serve(HttpSite(app, self.host, self.http_port))
         if self.metrics_port is not None:
             self.metrics_port = await self._serve(MetricsEndpoint(self.executor.registry, self.host, self.metrics_port))
         for balancer in self.balancers.values():
             await balancer.start()
+        self.serving = True
         log.info(
             "gateway for pipeline %s: gRPC %s:%s, HTTP %s, metrics %s",
             self.name,
@@ -119,9 +133,14 @@ class Gateway:
         results = await asyncio.gather(*(b.wait_ready(timeout) for b in self.balancers.values()))
         return all(results)
 
-    async def stop(self, grace: float | None = 5.0) -> None:
-        """Report NOT_SERVING, finish in-flight requests within `grace`, then close every connection."""
+    async def stop(self, grace: float | None = 5.0, *, pre_stop: float = 0.0) -> None:
+        """Report NOT_SERVING, keep answering for `pre_stop` seconds (while Service endpoints drop this pod),
+        then finish in-flight requests within `grace` and close every connection."""
+        self.serving = False
         await self.health.enter_graceful_shutdown()
+        if pre_stop > 0:
+            log.info("gateway %s: not ready; still answering for %.1fs before draining", self.name, pre_stop)
+            await asyncio.sleep(pre_stop)
         for site in self._sites:
             await site.stop()
         self._sites.clear()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc.aio
 
 from ..errors import InvalidRequest, RequestError, StepCallError
-from ..protocol import MODEL_VERSION, ModelServicerBase, TensorInfo, abort_with, add_wire_tensors, pb, wire_tensors
+from ..protocol import MODEL_VERSION, ModelServicerBase, TensorInfo, WireTensor, abort_with, add_wire_tensors, pb, wire_tensors
+from .admission import Admission
 from .executor import PipelineExecutor
 
 __all__ = ["GatewayServicer"]
@@ -20,13 +20,16 @@ log = logging.getLogger(__name__)
 class GatewayServicer(ModelServicerBase):
     """`inference.GRPCInferenceService` for the pipeline: converts messages and delegates to the executor.
 
-    The HTTP face (`gateway.http`) reuses its model identity, readiness and metadata.
+    The HTTP face (`gateway.http`) reuses its model identity, readiness, metadata and `infer` (the entry
+    limits: request size, requests in flight, default deadline).
     """
 
     extensions = ("binary_tensor_data",)
 
-    def __init__(self, executor: PipelineExecutor) -> None:
+    def __init__(self, executor: PipelineExecutor, admission: Admission, *, max_request_bytes: int) -> None:
         self.executor = executor
+        self.admission = admission
+        self.max_request_bytes = max_request_bytes
 
     @property
     def model_name(self) -> str:
@@ -43,14 +46,32 @@ class GatewayServicer(ModelServicerBase):
     async def tensor_metadata(self) -> tuple[Sequence[TensorInfo], Sequence[TensorInfo]]:
         return await self.executor.metadata()
 
+    async def infer(
+        self,
+        inputs: Mapping[str, WireTensor],
+        *,
+        timeout_s: float | None,
+        outputs: Sequence[str] | None,
+        request_id: str,
+    ) -> dict[str, WireTensor]:
+        """Run one admitted request through the pipeline; `timeout_s` None means spec.gateway's default."""
+        with self.admission.admit():
+            deadline = self.admission.deadline(timeout_s)
+            return await self.executor.infer(inputs, deadline=deadline, outputs=outputs, request_id=request_id)
+
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         try:
             self.check_model(request.model_name, request.model_version)
-            inputs = wire_tensors(request)
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else time.monotonic() + remaining
+            size = request.ByteSize()
+            if size > self.max_request_bytes:
+                raise InvalidRequest(
+                    f"the request is {size} bytes, over the gateway's limit of {self.max_request_bytes} "
+                    "(spec.gateway.maxRequestBytes); send fewer rows per request"
+                )
             requested = [o.name for o in request.outputs]
-            outputs = await self.executor.infer(inputs, deadline=deadline, outputs=requested, request_id=request.id)
+            outputs = await self.infer(
+                wire_tensors(request), timeout_s=context.time_remaining(), outputs=requested, request_id=request.id
+            )
         except RequestError as exc:
             if not isinstance(exc, (StepCallError, InvalidRequest)):
                 log.info("request %s failed: %s", request.id or "-", exc)

@@ -11,8 +11,11 @@ from typing import Any, Protocol
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
+from ..errors import InvalidRequest
 from .proto import open_inference_pb2 as pb
+from .status import abort_with
 
 __all__ = [
     "METHODS",
@@ -50,12 +53,44 @@ class InferenceServicer(Protocol):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse: ...
 
 
+class _Unparsable:
+    """Stands in for a request whose bytes are not a valid message, so the handler can answer INVALID_ARGUMENT.
+
+    grpc would otherwise answer UNKNOWN with the protobuf exception's internal type name.
+    """
+
+    def __init__(self, method: str, reason: str) -> None:
+        self.method = method
+        self.reason = reason
+
+
+def _parser(method: str, request_type: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return request_type.FromString(data)
+        except DecodeError as exc:
+            return _Unparsable(method, str(exc))
+
+    return parse
+
+
+def _guarded(method: str, handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Any:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Unparsable):
+            detail = request.reason.rpartition(": ")[2] or "it does not parse"
+            message = f"the {method} request is not a valid protobuf message ({detail}); send an inference.{method}Request"
+            await abort_with(context, InvalidRequest(message))
+        return await handler(request, context)
+
+    return call
+
+
 def add_inference_servicer(server: grpc.aio.Server, servicer: InferenceServicer) -> None:
-    """Register `servicer` on `server` under the standard service name."""
+    """Register `servicer` on `server` under the standard service name; unparsable messages get INVALID_ARGUMENT."""
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
-            request_deserializer=request_type.FromString,
+            _guarded(name, getattr(servicer, name)),
+            request_deserializer=_parser(name, request_type),
             response_serializer=response_type.SerializeToString,
         )
         for name, (request_type, response_type) in METHODS.items()
