@@ -92,3 +92,23 @@ def test_tensors_raw_and_typed_contents_together_are_invalid() -> None:
     request.inputs[0].contents.fp32_contents.extend([1.0, 2.0])
     with pytest.raises(InvalidRequest, match="'a'.*both raw and typed contents"):
         decode_tensors(request)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "field", "value"),
+    [("UINT8", "uint_contents", 256), ("UINT16", "uint_contents", 65536), ("INT8", "int_contents", -129), ("INT16", "int_contents", 40000)],
+)
+def test_tensors_typed_contents_out_of_the_datatypes_range_are_invalid(datatype: str, field: str, value: int) -> None:
+    # the 32-bit contents fields used to wrap silently into the narrower type (UINT8 1000 became 232)
+    contents = pb.InferTensorContents(**{field: [1, value]})
+    with pytest.raises(InvalidRequest, match=f"'x'.*{value}.*out of range for {datatype}"):
+        decode_tensor("x", datatype, [2], None, contents)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "field", "values"),
+    [("UINT8", "uint_contents", [0, 255]), ("INT8", "int_contents", [-128, 127]), ("INT16", "int_contents", [-32768, 32767])],
+)
+def test_tensors_typed_contents_at_the_edges_of_the_datatype_are_exact(datatype: str, field: str, values: list[int]) -> None:
+    array = decode_tensor("x", datatype, [2], None, pb.InferTensorContents(**{field: values}))
+    assert array.tolist() == values

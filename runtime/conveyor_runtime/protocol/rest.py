@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import InvalidRequest
 from .model_service import MODEL_VERSION
-from .tensors import checked_shape, dtype_of
+from .tensors import DATATYPES, checked_integers, checked_shape, dtype_of
 from .wire import WireTensor, checked_tensor
 
 __all__ = ["HEADER_LENGTH", "RequestOptions", "parse_infer_request", "render_infer_response", "request_options"]
@@ -23,18 +24,53 @@ __all__ = ["HEADER_LENGTH", "RequestOptions", "parse_infer_request", "render_inf
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
+#: How JSON writes the floats it has no numbers for (RFC 8259 has none): the strings of protobuf's JSON mapping, which
+#: numpy (and so `tritonclient.http`'s `as_numpy`) reads back. Requests may use them too.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _json_values(name: str, datatype: str, data: list[Any]) -> npt.NDArray[Any]:
+    """JSON `data` as `datatype`'s dtype, never converted lossily: integers in range for integer types, true/false
+    for BOOL, numbers (or the strings of NON_FINITE) in range for floats, strings for BYTES."""
+    if datatype == "BYTES":
+        flat = np.asarray(data, dtype=object).reshape(-1)
+        if not all(isinstance(item, str) for item in flat):
+            raise TypeError("BYTES `data` must be a list of strings")
+        array = np.empty(len(flat), dtype=object)
+        array[:] = [item.encode() for item in flat]
+        return array
+    values = np.asarray(data).reshape(-1)  # inferred: bool, int64/uint64, float64, str, or object (huge ints, junk)
+    kind = values.dtype.kind if values.size else "empty"
+    dtype = DATATYPES[datatype]
+    if datatype == "BOOL":
+        if kind not in {"b", "empty"}:
+            raise TypeError("BOOL `data` must hold true or false")
+        return values.astype(dtype)
+    if dtype.kind in "iu":
+        if kind in {"f", "O"}:  # floats, or ints beyond int64 mixed with others (numpy then infers float64): look closer
+            values = np.asarray(data, dtype=object).reshape(-1)
+            if not all(type(item) is int for item in values):
+                raise TypeError(f"{datatype} `data` must hold integers")
+        elif kind not in {"i", "u", "empty"}:
+            raise TypeError(f"{datatype} `data` must hold integers")
+        return checked_integers(name, datatype, values)
+    if kind not in {"i", "u", "f", "U", "O", "empty"}:
+        raise TypeError(f"{datatype} `data` must hold numbers")
+    with np.errstate(over="raise"):
+        try:
+            return values.astype(np.float64).astype(dtype)
+        except FloatingPointError:
+            raise InvalidRequest(f"input {name!r}: a value is out of range for {datatype}") from None
+
+
 def _json_tensor(name: str, datatype: str, shape: list[int], data: Any) -> WireTensor:
     dtype = dtype_of(datatype, name=name)
     dims, count = checked_shape(name, shape, dtype)
+    if not isinstance(data, list):
+        raise InvalidRequest(f"input {name!r}: `data` must be a list, got {type(data).__name__}")
     try:
-        if datatype == "BYTES":
-            flat = np.asarray(data, dtype=object).reshape(-1)
-            items = [item.encode() if isinstance(item, str) else bytes(item) for item in flat]
-            array = np.empty(len(items), dtype=object)
-            array[:] = items
-        else:
-            array = np.asarray(data, dtype=dtype).reshape(-1)
-    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a value out of the datatype's range
+        array = _json_values(name, datatype, data)
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a huge int where a float is wanted
         raise InvalidRequest(f"input {name!r}: `data` does not hold {datatype} values: {exc}") from None
     if array.size != count:
         raise InvalidRequest(f"input {name!r}: shape {shape} holds {count} elements but `data` has {array.size}")
@@ -122,7 +158,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> tuple[dict[st
         shape = _shape(name, spec.get("shape"))
         size = _parameters(spec.get("parameters"), f"inputs[{index}].").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise InvalidRequest(
                     f"input {name!r}: binary_data_size {size!r} runs past the {len(binary)} bytes of binary data"
                 )
@@ -139,6 +175,8 @@ def parse_infer_request(body: bytes, header_length: int | None) -> tuple[dict[st
 
 def _json_data(name: str, tensor: WireTensor) -> list[Any]:
     array = tensor.to_numpy(name).reshape(-1)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        return [NON_FINITE.get(str(value), value) for value in array.tolist()]
     if tensor.datatype != "BYTES":
         return list(array.tolist())
     try:
@@ -169,7 +207,7 @@ def render_infer_response(
     result: dict[str, Any] = {"model_name": model, "model_version": MODEL_VERSION, "outputs": entries}
     if document.get("id"):
         result["id"] = document["id"]
-    head = json.dumps(result, separators=(",", ":")).encode()
+    head = json.dumps(result, separators=(",", ":"), allow_nan=False).encode()
     if not chunks:
         return head, {"Content-Type": "application/json"}
     return head + b"".join(chunks), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}

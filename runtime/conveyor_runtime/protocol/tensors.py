@@ -22,6 +22,7 @@ __all__ = [
     "MAX_TENSOR_SPAN",
     "InferMessage",
     "add_raw_tensor",
+    "checked_integers",
     "checked_shape",
     "datatype_of",
     "decode_tensor",
@@ -138,6 +139,30 @@ def checked_shape(name: str, shape: Sequence[int], dtype: np.dtype[Any]) -> tupl
     return dims, math.prod(dims)
 
 
+def checked_integers(name: str, datatype: str, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Integers (any integer or object dtype) as `datatype`'s dtype; raises InvalidRequest for a value out of its
+    range instead of letting numpy wrap it (1000 as UINT8 is 232)."""
+    dtype = DATATYPES[datatype]
+    info = np.iinfo(dtype)
+    if values.size:
+        low, high = int(values.min()), int(values.max())
+        for value in (low, high):
+            if not info.min <= value <= info.max:
+                raise InvalidRequest(f"input {name!r}: value {value} is out of range for {datatype} ({info.min}..{info.max})")
+    return values.astype(dtype)
+
+
+def _typed_values(name: str, datatype: str, values: Any) -> npt.NDArray[Any]:
+    if datatype == "BYTES":
+        result = np.empty(len(values), dtype=object)
+        result[:] = list(values)
+        return result
+    dtype = DATATYPES[datatype]
+    if dtype.kind in "iu" and dtype.itemsize < 4:  # the contents fields are 32 or 64 bits wide
+        return checked_integers(name, datatype, np.asarray(values, dtype=np.int64))
+    return np.asarray(values, dtype=dtype)
+
+
 def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes | None, contents: Any = None) -> npt.NDArray[Any]:
     """One tensor from raw bytes (preferred) or typed contents, checked against its shape and datatype."""
     dtype = dtype_of(datatype, name=name)
@@ -157,11 +182,7 @@ def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes | N
     values = getattr(contents, field) if contents is not None else []
     if len(values) != count:
         raise InvalidRequest(f"input {name!r}: shape {list(dims)} holds {count} elements but {field} has {len(values)}")
-    if datatype == "BYTES":
-        result = np.empty(count, dtype=object)
-        result[:] = list(values)
-        return result.reshape(dims)
-    return np.asarray(values, dtype=dtype).reshape(dims)
+    return _typed_values(name, datatype, values).reshape(dims)
 
 
 def _fields(message: InferMessage) -> tuple[Any, Any]:
