@@ -379,3 +379,57 @@ async def test_batcher_request_larger_than_the_whole_queue_is_invalid_not_retrya
         assert (await batcher.submit(_request(1, 4, 2)))["y"].shape == (4, 1)
     finally:
         await batcher.aclose()
+
+
+class Abort(BaseException):
+    """Not an Exception: what a careless async op might raise (or KeyboardInterrupt-like faults)."""
+
+
+@pytest.mark.parametrize("fault", [Abort, asyncio.CancelledError])
+async def test_batcher_base_exception_from_async_process_still_answers_its_whole_batch(fault: type[BaseException]) -> None:
+    gate = asyncio.Event()
+    blocker = Recorder(gate)
+
+    async def process(batch: Arrays) -> Arrays:
+        if batch["x"][0, 0] == 0:  # the first batch holds the queue while the others line up behind it
+            return await blocker(batch)
+        raise fault()
+
+    batcher = Batcher(process, max_batch_size=4, max_queue_delay_s=0)
+    await batcher.start()
+    try:
+        first = asyncio.ensure_future(batcher.submit(_request(0, 1, 2)))
+        await blocker.entered.wait()
+        batch = [asyncio.ensure_future(batcher.submit(_request(i, 1, 2))) for i in (1, 2, 3)]
+        await asyncio.sleep(0)
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*batch, return_exceptions=True), 30)
+        assert (await first)["y"].shape == (1, 1)
+        assert all(isinstance(r, StepFailed) for r in results), results
+        assert (await batcher.submit(_request(0, 1, 2)))["y"].shape == (1, 1)  # the batcher carries on
+    finally:
+        await batcher.aclose()
+
+
+async def test_batcher_death_fails_queued_requests_retryably_and_reports_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import conveyor_runtime.step.batcher as batcher_module
+
+    real = batcher_module.form_batch
+
+    def broken(queue: list[object], **kwargs: object) -> object:
+        if queue:
+            raise RuntimeError("injected")
+        return real(queue, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batcher_module, "form_batch", broken)
+    died: list[BaseException] = []
+    batcher = Batcher(Recorder(), name="m", max_batch_size=4, max_queue_delay_s=0)
+    await batcher.start(on_failure=died.append)
+    try:
+        with pytest.raises(ModelNotReady, match="batcher stopped"):
+            await asyncio.wait_for(batcher.submit(_request(0, 1, 2)), 30)
+        assert [str(e) for e in died] == ["injected"]
+        with pytest.raises(ModelNotReady, match="batcher stopped"):
+            await batcher.submit(_request(1, 1, 2))
+    finally:
+        await batcher.aclose()

@@ -5,17 +5,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import ConveyorError, UsageError
 from ..serving import stop_on_signals
 from ..spec import METRICS_PORT, STEP_GRPC_PORT, StepSpec, load_manifest, step_from_env
-from ..step import create_step_server
+from ..step import DEFAULT_GRACE_S, DEFAULT_PRE_STOP_S, create_step_server
 
-__all__ = ["load_step_spec", "register", "run"]
+__all__ = ["PRE_STOP_ENV", "load_step_spec", "register", "run"]
 
 log = logging.getLogger(__name__)
+
+#: Sets `--pre-stop-delay` where editing the command is awkward (a Deployment's env, `conveyor run`).
+PRE_STOP_ENV = "CONVEYOR_PRE_STOP_DELAY_S"
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text!r}")
+    return value
+
+
+def _default_pre_stop(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:
+    raw = environ.get(PRE_STOP_ENV)
+    if not raw:
+        return DEFAULT_PRE_STOP_S
+    try:
+        return _seconds(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{PRE_STOP_ENV} {exc}; set it to e.g. 5, or 0 for no pre-stop delay") from None
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +53,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--metrics-port", type=int, default=METRICS_PORT, help=f"Prometheus port (default {METRICS_PORT}; 0 disables)"
     )
-    parser.add_argument("--grace", type=float, default=20.0, help="seconds to finish queued work on SIGTERM (default 20)")
+    parser.add_argument(
+        "--grace",
+        type=_seconds,
+        default=DEFAULT_GRACE_S,
+        help=f"on SIGTERM, at most this many seconds to finish queued and in-flight work (default {DEFAULT_GRACE_S:g}); "
+        "the step exits as soon as the work is done",
+    )
+    parser.add_argument(
+        "--pre-stop-delay",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help=f"on SIGTERM, keep answering calls this long while reporting NOT_SERVING, so that endpoint lists drop the pod "
+        f"first (default ${PRE_STOP_ENV} or {DEFAULT_PRE_STOP_S:g}; 0 = none; a second signal skips it)",
+    )
     parser.add_argument("--manifest", type=Path, help="pipeline manifest to take the step from (instead of the env)")
     parser.add_argument("--step", dest="step_name", help="name of the step in --manifest")
     parser.set_defaults(handler=run)
@@ -53,11 +91,12 @@ def load_step_spec(manifest: Path | None, step_name: str | None) -> tuple[StepSp
 
 def run(args: argparse.Namespace) -> int:
     spec, base_dir = load_step_spec(args.manifest, args.step_name)
-    asyncio.run(_serve(spec, args, base_dir))
+    pre_stop = _default_pre_stop() if args.pre_stop_delay is None else args.pre_stop_delay
+    asyncio.run(_serve(spec, args, base_dir, pre_stop))
     return 0
 
 
-async def _serve(spec: StepSpec, args: argparse.Namespace, base_dir: Path | None) -> None:
+async def _serve(spec: StepSpec, args: argparse.Namespace, base_dir: Path | None, pre_stop_s: float) -> None:
     server = create_step_server(
         spec,
         host=args.host,
@@ -65,11 +104,18 @@ async def _serve(spec: StepSpec, args: argparse.Namespace, base_dir: Path | None
         metrics_port=args.metrics_port or None,
         base_dir=base_dir,
         grace_s=args.grace,
+        pre_stop_s=pre_stop_s,
     )
     log.info("step %s: loading", spec.name)
-    with stop_on_signals(f"step {spec.name}") as stop:
+    hurry = asyncio.Event()
+    with stop_on_signals(f"step {spec.name}", hurry=hurry) as stop:
         await server.start()
         try:
-            await stop.wait()
+            await server.serve_until(stop)
         finally:
-            await server.stop()
+            await server.stop(hurry=hurry)
+    if server.failure is not None:
+        raise ConveyorError(
+            f"step {spec.name!r}: the batcher stopped ({server.failure!r}), so the step exited; "
+            "the traceback is in the log above (a bug: please report it)"
+        )

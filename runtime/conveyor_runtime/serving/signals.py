@@ -16,15 +16,21 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @contextlib.contextmanager
-def stop_on_signals(what: str) -> Iterator[asyncio.Event]:
-    """An Event that SIGTERM or SIGINT sets while the block runs (call inside the event loop)."""
+def stop_on_signals(what: str, *, hurry: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
+    """An Event that SIGTERM or SIGINT sets while the block runs (call inside the event loop).
+
+    A second signal sets `hurry`, if given: the command skips what is left of its waits (e.g. a pre-stop delay).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
     def on_signal(signum: signal.Signals) -> None:
         if not stop.is_set():
             log.info("%s: %s received; shutting down gracefully", what, signum.name)
-        stop.set()
+            stop.set()
+        elif hurry is not None and not hurry.is_set():
+            log.info("%s: second %s received; skipping the rest of the pre-stop delay", what, signum.name)
+            hurry.set()
 
     for signum in SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)

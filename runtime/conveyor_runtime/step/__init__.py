@@ -1,22 +1,26 @@
 """A step: one op or ONNX model served over gRPC with dynamic batching (what every step pod runs).
 
 `batcher` forms batches, `session` runs ONNX Runtime, `op_loop` is the request path (pre/process/post),
-`servicer` speaks the protocol, `server` owns the gRPC server, health, metrics and the graceful stop.
+`servicer` speaks the protocol, `health` is grpc.health.v1, `server` owns the gRPC server, metrics and the graceful
+stop.
 """
 
 from .batcher import Batcher, BatchPlan, batch_key, form_batch, split_rows
+from .health import StepHealth
 from .inputs import validate_inputs
 from .metrics import BATCH_REASONS, StepMetrics
 from .model_file import ensure_model
 from .model_op import ModelOp
 from .op_loop import OpLoop, load_step_op
-from .server import DEFAULT_MAX_MESSAGE_BYTES, StepServer, create_step_server
+from .server import DEFAULT_GRACE_S, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PRE_STOP_S, StepServer, create_step_server
 from .servicer import SERVER_NAME, StepServicer
 from .session import ORT_DATATYPES, ModelSession, cpu_count, plan_precision, plan_providers, plan_threads
 
 __all__ = [
     "BATCH_REASONS",
+    "DEFAULT_GRACE_S",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_PRE_STOP_S",
     "ORT_DATATYPES",
     "SERVER_NAME",
     "BatchPlan",
@@ -24,6 +28,7 @@ __all__ = [
     "ModelOp",
     "ModelSession",
     "OpLoop",
+    "StepHealth",
     "StepMetrics",
     "StepServer",
     "StepServicer",

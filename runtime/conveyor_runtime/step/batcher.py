@@ -25,6 +25,8 @@ __all__ = ["BatchPlan", "Batcher", "Queued", "batch_key", "form_batch", "split_r
 log = logging.getLogger(__name__)
 
 Process = Callable[[Arrays], Awaitable[Arrays]]
+#: Called once if the batcher's driver dies (the replica can no longer compute anything).
+OnFailure = Callable[[BaseException], None]
 
 
 class Queued(Protocol):
@@ -173,6 +175,8 @@ class Batcher:
         self._driver = TaskSet(f"step {name} batcher")
         self._running = TaskSet(f"step {name} batches")
         self._closed = False
+        self._on_failure: OnFailure | None = None
+        self.failure: BaseException | None = None
         self.stats = _Stats()
 
     @property
@@ -184,12 +188,16 @@ class Batcher:
         """Items queued or batches computing."""
         return bool(self._queue) or len(self._running) > 0
 
-    async def start(self) -> None:
+    async def start(self, on_failure: OnFailure | None = None) -> None:
+        """Start the driver; `on_failure` hears if it dies (every later request then gets UNAVAILABLE)."""
+        self._on_failure = on_failure
         if self._loop_task is None:
             self._loop_task = self._driver.spawn(self._run(), name=f"batcher-{self.name}", on_done=self._loop_done)
 
     async def submit(self, arrays: Arrays, *, deadline: float | None = None) -> Arrays:
         """Queue one request (rows along axis 0 of every tensor) and wait for its outputs."""
+        if self.failure is not None:
+            raise ModelNotReady(self._stopped_message())
         if self._closed or self._loop_task is None:
             raise ModelNotReady(f"step {self.name!r} is not accepting requests (starting or shutting down); retry")
         rows = rows_of(arrays)
@@ -232,10 +240,7 @@ class Batcher:
         self._closed = True
         if self._loop_task is not None:
             self._loop_task.cancel()
-            try:
-                await self._loop_task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.gather(self._loop_task, return_exceptions=True)  # a dead driver's error is logged already
         self._fail_queued(ModelNotReady(f"step {self.name!r} is shutting down; retry on another replica"))
         await self._running.wait()
 
@@ -318,6 +323,10 @@ class Batcher:
             log.exception("step %s: computing a batch of %d rows failed", self.name, total)
             self._fan_out(items, StepFailed(f"step {self.name!r} failed computing the batch; see the step's log"))
             return
+        except BaseException as exc:  # CancelledError, KeyboardInterrupt...: still answer the batch, then let it go on
+            log.error("step %s: computing a batch of %d rows was interrupted (%s)", self.name, total, type(exc).__name__)
+            self._fan_out(items, StepFailed(f"step {self.name!r}: computing the batch was interrupted; see the step's log"))
+            raise
         finally:
             if self._metrics is not None:
                 self._metrics.compute_time.observe(time.monotonic() - started)
@@ -355,6 +364,14 @@ class Batcher:
         self._slots.release()
 
     def _loop_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._closed = True
-            self._fail_queued(StepFailed(f"step {self.name!r}: the batcher stopped; see the step's log"))
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            return
+        self.failure = error
+        self._closed = True
+        self._fail_queued(ModelNotReady(self._stopped_message()))  # never computed: safe to retry elsewhere
+        if self._on_failure is not None:
+            self._on_failure(error)
+
+    def _stopped_message(self) -> str:
+        return f"step {self.name!r}: the batcher stopped ({self.failure!r}); this replica is exiting; retry on another"

@@ -19,7 +19,7 @@ from ..errors import DeadlineExceeded, InvalidRequest, ModelLoadError, RequestEr
 from ..ops import Op, OpContext, RequestContext, Skip, TensorSpec, load_op
 from ..protocol import decode_tensors, encode_tensors, pb
 from ..spec import StepSpec
-from .batcher import Batcher
+from .batcher import Batcher, OnFailure
 from .inputs import validate_inputs
 from .metrics import StepMetrics
 from .model_file import ensure_model
@@ -120,9 +120,10 @@ class OpLoop:
     def busy(self) -> bool:
         return self.batcher is not None and self.batcher.busy
 
-    async def start(self) -> None:
+    async def start(self, on_failure: OnFailure | None = None) -> None:
+        """Start the batcher; `on_failure` hears if it dies (the step can then compute nothing)."""
         if self.batcher is not None:
-            await self.batcher.start()
+            await self.batcher.start(on_failure)
 
     async def aclose(self) -> None:
         if self.batcher is not None:

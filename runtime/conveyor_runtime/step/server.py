@@ -1,35 +1,42 @@
 """A step's gRPC server: Open Inference Protocol plus `grpc.health.v1`, metrics on their own port, graceful stop.
 
-Order of life: `start()` loads and warms up the model, binds, then reports SERVING; `stop()` reports
-NOT_SERVING first, lets queued and in-flight requests finish within the grace period, then closes.
+Order of life: `start()` loads and warms up the model, binds, then reports SERVING. `stop()` reports
+NOT_SERVING at once, keeps answering new calls for the pre-stop delay (endpoints still list the pod), ends the
+health Watch streams, then refuses new calls and returns as soon as queued and in-flight requests are done
+(the grace period is only the upper bound). A dead batcher reports NOT_SERVING at once and sets `failure`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1 import health_pb2_grpc
 
 from ..errors import ConveyorError
 from ..protocol import SERVICE_NAME, add_inference_servicer
 from ..serving import MetricsEndpoint, format_address
 from ..spec import StepSpec
+from .health import SERVING, StepHealth
 from .metrics import StepMetrics
 from .op_loop import OpLoop
 from .servicer import StepServicer
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "StepServer", "create_step_server"]
+__all__ = ["DEFAULT_GRACE_S", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_PRE_STOP_S", "StepServer", "create_step_server"]
 
 log = logging.getLogger(__name__)
 
 #: Requests above this get INVALID_ARGUMENT naming the largest input; gRPC itself refuses twice this
 #: (RESOURCE_EXHAUSTED) before the request is read into memory.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Upper bound of a drain after SIGTERM; the drain itself ends as soon as the work is done.
+DEFAULT_GRACE_S = 20.0
+#: What `conveyor step` waits after SIGTERM, still answering calls, while endpoint lists drop the pod.
+DEFAULT_PRE_STOP_S = 5.0
 
 
 class StepServer:
@@ -44,6 +51,7 @@ class StepServer:
         metrics_port: int | None,
         base_dir: Path | None,
         grace_s: float,
+        pre_stop_s: float,
         max_message_bytes: int,
     ) -> None:
         self.spec = step
@@ -52,15 +60,19 @@ class StepServer:
         self.metrics_port = metrics_port
         self.base_dir = base_dir or Path.cwd()
         self.grace_s = grace_s
+        self.pre_stop_s = pre_stop_s
         self.max_message_bytes = max_message_bytes
         self.metrics = StepMetrics(step.name)
         self.op_loop: OpLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._servicer: StepServicer | None = None
-        self._health: health_aio.HealthServicer | None = None
+        self._health = StepHealth(["", SERVICE_NAME])
         self._endpoint: MetricsEndpoint | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
+        #: Why the step can no longer serve (its batcher died); None while healthy.
+        self.failure: BaseException | None = None
+        self._failed = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -70,7 +82,7 @@ class StepServer:
         """Load and warm up the model (off the event loop), bind, start, then report SERVING."""
         op_loop = await asyncio.to_thread(OpLoop.load, self.spec, self.base_dir, self.metrics)
         self.op_loop = op_loop
-        await op_loop.start()
+        await op_loop.start(on_failure=self._batcher_died)
         batching = self.spec.batching
         server = grpc.aio.server(
             # Bounds memory beside maxQueueSize: requests in pre/postprocess or compute count here too.
@@ -83,7 +95,6 @@ class StepServer:
         )
         self._servicer = StepServicer(op_loop, max_message_bytes=self.max_message_bytes)
         add_inference_servicer(server, self._servicer)
-        self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = format_address(self.host, self.port)
         try:
@@ -110,8 +121,8 @@ class StepServer:
         self._server = server
         await server.start()
         for service in ("", SERVICE_NAME):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._servicer.ready = True
+            self._health.set(service, SERVING)  # ignored once a dead batcher has shut health down
+        self._servicer.ready = self.failure is None
         log.info(
             "step %s SERVING on %s (provider %s%s)",
             self.spec.name,
@@ -120,8 +131,33 @@ class StepServer:
             f", metrics on port {self.metrics_port}" if self.metrics_port is not None else "",
         )
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, then finish queued and in-flight work for up to `grace` seconds, then close."""
+    def _batcher_died(self, error: BaseException) -> None:
+        log.critical(
+            "step %s: the batcher stopped (%r); reporting NOT_SERVING and exiting so that the replica restarts",
+            self.spec.name,
+            error,
+        )
+        self.failure = error
+        if self._servicer is not None:
+            self._servicer.ready = False
+        self._health.shut_down()
+        self._failed.set()
+
+    async def serve_until(self, stop: asyncio.Event) -> None:
+        """Return when `stop` is set or the step has failed (see `failure`), whichever comes first."""
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._failed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def stop(self, grace: float | None = None, *, hurry: asyncio.Event | None = None) -> None:
+        """NOT_SERVING; answer calls for the pre-stop delay (cut short by `hurry`); end health watches; drain; close.
+
+        The drain ends when the last queued or in-flight request is answered, or after `grace` seconds.
+        """
         if self._stopping:
             await self._stopped.wait()
             return
@@ -130,13 +166,27 @@ class StepServer:
         try:
             if self._servicer is not None:
                 self._servicer.ready = False
-            if self._health is not None:
-                await self._health.enter_graceful_shutdown()
-            log.info("step %s: NOT_SERVING; draining for up to %.1fs", self.spec.name, grace)
+            self._health.shut_down()
+            pre_stop = self.pre_stop_s if self._server is not None and self.failure is None else 0.0
+            if pre_stop > 0 and not (hurry is not None and hurry.is_set()):
+                log.info(
+                    "step %s: NOT_SERVING; still answering calls for the %.1fs pre-stop delay (signal again to skip it)",
+                    self.spec.name,
+                    pre_stop,
+                )
+                await _wait_at_most(hurry, pre_stop)
+            self._health.end_watches()
+            log.info("step %s: NOT_SERVING; refusing new calls, draining for up to %.1fs", self.spec.name, grace)
+            started = time.monotonic()
             if self._server is not None:
                 await self._server.stop(grace)
             if self.op_loop is not None:
                 await self.op_loop.aclose()
+            took = time.monotonic() - started
+            if took >= grace:
+                log.warning("step %s: the %.1fs grace period ran out; calls still running were cancelled", self.spec.name, grace)
+            else:
+                log.info("step %s: drained in %.2fs", self.spec.name, took)
         finally:
             if self._endpoint is not None:
                 await self._endpoint.stop()
@@ -148,6 +198,17 @@ class StepServer:
         await self._stopped.wait()
 
 
+async def _wait_at_most(event: asyncio.Event | None, seconds: float) -> None:
+    """Sleep `seconds`, or less if `event` is set meanwhile."""
+    if event is None:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        pass
+
+
 def create_step_server(
     step: StepSpec,
     *,
@@ -155,10 +216,14 @@ def create_step_server(
     port: int = 0,
     metrics_port: int | None = None,
     base_dir: Path | None = None,
-    grace_s: float = 20.0,
+    grace_s: float = DEFAULT_GRACE_S,
+    pre_stop_s: float = 0.0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> StepServer:
-    """A server for `step` (not started). ``port=0`` picks a free port; ``metrics_port=None`` serves no metrics."""
+    """A server for `step` (not started). ``port=0`` picks a free port; ``metrics_port=None`` serves no metrics.
+
+    ``pre_stop_s`` is 0 here (tests, embedding); `conveyor step` defaults to `DEFAULT_PRE_STOP_S`.
+    """
     return StepServer(
         step,
         host=host,
@@ -166,5 +231,6 @@ def create_step_server(
         metrics_port=metrics_port,
         base_dir=base_dir,
         grace_s=grace_s,
+        pre_stop_s=pre_stop_s,
         max_message_bytes=max_message_bytes,
     )
