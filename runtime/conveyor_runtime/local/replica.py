@@ -7,17 +7,40 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["MAX_STARTUP_CRASHES", "RESTART_BACKOFF_S", "ReplicaProcess", "restart_delay"]
+__all__ = ["MAX_STARTUP_CRASHES", "ReplicaProcess", "RestartBackoff"]
 
-#: Restart back-off after a replica crashes: doubles from the first value up to the second.
-RESTART_BACKOFF_S = (0.5, 15.0)
 #: A replica that crashes this many times before ever becoming ready fails `conveyor run`.
 MAX_STARTUP_CRASHES = 3
 
 
-def restart_delay(restarts: int) -> float:
-    """Seconds to wait before restart number `restarts` (1, 2, ...)."""
-    return float(min(RESTART_BACKOFF_S[0] * 2.0 ** min(restarts - 1, 10), RESTART_BACKOFF_S[1]))
+@dataclass
+class RestartBackoff:
+    """How long to wait before restarting a replica that exited: doubling from `first_s` up to `max_s` while it
+    keeps crashing, and back to `first_s` once a run lasted `stable_s` (crashes far apart are not a crash loop).
+
+    Pure: the caller passes the times (any clock), so the policy is tested without waiting.
+    """
+
+    first_s: float = 0.5
+    max_s: float = 15.0
+    stable_s: float = 60.0
+    #: Exits in a row, each after a run shorter than `stable_s`.
+    streak: int = 0
+
+    def __post_init__(self) -> None:
+        if self.first_s <= 0:
+            raise ValueError(f"first_s: must be > 0, got {self.first_s}")
+        if self.max_s < self.first_s:
+            raise ValueError(f"max_s: must be >= first_s ({self.first_s}), got {self.max_s}")
+        if self.stable_s < 0:
+            raise ValueError(f"stable_s: must be >= 0, got {self.stable_s}")
+
+    def delay(self, *, started_at: float, exited_at: float) -> float:
+        """Seconds to wait before restarting a replica that ran from `started_at` to `exited_at`."""
+        if exited_at - started_at >= self.stable_s:
+            self.streak = 0
+        self.streak += 1
+        return float(min(self.first_s * 2.0 ** min(self.streak - 1, 30), self.max_s))
 
 
 @dataclass(eq=False)
@@ -30,6 +53,7 @@ class ReplicaProcess:
     metrics_port: int
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    backoff: RestartBackoff = field(default_factory=RestartBackoff)
     crashes_before_ready: int = 0
     ever_ready: bool = False
     started_at: float = 0.0

@@ -22,7 +22,8 @@ from ..gateway import Gateway, StaticEndpoints
 from ..serving import TaskSet, free_port
 from ..spec import ExecutionPlan, load_manifest
 from ..step import ensure_model
-from .replica import MAX_STARTUP_CRASHES, ReplicaProcess, restart_delay
+from .output import forward_lines
+from .replica import MAX_STARTUP_CRASHES, ReplicaProcess
 
 __all__ = ["LocalRunner"]
 
@@ -33,7 +34,10 @@ _PROVIDER = re.compile(r"SERVING on \S+ \(provider ([^,)\s]+)")
 
 
 class LocalRunner:
-    """Runs a whole pipeline on 127.0.0.1: step replicas as subprocesses, the gateway in this process."""
+    """Runs a whole pipeline on 127.0.0.1: step replicas as subprocesses, the gateway in this process.
+
+    `clock` times replica runs (how long a replica ran decides its restart back-off).
+    """
 
     def __init__(
         self,
@@ -47,6 +51,7 @@ class LocalRunner:
         grace_s: float = 10.0,
         log_level: str = "INFO",
         out: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.manifest_path = Path(manifest_path).resolve()
         self.manifest = load_manifest(self.manifest_path)
@@ -61,10 +66,12 @@ class LocalRunner:
         self.grace_s = grace_s
         self.log_level = log_level
         self.out = out or sys.stderr
+        self._clock = clock
         self.replicas: list[ReplicaProcess] = []
         self.gateway: Gateway | None = None
         self._stopping = False
         self._tasks = TaskSet(f"conveyor run {self.manifest.metadata.name}")
+        self._output = TaskSet(f"conveyor run {self.manifest.metadata.name} output")
         self._on_change: Callable[[], None] | None = None
         self._failed: asyncio.Future[str] | None = None
 
@@ -103,28 +110,30 @@ class LocalRunner:
             cwd=str(self.manifest_path.parent),
             env=env,
         )
-        replica.started_at = time.monotonic()
-        self._tasks.spawn(self._forward_output(replica, replica.process), name=f"output-{replica.name}")
+        replica.started_at = self._clock()
+        self._output.spawn(self._forward_output(replica, replica.process), name=f"output-{replica.name}")
         self._tasks.spawn(self._supervise(replica, replica.process), name=f"supervise-{replica.name}")
 
     async def _forward_output(self, replica: ReplicaProcess, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        while True:
-            line = await process.stdout.readline()
-            if not line:
-                return
-            text = line.decode(errors="replace").rstrip()
+        """Print the replica's output, each line prefixed with its name, until the process closes it."""
+
+        def emit(text: str) -> None:
+            text = text.rstrip()
             replica.tail = (replica.tail + [text])[-20:]
             found = _PROVIDER.search(text)
             if found:
                 replica.provider = found.group(1)
             print(f"[{replica.name}] {text}", file=self.out, flush=True)
 
+        assert process.stdout is not None
+        await forward_lines(process.stdout, emit)
+
     async def _supervise(self, replica: ReplicaProcess, process: asyncio.subprocess.Process) -> None:
         """Restart the replica when its process exits on its own (not when the runner stops it)."""
         code = await process.wait()
         if self._stopping or replica.process is not process:
             return
+        delay = replica.backoff.delay(started_at=replica.started_at, exited_at=self._clock())
         replica.restarts += 1
         if not replica.ever_ready:
             replica.crashes_before_ready += 1
@@ -135,7 +144,6 @@ class LocalRunner:
                     f"becoming ready; its last output:\n{tail}"
                 )
                 return
-        delay = restart_delay(replica.restarts)
         self._say(f"step replica {replica.name} exited with code {code}; restarting in {delay:.1f}s (restart #{replica.restarts})")
         await asyncio.sleep(delay)
         if not self._stopping:
@@ -279,6 +287,9 @@ class LocalRunner:
             if pending:
                 await asyncio.wait(pending, timeout=5)
         await self._tasks.aclose()
+        with contextlib.suppress(asyncio.TimeoutError):  # the replicas' last output lines, up to their EOF
+            await asyncio.wait_for(self._output.wait(), 5)
+        await self._output.aclose()
 
     async def run(self, stop: asyncio.Event, addresses_json: str | None = None) -> None:
         """Start, print the summary, keep `addresses_json` current, and run until `stop` is set."""

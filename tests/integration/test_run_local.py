@@ -1,0 +1,131 @@
+"""`conveyor run` with real processes: long output lines."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from conveyor_runtime.local.output import forward_lines
+from tests.support.pipeline_fixtures import RunProcess, start_run
+
+#: Ops the test pipelines run; the replicas import them from the manifest's directory (their working directory).
+OPS = textwrap.dedent(
+    '''
+    """Test ops: Hold keeps each request until the file `release` appears; Chatty prints 1 MiB lines."""
+    import sys
+    import time
+    from pathlib import Path
+
+    from conveyor_runtime import Op
+
+
+    class Hold(Op):
+        batched = False
+
+        def init(self, config, context):
+            self.dir = Path(config["dir"])
+
+        def preprocess(self, inputs, request):
+            (self.dir / "entered").touch()
+            while not (self.dir / "release").exists():
+                time.sleep(0.01)
+            return inputs
+
+
+    class Chatty(Op):
+        def init(self, config, context):
+            print("x" * 2**20, flush=True)
+            print("chatty: still talking after the long line", flush=True)
+
+        def preprocess(self, inputs, request):
+            sys.stdout.write("y" * 2**20 + "\\n")
+            sys.stdout.flush()
+            return inputs
+    '''
+)
+
+
+def _pipeline(tmp_path: Path, name: str, steps: list[dict[str, Any]]) -> Path:
+    (tmp_path / "testops.py").write_text(OPS)
+    path = tmp_path / "pipeline.yaml"
+    document = {
+        "apiVersion": "conveyor.dev/v1alpha1",
+        "kind": "InferencePipeline",
+        "metadata": {"name": name},
+        "spec": {"steps": steps},
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _infer(run: RunProcess, model: str, data: np.ndarray) -> np.ndarray:
+    import tritonclient.grpc as tgrpc
+
+    client = tgrpc.InferenceServerClient(run.grpc)
+    try:
+        tensor = tgrpc.InferInput("x", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data)
+        result = client.infer(model, [tensor], client_timeout=120)
+        answer = result.as_numpy("x")
+        assert answer is not None
+        return np.asarray(answer)
+    finally:
+        client.close()
+
+
+# --- output forwarding -------------------------------------------------------------------------------------------
+
+CHILD = """
+import sys
+sys.stdout.write("x" * 2**20 + "\\n")
+print("after the long line", flush=True)
+for i in range(20000):  # ~1.3 MB more: far beyond a pipe's buffer, so it blocks unless someone keeps reading
+    print(f"line {i:05d} " + "z" * 50)
+print("done", flush=True)
+"""
+
+
+def test_forward_lines_keeps_forwarding_after_a_1_mib_line_and_the_child_never_blocks() -> None:
+    async def scenario() -> tuple[list[str], int]:
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD, stdout=asyncio.subprocess.PIPE)
+        assert child.stdout is not None
+        lines: list[str] = []
+
+        def emit(line: str) -> None:
+            if not lines:
+                lines.append(line)
+                raise OSError("the terminal went away")  # a failing sink must not stop the forwarding either
+            lines.append(line)
+
+        forwarding = asyncio.ensure_future(forward_lines(child.stdout, emit, max_bytes=16 * 1024))
+        code = await asyncio.wait_for(child.wait(), 120)  # bounded: a blocked child fails the test, not hangs it
+        await asyncio.wait_for(forwarding, 60)
+        return lines, code
+
+    lines, code = asyncio.run(scenario())
+    assert code == 0
+    assert lines[0] == "x" * 16 * 1024 + f" ... [line cut: {2**20} bytes, the first {16 * 1024} shown]"
+    assert lines[1] == "after the long line"
+    assert lines[2:-1] == [f"line {i:05d} " + "z" * 50 for i in range(20000)]
+    assert lines[-1] == "done"
+
+
+def test_run_serves_a_step_that_prints_1_mib_lines(tmp_path: Path) -> None:
+    path = _pipeline(tmp_path, "chatty", [{"name": "talk", "op": "testops:Chatty"}])
+    run = start_run(path, tmp_path, "--ready-timeout", "60", timeout=120)
+    try:
+        for _ in range(3):  # each request prints another 1 MiB line from the replica
+            data = np.arange(6, dtype=np.float32).reshape(2, 3)
+            np.testing.assert_array_equal(_infer(run, "chatty", data), data)
+    finally:
+        code = run.stop()
+    log = run.log()
+    assert code == 0, log[-4000:]
+    assert "[talk-0] chatty: still talking after the long line" in log
+    assert log.count(f" ... [line cut: {2**20} bytes,") == 4  # the init line and one per request, each cut
