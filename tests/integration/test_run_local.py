@@ -1,10 +1,15 @@
-"""`conveyor run` with real processes: long output lines."""
+"""`conveyor run` with real processes: long output lines, the Ctrl-C order, and replicas outliving a killed runner."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import textwrap
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +84,37 @@ def _infer(run: RunProcess, model: str, data: np.ndarray) -> np.ndarray:
         client.close()
 
 
+def _wait_for(condition: Callable[[], bool], what: str, run: RunProcess, timeout: float = 60.0) -> None:
+    """Poll `condition` (bounded, so a broken runner fails the test instead of hanging it)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f}s:\n{run.log()[-4000:]}")
+        time.sleep(0.05)
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaped yet counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def _replica_pids(run: RunProcess) -> list[int]:
+    return [int(replica["pid"]) for replicas in run.addresses["steps"].values() for replica in replicas]
+
+
+def _kill_leftovers(pids: list[int]) -> None:
+    for pid in pids:
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 # --- output forwarding -------------------------------------------------------------------------------------------
 
 CHILD = """
@@ -129,3 +165,49 @@ def test_run_serves_a_step_that_prints_1_mib_lines(tmp_path: Path) -> None:
     assert code == 0, log[-4000:]
     assert "[talk-0] chatty: still talking after the long line" in log
     assert log.count(f" ... [line cut: {2**20} bytes,") == 4  # the init line and one per request, each cut
+
+
+# --- Ctrl-C -----------------------------------------------------------------------------------------------------
+
+
+def test_run_ctrl_c_finishes_in_flight_requests_through_every_step_before_stopping_steps(tmp_path: Path) -> None:
+    path = _pipeline(
+        tmp_path,
+        "held",
+        [{"name": "hold", "op": "testops:Hold", "config": {"dir": str(tmp_path)}}, {"name": "echo", "op": "identity"}],
+    )
+    run = start_run(path, tmp_path, "--grace", "60")
+    pids = _replica_pids(run)
+    data = np.arange(4, dtype=np.float32).reshape(1, 4)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(_infer, run, "held", data)
+            _wait_for((tmp_path / "entered").exists, "the request reaching the first step", run)
+            os.killpg(run.process.pid, signal.SIGINT)  # Ctrl-C in a terminal: SIGINT to the foreground process group
+            _wait_for(lambda: "stopping ..." in run.log(), "the runner noticing Ctrl-C", run)
+            (tmp_path / "release").touch()  # the request may now leave the first step for the second
+            np.testing.assert_array_equal(answer.result(120), data)
+        assert run.process.wait(120) == 0, run.log()[-4000:]
+    finally:
+        run.stop()
+        _kill_leftovers(pids)
+    log = run.log().splitlines()
+    replica_lines = [i for i, line in enumerate(log) if line.startswith(("[hold-0]", "[echo-0]"))]
+    signalled = [i for i in replica_lines if "received; shutting down" in log[i]]
+    assert not [log[i] for i in replica_lines if "SIGINT" in log[i]], "Ctrl-C reached the step replicas"
+    stopping_steps = next(i for i, line in enumerate(log) if line.startswith("gateway stopped; stopping 2 step replica(s)"))
+    assert signalled and min(signalled) > stopping_steps, "\n".join(log)
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_run_replicas_exit_when_the_runner_is_killed(tmp_path: Path) -> None:
+    path = _pipeline(tmp_path, "orphans", [{"name": "a", "op": "identity"}, {"name": "b", "op": "identity", "replicas": 2}])
+    run = start_run(path, tmp_path)
+    pids = _replica_pids(run)
+    try:
+        os.kill(run.process.pid, signal.SIGKILL)  # the runner alone: no chance to stop anything
+        run.process.wait(60)
+        _wait_for(lambda: all(_gone(pid) for pid in pids), "every replica exiting", run)
+    finally:
+        run.stop()
+        _kill_leftovers(pids)

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["MAX_STARTUP_CRASHES", "ReplicaProcess", "RestartBackoff"]
+
+#: Linux: what a replica runs first, in a short `python -S`: it asks for SIGTERM when its parent (the runner) dies,
+#: even by SIGKILL, then execs the step's command in the same process. A preexec_fn would do the same, but it makes
+#: Python fork() a process that has gRPC threads instead of spawning it.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+try:
+    zero = ctypes.c_ulong(0)
+    ctypes.CDLL(None, use_errno=True).prctl(1, ctypes.c_ulong(int(signal.SIGTERM)), zero, zero, zero)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 #: A replica that crashes this many times before ever becoming ready fails `conveyor run`.
 MAX_STARTUP_CRASHES = 3
@@ -69,8 +85,8 @@ class ReplicaProcess:
         return f"127.0.0.1:{self.port}"
 
     def command(self, manifest_path: Path, log_level: str) -> list[str]:
-        """`conveyor step` for this replica, on its ports, in the same Python."""
-        return [
+        """`conveyor step` for this replica, on its ports, in the same Python (on Linux: ended if this process dies)."""
+        step = [
             sys.executable,
             "-m",
             "conveyor_runtime.cli",
@@ -88,3 +104,6 @@ class ReplicaProcess:
             "--metrics-port",
             str(self.metrics_port),
         ]
+        if sys.platform.startswith("linux"):
+            return [sys.executable, "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *step]
+        return step

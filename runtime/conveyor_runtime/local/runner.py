@@ -1,5 +1,8 @@
 """`conveyor run` on one machine: builds the models once, starts every step replica as a process, supervises them
 (a crashed replica is restarted on its ports), and serves the pipeline through an in-process gateway.
+
+Ctrl-C or SIGTERM stops the gateway first (it finishes in-flight requests), then the steps; the replicas run in
+sessions of their own so that a terminal's Ctrl-C does not reach them directly.
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ class LocalRunner:
             stderr=asyncio.subprocess.STDOUT,
             cwd=str(self.manifest_path.parent),
             env=env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches only the runner, which stops the gateway first
         )
         replica.started_at = self._clock()
         self._output.spawn(self._forward_output(replica, replica.process), name=f"output-{replica.name}")
@@ -268,16 +272,18 @@ class LocalRunner:
     # --- stop ---------------------------------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        """Stop the gateway, then SIGTERM every replica, and SIGKILL those still running after the grace period."""
+        """Stop the gateway (in-flight requests get the grace period to finish, through every step), then SIGTERM
+        every replica, and SIGKILL those still running after the grace period."""
         self._stopping = True
         if self.gateway is not None:
-            await self.gateway.stop(min(self.grace_s, 5.0))
+            await self.gateway.stop(self.grace_s)
         running = [r.process for r in self.replicas if r.process is not None and r.process.returncode is None]
+        if running:
+            self._say(f"gateway stopped; stopping {len(running)} step replica(s) ...")
         for process in running:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
         if running:
-            self._say(f"stopping {len(running)} step replica(s) ...")
             _, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running], timeout=self.grace_s)
             for process in running:
                 if process.returncode is None:
@@ -306,7 +312,7 @@ class LocalRunner:
             os.replace(tmp, addresses_json)
 
         def stopping(_: object) -> None:
-            # Ctrl-C reaches the replicas too (same process group): their exits from now on are not crashes
+            # from now on a replica's exit is not a crash (nothing is restarted while stopping)
             self._stopping = True
 
         watcher = asyncio.ensure_future(stop.wait())
