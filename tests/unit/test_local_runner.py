@@ -1,11 +1,17 @@
-"""The local runner's pure parts: restart back-off and long output lines."""
+"""The local runner's pure parts: restart back-off, long output lines, and the settings `conveyor run` honours."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from conveyor_runtime.cli import build_parser, main
+from conveyor_runtime.cli.run import build_runner
+from conveyor_runtime.errors import InvalidManifest
+from conveyor_runtime.local import LocalRunner
 from conveyor_runtime.local.output import LineCutter
 from conveyor_runtime.local.replica import RestartBackoff
 
@@ -69,3 +75,75 @@ def test_line_cutter_keeps_at_most_max_bytes_of_an_endless_line() -> None:
         assert cutter.feed(b"a" * 65536) == []
     assert cutter.buffered <= 1000
     assert cutter.flush() == ["a" * 1000 + f" ... [line cut: {1000 * 65536} bytes, the first 1000 shown]"]
+
+
+# --- settings `conveyor run` honours ----------------------------------------------------------------------------
+
+
+def _write_manifest(tmp_path: Path, steps: list[dict[str, Any]], **spec: Any) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    document = {
+        "apiVersion": "conveyor.dev/v1alpha1",
+        "kind": "InferencePipeline",
+        "metadata": {"name": "ports"},
+        "spec": {"steps": steps, **spec},
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _runner(argv: list[str]) -> LocalRunner:
+    return build_runner(build_parser(argv).parse_args(argv))
+
+
+TWO_STEPS = [{"name": "a", "op": "identity"}, {"name": "b", "op": "identity"}]
+
+
+def test_run_uses_the_manifests_gateway_ports_by_default(tmp_path: Path) -> None:
+    path = _write_manifest(tmp_path, TWO_STEPS, gateway={"grpcPort": 9301, "httpPort": 9300})
+    runner = _runner(["run", str(path)])
+    assert (runner.grpc_port, runner.http_port) == (9301, 9300)
+
+
+def test_run_port_flags_win_over_the_manifest_when_given(tmp_path: Path) -> None:
+    path = _write_manifest(tmp_path, TWO_STEPS, gateway={"grpcPort": 9301, "httpPort": 9300})
+    runner = _runner(["run", str(path), "--grpc-port", "0", "--http-port", "7000"])
+    assert (runner.grpc_port, runner.http_port) == (0, 7000)
+    assert _runner(["run", str(path), "--http-port", "-1"]).http_port is None  # -1: HTTP off
+    assert _runner(["run", str(path), "--grpc-port", "8001"]).grpc_port == 8001  # explicit, even if it is the usual default
+
+
+def test_run_without_gateway_ports_in_the_manifest_keeps_8001_and_8000(tmp_path: Path) -> None:
+    runner = _runner(["run", str(_write_manifest(tmp_path, TWO_STEPS))])
+    assert (runner.grpc_port, runner.http_port) == (8001, 8000)
+
+
+def test_run_rejects_a_step_with_zero_replicas_naming_the_field(tmp_path: Path) -> None:
+    path = _write_manifest(tmp_path, [TWO_STEPS[0], {**TWO_STEPS[1], "replicas": 0}])
+    with pytest.raises(InvalidManifest) as caught:
+        LocalRunner(path)
+    assert "spec.steps[1].replicas: 0 replicas cannot serve under conveyor run" in str(caught.value)
+    assert "--replicas b=1" in str(caught.value)
+
+
+def test_run_accepts_zero_replicas_when_the_command_line_sets_that_step(tmp_path: Path) -> None:
+    path = _write_manifest(tmp_path, [TWO_STEPS[0], {**TWO_STEPS[1], "replicas": 0}])
+    runner = _runner(["run", str(path), "--replicas", "b=2"])
+    assert runner.replica_counts == {"a": 1, "b": 2}
+
+
+def test_run_rejects_a_gateway_with_zero_replicas_naming_the_field(tmp_path: Path) -> None:
+    path = _write_manifest(tmp_path, TWO_STEPS, gateway={"replicas": 0})
+    with pytest.raises(InvalidManifest, match=r"spec\.gateway\.replicas: 0 replicas cannot serve under conveyor run"):
+        LocalRunner(path)
+
+
+def test_run_command_with_zero_replicas_exits_1_naming_the_field_and_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_manifest(tmp_path, [{**TWO_STEPS[0], "replicas": 0}, TWO_STEPS[1]])
+    assert main(["run", str(path), "--grpc-port", "0", "--http-port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "InvalidManifest: 1 invalid field(s)" in err
+    assert "spec.steps[0].replicas: 0 replicas cannot serve under conveyor run; set at least 1, or pass --replicas a=1" in err
+    assert "next: fix the fields listed above" in err

@@ -11,7 +11,7 @@ from ..local import LocalRunner
 from ..serving import stop_on_signals
 from ..spec import PipelineManifest, load_manifest
 
-__all__ = ["parse_replicas", "register"]
+__all__ = ["build_runner", "parse_replicas", "register"]
 
 
 def register(subparsers: Any) -> None:
@@ -19,8 +19,18 @@ def register(subparsers: Any) -> None:
         "run", help="run a pipeline locally: every step replica as a process, plus the gateway"
     )
     parser.add_argument("manifest", help="the InferencePipeline manifest, the same file you would kubectl apply")
-    parser.add_argument("--grpc-port", type=int, default=8001, help="gateway gRPC port (default 8001; 0 = pick a free one)")
-    parser.add_argument("--http-port", type=int, default=8000, help="gateway HTTP port (default 8000; 0 = free; -1 = off)")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="gateway gRPC port (default: the manifest's spec.gateway.grpcPort, itself 8001 by default; 0 = pick a free one)",
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="gateway HTTP port (default: the manifest's spec.gateway.httpPort, itself 8000 by default; 0 = free; -1 = off)",
+    )
     parser.add_argument("--metrics-port", type=int, default=None, help="gateway Prometheus port (default off; 0 = free)")
     parser.add_argument(
         "--replicas", action="append", default=[], metavar="STEP=N", help="override a step's replica count (repeatable)"
@@ -32,7 +42,12 @@ def register(subparsers: Any) -> None:
         help="write the gateway's and every replica's addresses as JSON to FILE once ready ('-' = stdout)",
     )
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for every replica (default 600)")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds replicas get to stop before SIGKILL (default 10)")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="on Ctrl-C/SIGTERM: seconds in-flight requests get to finish, then seconds replicas get to stop before SIGKILL (default 10)",
+    )
     parser.set_defaults(handler=_main)
 
 
@@ -48,18 +63,23 @@ def parse_replicas(values: list[str], manifest: PipelineManifest) -> dict[str, i
     return result
 
 
-def _main(args: argparse.Namespace) -> int:
+def build_runner(args: argparse.Namespace) -> LocalRunner:
+    """The runner the parsed command line asks for (ports the command line leaves out come from the manifest)."""
     manifest = load_manifest(args.manifest)
-    runner = LocalRunner(
+    return LocalRunner(
         args.manifest,
         grpc_port=args.grpc_port,
-        http_port=None if args.http_port < 0 else args.http_port,
+        http_port=args.http_port,
         metrics_port=args.metrics_port,
         replicas=parse_replicas(args.replicas, manifest),
         ready_timeout_s=args.ready_timeout,
         grace_s=args.grace,
         log_level=args.log_level.upper(),
     )
+
+
+def _main(args: argparse.Namespace) -> int:
+    runner = build_runner(args)
     asyncio.run(_serve(runner, args.addresses_json))
     return 0
 

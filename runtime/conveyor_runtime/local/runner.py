@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import RunnerFailed
+from ..errors import FieldError, InvalidManifest, RunnerFailed
 from ..gateway import Gateway, StaticEndpoints
 from ..serving import TaskSet, free_port
 from ..spec import ExecutionPlan, load_manifest
@@ -39,15 +39,16 @@ _PROVIDER = re.compile(r"SERVING on \S+ \(provider ([^,)\s]+)")
 class LocalRunner:
     """Runs a whole pipeline on 127.0.0.1: step replicas as subprocesses, the gateway in this process.
 
-    `clock` times replica runs (how long a replica ran decides its restart back-off).
+    `grpc_port` and `http_port` default to the manifest's `spec.gateway` ports (0 picks a free port, an
+    `http_port` of -1 turns HTTP off); `replicas` overrides steps' replica counts; `clock` times replica runs.
     """
 
     def __init__(
         self,
         manifest_path: str | Path,
         *,
-        grpc_port: int = 8001,
-        http_port: int | None = 8000,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
         metrics_port: int | None = None,
         replicas: Mapping[str, int] | None = None,
         ready_timeout_s: float = 600.0,
@@ -59,11 +60,11 @@ class LocalRunner:
         self.manifest_path = Path(manifest_path).resolve()
         self.manifest = load_manifest(self.manifest_path)
         self.plan = ExecutionPlan.from_manifest(self.manifest)
-        self.replica_counts = {
-            name: (replicas or {}).get(name, max(self.plan.nodes[name].spec.replicas, 1)) for name in self.plan.order
-        }
-        self.grpc_port = grpc_port
-        self.http_port = http_port
+        self.replica_counts = self._replica_counts(replicas or {})
+        gateway = self.manifest.spec.gateway
+        self.grpc_port = gateway.grpcPort if grpc_port is None else grpc_port
+        http_port = gateway.httpPort if http_port is None else http_port
+        self.http_port: int | None = None if http_port < 0 else http_port
         self.metrics_port = metrics_port
         self.ready_timeout_s = ready_timeout_s
         self.grace_s = grace_s
@@ -81,6 +82,22 @@ class LocalRunner:
     @property
     def name(self) -> str:
         return self.manifest.metadata.name
+
+    def _replica_counts(self, overrides: Mapping[str, int]) -> dict[str, int]:
+        """Replicas per step; zero cannot serve here (a cluster may park a pipeline at zero, a local run cannot)."""
+        wrong = {step: count for step, count in overrides.items() if step not in self.plan.nodes or count < 1}
+        if wrong:
+            raise ValueError(f"replicas: expected {{step: count >= 1}} for steps {list(self.plan.order)}, got {wrong}")
+        zero = "0 replicas cannot serve under conveyor run; set at least 1"
+        errors = [FieldError("spec.gateway.replicas", zero)] if self.manifest.spec.gateway.replicas == 0 else []
+        errors += [
+            FieldError(f"spec.steps[{index}].replicas", f"{zero}, or pass --replicas {step.name}=1")
+            for index, step in enumerate(self.manifest.spec.steps)
+            if step.replicas == 0 and step.name not in overrides
+        ]
+        if errors:
+            raise InvalidManifest(errors, str(self.manifest_path))
+        return {name: overrides.get(name, self.plan.nodes[name].spec.replicas) for name in self.plan.order}
 
     def _say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -180,6 +197,8 @@ class LocalRunner:
         self.http_port = self.gateway.http_port
         self.metrics_port = self.gateway.metrics_port
         total = len(self.replicas)
+        if self.manifest.spec.gateway.replicas > 1:
+            self._say(f"spec.gateway.replicas is {self.manifest.spec.gateway.replicas}; conveyor run serves through one gateway")
         self._say(f"starting {total} step replica(s) for pipeline {self.name} ...")
         for replica in self.replicas:
             await self._launch(replica)
