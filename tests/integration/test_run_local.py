@@ -200,6 +200,17 @@ def test_run_ctrl_c_finishes_in_flight_requests_through_every_step_before_stoppi
     assert all(_gone(pid) for pid in pids)
 
 
+def test_run_stops_replicas_without_a_pre_stop_delay(tmp_path: Path) -> None:
+    path = _pipeline(tmp_path, "quick", [{"name": "a", "op": "identity"}])
+    run = start_run(path, tmp_path)
+    code = run.stop()
+    log = run.log()
+    assert code == 0, log[-4000:]
+    replica_lines = [line for line in log.splitlines() if line.startswith("[a-0]")]
+    assert any("NOT_SERVING; refusing new calls" in line for line in replica_lines), log[-4000:]
+    assert not [line for line in replica_lines if "pre-stop" in line]  # the gateway already stopped: nothing to wait for
+
+
 def test_run_replicas_exit_when_the_runner_is_killed(tmp_path: Path) -> None:
     path = _pipeline(tmp_path, "orphans", [{"name": "a", "op": "identity"}, {"name": "b", "op": "identity", "replicas": 2}])
     run = start_run(path, tmp_path)

@@ -103,6 +103,8 @@ class ReplicaProcess:
             str(self.port),
             "--metrics-port",
             str(self.metrics_port),
+            "--pre-stop-delay",
+            "0",  # the runner stops the gateway before any replica: nothing routes to a replica once it is signalled
         ]
         if sys.platform.startswith("linux"):
             return [sys.executable, "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *step]
