@@ -96,6 +96,33 @@ async def test_step_server_health_metadata_and_model_names(model_files: ModelFil
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+
+async def test_step_server_health_check_list_and_watch_end_when_it_stops() -> None:
+    spec = step_spec("double", op="tests.support.step_fixtures:DoubleOp")
+    server = create_step_server(spec)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await health.Check(health_pb2.HealthCheckRequest(service="nope"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        if hasattr(health_pb2, "HealthListRequest"):  # grpcio-health-checking 1.7x and later
+            listed = await health.List(health_pb2.HealthListRequest())
+            assert {name: r.status for name, r in listed.statuses.items()} == {
+                "": health_pb2.HealthCheckResponse.SERVING,
+                SERVICE_NAME: health_pb2.HealthCheckResponse.SERVING,
+            }
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        await server.stop(grace=600)  # returns once the Watch has ended: nothing else is in flight
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await watch.read() is grpc.aio.EOF
+        assert await watch.code() == grpc.StatusCode.OK
+    finally:
+        await server.stop()
+        await channel.close()
+
 def _bad(name: str, datatype: str, shape: list[int], raw: bytes) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="classify")
     request.inputs.add(name=name, datatype=datatype, shape=shape)
