@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conveyor_runtime.cli import build_parser
-from conveyor_runtime.cli.step import load_step_spec
+from conveyor_runtime.cli.step import PRE_STOP_ENV, load_step_spec, pre_stop_delay
 from conveyor_runtime.errors import InvalidManifest, UsageError
 from conveyor_runtime.spec import STEP_SPEC_ENV
 
@@ -45,3 +47,34 @@ def test_step_command_reads_the_env_and_parses_its_flags(monkeypatch: pytest.Mon
     monkeypatch.delenv(STEP_SPEC_ENV)
     with pytest.raises(InvalidManifest, match=STEP_SPEC_ENV):
         load_step_spec(None, None)
+
+
+def test_step_command_pre_stop_delay_comes_from_the_flag_then_the_env_then_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    monkeypatch.delenv(PRE_STOP_ENV, raising=False)
+    assert pre_stop_delay(parser.parse_args(["step"])) == 5.0
+    monkeypatch.setenv(PRE_STOP_ENV, "0")
+    assert pre_stop_delay(parser.parse_args(["step"])) == 0.0
+    assert pre_stop_delay(parser.parse_args(["step", "--pre-stop-delay", "2.5"])) == 2.5
+    monkeypatch.setenv(PRE_STOP_ENV, "soon")
+    with pytest.raises(UsageError, match=f"{PRE_STOP_ENV} must be a number of seconds, got 'soon'"):
+        pre_stop_delay(parser.parse_args(["step"]))
+
+
+@pytest.mark.parametrize("flag", ["--pre-stop-delay", "--grace"])
+def test_step_command_refuses_negative_or_unreadable_seconds(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for value in ("-1", "nan", "later"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["step", flag, value])
+        assert flag in capsys.readouterr().err
+
+
+def test_step_command_refuses_batching_on_an_op_without_a_batch_step(tmp_path: Path) -> None:
+    manifest = tmp_path / "pipeline.yaml"
+    manifest.write_text(MANIFEST.replace("config: {size: 8, grayscale: true}}", "config: {size: 8}, batching: {maxBatchSize: 16}}"))
+    command = [sys.executable, "-m", "conveyor_runtime.cli", "step", "--manifest", str(manifest), "--step", "pre"]
+    command += ["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)  # a step that started would hang here
+    assert result.returncode == 1
+    assert "spec.steps[0].batching.maxBatchSize: op 'image-preprocess' has no batch step" in result.stderr
+    assert "remove it, got 16" in result.stderr

@@ -9,7 +9,7 @@ import pytest
 
 from conveyor_runtime.errors import ModelLoadError
 from conveyor_runtime.spec import ModelSpec
-from conveyor_runtime.step import ModelSession, plan_precision, plan_providers, plan_threads
+from conveyor_runtime.step import CpuBudget, ModelSession, plan_devices, plan_precision, plan_providers, plan_threads
 from tests.support.step_fixtures import ModelFiles, model_files  # noqa: F401 (fixture)
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -53,11 +53,57 @@ def test_session_plan_precision_uses_fp16_on_gpu_only(precision: str, provider: 
     assert plan_precision(_model(precision=precision), provider) == expected
 
 
-def test_session_plan_threads_split_cores_between_instances() -> None:
-    assert plan_threads(_model(), cpus=2) == (0, 0)
+def test_session_plan_threads_split_the_cpu_budget_between_instances() -> None:
+    assert plan_threads(_model(), cpus=2) == (2, 0)  # the budget, not ONNX Runtime's default of every core
+    assert plan_threads(_model(), cpus=64) == (64, 0)
     assert plan_threads(_model(instances=2), cpus=2) == (1, 0)
     assert plan_threads(_model(instances=3), cpus=2) == (1, 0)
-    assert plan_threads(_model(instances=2, intraOpThreads=4, interOpThreads=1), cpus=8) == (4, 1)
+    assert plan_threads(_model(instances=4), cpus=8) == (2, 0)
+    assert plan_threads(_model(instances=2, intraOpThreads=4, interOpThreads=1), cpus=8) == (4, 1)  # explicit wins
+    assert plan_threads(_model(intraOpThreads=16), cpus=2) == (16, 0)
+
+
+def test_session_sizes_intra_op_threads_from_the_budget_and_logs_why(
+    model_files: ModelFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = model_files.resnet(32)
+    caplog.set_level("INFO")
+    session = ModelSession(path, ModelSpec(path=str(path), instances=2), cpus=CpuBudget(6, "resources.cpu '6'"))
+    assert session.threads == 3
+    assert "intra-op threads 3 per instance (CPU budget 6 from resources.cpu '6', split over 2 instance(s))" in caplog.text
+    explicit = ModelSession(path, ModelSpec(path=str(path), intraOpThreads=1), cpus=CpuBudget(6, "resources.cpu '6'"))
+    assert explicit.threads == 1
+    assert "intra-op threads 1 per instance (model.intraOpThreads)" in caplog.text
+    out = session.run({"image": np.zeros((2, 3, 32, 32), np.float32)})
+    assert out["logits"].shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("instances", "gpus", "devices"),
+    [(3, 0, [0, 0, 0]), (3, 1, [0, 0, 0]), (4, 2, [0, 1, 0, 1]), (3, 2, [0, 1, 0]), (2, 4, [0, 1])],
+)
+def test_session_plan_devices_spread_instances_over_the_gpus(instances: int, gpus: int, devices: list[int]) -> None:
+    assert plan_devices(instances, gpus) == devices
+
+
+def test_session_plan_providers_ask_for_the_given_gpu() -> None:
+    plan = plan_providers(_model(device="tensorrt"), GPU_BUILD, device_id=1)
+    assert [(name, options["device_id"]) for name, options in plan[:2]] == [(TRT, 1), (CUDA, 1)]
+    assert plan[2] == (CPU, {})
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available provider names")
+def test_session_requests_instance_i_on_gpu_i_mod_n(model_files: ModelFiles, caplog: pytest.LogCaptureFixture) -> None:
+    """On this CPU-only build ONNX Runtime falls back to CPU; what matters is what each instance asked for."""
+    path = model_files.resnet(32)
+    caplog.set_level("INFO")
+    session = ModelSession(path, ModelSpec(path=str(path), device="cuda", instances=3), available=[CUDA, CPU], gpus=2)
+    assert [plan[0] for plan in session.plans] == [(CUDA, {"device_id": 0}), (CUDA, {"device_id": 1}), (CUDA, {"device_id": 0})]
+    assert all(plan[-1] == (CPU, {}) for plan in session.plans)
+    assert "3 instance(s) over 2 GPU(s): GPU 0: 2, GPU 1: 1" in caplog.text
+    one = ModelSession(path, ModelSpec(path=str(path), device="cuda"), available=[CUDA, CPU], gpus=4)
+    assert [plan[0] for plan in one.plans] == [(CUDA, {"device_id": 0})]
+    assert "GPUs 1, 2, 3 of 4 stay idle: set model.instances to 4 or more to use them" in caplog.text
 
 
 def test_session_runs_instances_and_reports_metadata(model_files: ModelFiles) -> None:

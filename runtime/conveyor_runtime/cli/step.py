@@ -14,7 +14,7 @@ from ..serving import stop_on_signals
 from ..spec import METRICS_PORT, STEP_GRPC_PORT, StepSpec, load_manifest, step_from_env
 from ..step import DEFAULT_GRACE_S, DEFAULT_PRE_STOP_S, create_step_server
 
-__all__ = ["PRE_STOP_ENV", "load_step_spec", "register", "run"]
+__all__ = ["PRE_STOP_ENV", "load_step_spec", "pre_stop_delay", "register", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,11 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _default_pre_stop(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:
-    raw = environ.get(PRE_STOP_ENV)
+def pre_stop_delay(args: argparse.Namespace) -> float:
+    """Seconds of pre-stop delay: ``--pre-stop-delay``, else $CONVEYOR_PRE_STOP_DELAY_S, else the default."""
+    if args.pre_stop_delay is not None:
+        return float(args.pre_stop_delay)
+    raw = os.environ.get(PRE_STOP_ENV)
     if not raw:
         return DEFAULT_PRE_STOP_S
     try:
@@ -75,28 +78,34 @@ def register(subparsers: Any) -> None:
 
 def load_step_spec(manifest: Path | None, step_name: str | None) -> tuple[StepSpec, Path | None]:
     """The step's spec and the base dir for its relative paths (the manifest's directory, if any)."""
+    spec, base_dir, _ = _load_step(manifest, step_name)
+    return spec, base_dir
+
+
+def _load_step(manifest: Path | None, step_name: str | None) -> tuple[StepSpec, Path | None, str]:
+    """`load_step_spec` plus the step's field path for errors (``spec.steps[2]``; ``step`` from the env)."""
     if manifest is None:
         if step_name is not None:
             raise UsageError("--step needs --manifest FILE")
-        return step_from_env(), None
+        return step_from_env(), None, "step"
     if step_name is None:
         raise UsageError(f"--manifest {manifest} needs --step NAME: name the step to serve from it")
     pipeline = load_manifest(manifest)
-    for step in pipeline.spec.steps:
+    for index, step in enumerate(pipeline.spec.steps):
         if step.name == step_name:
-            return step, manifest.resolve().parent
+            return step, manifest.resolve().parent, f"spec.steps[{index}]"
     names = ", ".join(s.name for s in pipeline.spec.steps)
     raise UsageError(f"--step: {manifest} has no step {step_name!r}; steps: {names}")
 
 
 def run(args: argparse.Namespace) -> int:
-    spec, base_dir = load_step_spec(args.manifest, args.step_name)
-    pre_stop = _default_pre_stop() if args.pre_stop_delay is None else args.pre_stop_delay
-    asyncio.run(_serve(spec, args, base_dir, pre_stop))
+    spec, base_dir, where = _load_step(args.manifest, args.step_name)
+    pre_stop = pre_stop_delay(args)
+    asyncio.run(_serve(spec, args, base_dir, pre_stop, where))
     return 0
 
 
-async def _serve(spec: StepSpec, args: argparse.Namespace, base_dir: Path | None, pre_stop_s: float) -> None:
+async def _serve(spec: StepSpec, args: argparse.Namespace, base_dir: Path | None, pre_stop_s: float, where: str) -> None:
     server = create_step_server(
         spec,
         host=args.host,
@@ -105,6 +114,7 @@ async def _serve(spec: StepSpec, args: argparse.Namespace, base_dir: Path | None
         base_dir=base_dir,
         grace_s=args.grace,
         pre_stop_s=pre_stop_s,
+        where=where,
     )
     log.info("step %s: loading", spec.name)
     hurry = asyncio.Event()

@@ -6,15 +6,25 @@ stop.
 """
 
 from .batcher import Batcher, BatchPlan, batch_key, form_batch, split_rows
+from .cpus import (
+    CpuBudget,
+    cgroup_cpu_limit,
+    cpu_budget,
+    cpu_count,
+    parse_cfs_quota,
+    parse_cpu_max,
+    parse_cpu_quantity,
+    step_cpu_budget,
+)
 from .health import StepHealth
 from .inputs import validate_inputs
 from .metrics import BATCH_REASONS, StepMetrics
 from .model_file import ensure_model
 from .model_op import ModelOp
-from .op_loop import OpLoop, load_step_op
+from .op_loop import OpLoop, ignored_batching, load_step_op
 from .server import DEFAULT_GRACE_S, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PRE_STOP_S, StepServer, create_step_server
 from .servicer import SERVER_NAME, StepServicer
-from .session import ORT_DATATYPES, ModelSession, cpu_count, plan_precision, plan_providers, plan_threads
+from .session import ORT_DATATYPES, ModelSession, plan_devices, plan_precision, plan_providers, plan_threads
 
 __all__ = [
     "BATCH_REASONS",
@@ -25,6 +35,7 @@ __all__ = [
     "SERVER_NAME",
     "BatchPlan",
     "Batcher",
+    "CpuBudget",
     "ModelOp",
     "ModelSession",
     "OpLoop",
@@ -33,14 +44,22 @@ __all__ = [
     "StepServer",
     "StepServicer",
     "batch_key",
+    "cgroup_cpu_limit",
+    "cpu_budget",
     "cpu_count",
     "create_step_server",
     "ensure_model",
     "form_batch",
+    "ignored_batching",
     "load_step_op",
+    "parse_cfs_quota",
+    "parse_cpu_max",
+    "parse_cpu_quantity",
+    "plan_devices",
     "plan_precision",
     "plan_providers",
     "plan_threads",
     "split_rows",
+    "step_cpu_budget",
     "validate_inputs",
 ]

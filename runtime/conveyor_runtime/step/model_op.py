@@ -8,6 +8,7 @@ from typing import ClassVar
 from ..arrays import Arrays
 from ..ops import Op
 from ..spec import BatchingSpec, ModelSpec
+from .cpus import CpuBudget
 from .session import ModelSession
 
 __all__ = ["ModelOp"]
@@ -18,8 +19,10 @@ class ModelOp(Op):
 
     platform: ClassVar[str] = "onnxruntime_onnx"
 
-    def __init__(self, path: Path, model: ModelSpec, batching: BatchingSpec) -> None:
-        self.session = ModelSession(path, model)
+    def __init__(
+        self, path: Path, model: ModelSpec, batching: BatchingSpec, *, cpus: CpuBudget | None = None, gpus: int = 0
+    ) -> None:
+        self.session = ModelSession(path, model, cpus=cpus, gpus=gpus)
         self.session.check_batching(batching.maxBatchSize)
         self.inputs = list(self.session.inputs)
         self.outputs = list(self.session.outputs)

@@ -15,28 +15,31 @@ from pathlib import Path
 from typing import Any
 
 from ..arrays import Arrays, shared_rows
-from ..errors import DeadlineExceeded, InvalidRequest, ModelLoadError, RequestError, StepFailed
+from ..errors import DeadlineExceeded, FieldError, InvalidManifest, InvalidRequest, ModelLoadError, RequestError, StepFailed
 from ..ops import Op, OpContext, RequestContext, Skip, TensorSpec, load_op
 from ..protocol import decode_tensors, encode_tensors, pb
-from ..spec import StepSpec
+from ..spec import BatchingSpec, StepSpec
 from .batcher import Batcher, OnFailure
+from .cpus import CpuBudget, step_cpu_budget
 from .inputs import validate_inputs
 from .metrics import StepMetrics
 from .model_file import ensure_model
 from .model_op import ModelOp
-from .session import cpu_count
 
-__all__ = ["OpLoop", "load_step_op"]
+__all__ = ["OpLoop", "ignored_batching", "load_step_op"]
 
 log = logging.getLogger(__name__)
 
+_BATCHING_DEFAULTS = BatchingSpec()
+#: Settings that only a batching op uses; the queue (`maxQueueSize`, `maxConcurrentBatches`) serves any `process`.
+_BATCH_ONLY = ("maxBatchSize", "maxQueueDelayMicroseconds", "preferredBatchSizes")
 
 
-def load_step_op(spec: StepSpec, base_dir: Path) -> Op:
+def load_step_op(spec: StepSpec, base_dir: Path, *, cpus: CpuBudget | None = None) -> Op:
     """Build the step's op: the ONNX model (built first if missing) or the op class with its config."""
     if spec.model is not None:
         path = ensure_model(spec.model, base_dir)
-        return ModelOp(path, spec.model, spec.batching)
+        return ModelOp(path, spec.model, spec.batching, cpus=cpus, gpus=spec.resources.gpu)
     assert spec.op is not None
     try:
         cls = load_op(spec.op)
@@ -45,6 +48,31 @@ def load_step_op(spec: StepSpec, base_dir: Path) -> Op:
     except ValueError as exc:
         raise ModelLoadError(f"step {spec.name!r}: op {spec.op!r}: {exc}") from exc
     return op
+
+
+def ignored_batching(spec: StepSpec, op: Op | type[Op]) -> list[FieldError]:
+    """The step's batching settings (paths ``batching.<field>``) that its op would silently ignore.
+
+    An op without `process` has no queue and no batches, so every setting is moot; one with ``batched = False``
+    computes each request alone behind a real queue. ``maxBatchSize: 0`` (never batch) is always allowed.
+    """
+    cls = op if isinstance(op, type) else type(op)
+    if cls.process is not Op.process and cls.batched:
+        return []
+    name = spec.op or cls.__name__
+    if cls.process is Op.process:
+        fields = list(BatchingSpec.model_fields)
+        why = f"op {name!r} has no batch step (no `process`), so no request is queued or batched"
+    else:
+        fields = list(_BATCH_ONLY)
+        why = f"op {name!r} computes each request alone (batched = False)"
+    errors = []
+    for field in fields:
+        value = getattr(spec.batching, field)
+        if value == getattr(_BATCHING_DEFAULTS, field) or (field == "maxBatchSize" and value == 0):
+            continue
+        errors.append(FieldError(f"batching.{field}", f"{why}; this setting would be ignored: remove it, got {value!r}"))
+    return errors
 
 
 def _parameters(request: pb.ModelInferRequest) -> dict[str, Any]:
@@ -62,11 +90,12 @@ def _overrides(op: Op, hook: str) -> bool:
 class OpLoop:
     """A loaded step: its op, batcher and worker threads. Create with `OpLoop.load`, then `start`, `infer`, `aclose`."""
 
-    def __init__(self, spec: StepSpec, op: Op, metrics: StepMetrics) -> None:
+    def __init__(self, spec: StepSpec, op: Op, metrics: StepMetrics, *, cpus: CpuBudget | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.op = op
         self.metrics = metrics
+        self.cpus = step_cpu_budget(spec.resources.cpu) if cpus is None else cpus
         instances = spec.model.instances if spec.model is not None else 1
         self.concurrency = spec.batching.maxConcurrentBatches or instances
         self._has_pre = _overrides(op, "preprocess")
@@ -75,8 +104,10 @@ class OpLoop:
             hook: inspect.iscoroutinefunction(getattr(op, hook)) for hook in ("preprocess", "process", "postprocess")
         }
         self._compute_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-compute")
+        #: Threads for plain pre/postprocess hooks: the CPU budget, at least 2 so that pre and post can overlap.
+        self.hook_threads = max(2, self.cpus.cpus)
         self._hook_pool = (
-            ThreadPoolExecutor(max(2, cpu_count()), thread_name_prefix=f"{self.name}-hooks")
+            ThreadPoolExecutor(self.hook_threads, thread_name_prefix=f"{self.name}-hooks")
             if self._has_pre or self._has_post
             else None
         )
@@ -96,10 +127,23 @@ class OpLoop:
         self._output_names = {o.name for o in op.outputs}
 
     @classmethod
-    def load(cls, spec: StepSpec, base_dir: Path, metrics: StepMetrics) -> OpLoop:
-        """Load the op or model and warm it up (blocking: call from a thread)."""
-        op = load_step_op(spec, base_dir)
-        step = cls(spec, op, metrics)
+    def load(cls, spec: StepSpec, base_dir: Path, metrics: StepMetrics, *, where: str = "step") -> OpLoop:
+        """Load the op or model and warm it up (blocking: call from a thread).
+
+        Raises `InvalidManifest` naming ``<where>.batching.<field>`` for batching settings the op cannot use.
+        """
+        if spec.op is not None:
+            try:
+                op_class = load_op(spec.op)
+            except ValueError as exc:
+                raise ModelLoadError(f"step {spec.name!r}: op {spec.op!r}: {exc}") from exc
+            ignored = ignored_batching(spec, op_class)
+            if ignored:
+                raise InvalidManifest([FieldError(f"{where}.{e.path}", e.message) for e in ignored])
+        cpus = step_cpu_budget(spec.resources.cpu)
+        log.info("step %s: sizing threads for %d CPU(s): %s", spec.name, cpus.cpus, cpus.reason)
+        op = load_step_op(spec, base_dir, cpus=cpus)
+        step = cls(spec, op, metrics, cpus=cpus)
         sizes = sorted({1, *spec.batching.preferredBatchSizes}) if spec.batching.maxBatchSize else [1]
         op.warm_up(sizes)
         return step

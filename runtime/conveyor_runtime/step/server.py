@@ -53,6 +53,7 @@ class StepServer:
         grace_s: float,
         pre_stop_s: float,
         max_message_bytes: int,
+        where: str,
     ) -> None:
         self.spec = step
         self.host = host
@@ -62,6 +63,7 @@ class StepServer:
         self.grace_s = grace_s
         self.pre_stop_s = pre_stop_s
         self.max_message_bytes = max_message_bytes
+        self.where = where
         self.metrics = StepMetrics(step.name)
         self.op_loop: OpLoop | None = None
         self._server: grpc.aio.Server | None = None
@@ -80,7 +82,7 @@ class StepServer:
 
     async def start(self) -> None:
         """Load and warm up the model (off the event loop), bind, start, then report SERVING."""
-        op_loop = await asyncio.to_thread(OpLoop.load, self.spec, self.base_dir, self.metrics)
+        op_loop = await asyncio.to_thread(OpLoop.load, self.spec, self.base_dir, self.metrics, where=self.where)
         self.op_loop = op_loop
         await op_loop.start(on_failure=self._batcher_died)
         batching = self.spec.batching
@@ -219,10 +221,12 @@ def create_step_server(
     grace_s: float = DEFAULT_GRACE_S,
     pre_stop_s: float = 0.0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    where: str = "step",
 ) -> StepServer:
     """A server for `step` (not started). ``port=0`` picks a free port; ``metrics_port=None`` serves no metrics.
 
-    ``pre_stop_s`` is 0 here (tests, embedding); `conveyor step` defaults to `DEFAULT_PRE_STOP_S`.
+    ``pre_stop_s`` is 0 here (tests, embedding); `conveyor step` defaults to `DEFAULT_PRE_STOP_S`. ``where`` is
+    the step's field path in errors about its spec (``spec.steps[2]`` when it came from a manifest).
     """
     return StepServer(
         step,
@@ -233,4 +237,5 @@ def create_step_server(
         grace_s=grace_s,
         pre_stop_s=pre_stop_s,
         max_message_bytes=max_message_bytes,
+        where=where,
     )

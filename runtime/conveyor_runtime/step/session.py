@@ -3,14 +3,14 @@
 One code path serves onnxruntime and onnxruntime-gpu: `plan_providers` asks only for providers that the
 installed build offers, and the log names the provider that really runs.
 
-Threads: ``intraOpThreads: 0`` keeps ONNX Runtime's default (one per physical core) for one instance; with
-``instances: N`` each session gets ``cores // N`` threads so that the sessions do not oversubscribe the CPU.
+Threads: ``intraOpThreads: 0`` gives each of the ``instances`` sessions ``budget // instances`` threads, where the
+budget is the step's CPUs (`cpus.cpu_budget`: quota, ``resources.cpu``, affinity), never the node's core count.
+GPUs: with ``resources.gpu: N``, instance ``i`` runs on device ``i % N`` (ids as CUDA_VISIBLE_DEVICES shows them).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,12 +26,13 @@ from ..errors import ModelLoadError
 from ..ops import TensorSpec
 from ..protocol import DATATYPES
 from ..spec import ModelSpec
+from .cpus import CpuBudget, step_cpu_budget
 
 __all__ = [
     "ORT_DATATYPES",
     "ModelSession",
     "ProviderPlan",
-    "cpu_count",
+    "plan_devices",
     "plan_precision",
     "plan_providers",
     "plan_threads",
@@ -63,22 +64,29 @@ ORT_DATATYPES = {
 ProviderPlan = list[tuple[str, dict[str, Any]]]
 
 
-def plan_providers(model: ModelSpec, available: Sequence[str], *, cache_dir: Path | None = None) -> ProviderPlan:
+def plan_providers(
+    model: ModelSpec, available: Sequence[str], *, cache_dir: Path | None = None, device_id: int = 0
+) -> ProviderPlan:
     """Execution providers to ask for, best first, always ending with CPU; skips those not `available`.
 
-    ``tensorrt`` asks for TensorRT, then CUDA, then CPU; ``cuda`` asks for CUDA then CPU. fp16 on TensorRT is
-    TensorRT's own option; on CUDA the model is converted instead (see `plan_precision`).
+    ``tensorrt`` asks for TensorRT, then CUDA, then CPU; ``cuda`` asks for CUDA then CPU, both on GPU `device_id`.
+    fp16 on TensorRT is TensorRT's own option; on CUDA the model is converted instead (see `plan_precision`).
     """
     plan: ProviderPlan = []
     if model.device == "tensorrt" and TENSORRT in available:
-        options: dict[str, Any] = {"device_id": 0, "trt_fp16_enable": model.precision == "fp16"}
+        options: dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": model.precision == "fp16"}
         if cache_dir is not None:
             options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
         plan.append((TENSORRT, options))
     if model.device in ("cuda", "tensorrt") and CUDA in available:
-        plan.append((CUDA, {"device_id": 0}))
+        plan.append((CUDA, {"device_id": device_id}))
     plan.append((CPU, {}))
     return plan
+
+
+def plan_devices(instances: int, gpus: int) -> list[int]:
+    """The GPU of each instance: ``i % gpus`` (all on GPU 0 with one GPU or none)."""
+    return [i % gpus if gpus > 1 else 0 for i in range(instances)]
 
 
 def plan_precision(model: ModelSpec, provider: str) -> str:
@@ -95,19 +103,12 @@ def plan_precision(model: ModelSpec, provider: str) -> str:
     return "fp32"
 
 
-def cpu_count() -> int:
-    """CPUs this process may use (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def plan_threads(model: ModelSpec, cpus: int) -> tuple[int, int]:
-    """(intra-op, inter-op) threads per session; 0 leaves ONNX Runtime's default."""
-    intra = model.intraOpThreads
-    if intra == 0 and model.instances > 1:
-        intra = max(1, cpus // model.instances)
+    """(intra-op, inter-op) threads per session: explicit settings win, else the `cpus` budget split over instances.
+
+    Inter-op 0 leaves ONNX Runtime's default (sessions run sequentially, so that pool stays idle).
+    """
+    intra = model.intraOpThreads or max(1, cpus // model.instances)
     return intra, model.interOpThreads
 
 
@@ -121,11 +122,25 @@ class _Input:
 class ModelSession:
     """`instances` ONNX Runtime sessions of one model; `run` is thread-safe and uses a free instance."""
 
-    def __init__(self, path: Path, model: ModelSpec, *, available: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        model: ModelSpec,
+        *,
+        available: Sequence[str] | None = None,
+        cpus: CpuBudget | None = None,
+        gpus: int = 0,
+    ) -> None:
+        """`cpus`: the step's CPU budget (default: this process's); `gpus`: the step's ``resources.gpu``."""
         self.path = path
         self.model = model
         available = list(ort.get_available_providers() if available is None else available)
-        wanted = plan_providers(model, available, cache_dir=path.parent / ".trt-cache")
+        devices = plan_devices(model.instances, gpus)
+        #: The providers and options each instance asks for (ONNX Runtime drops those this build lacks).
+        self.plans = [
+            plan_providers(model, available, cache_dir=path.parent / ".trt-cache", device_id=d) for d in devices
+        ]
+        wanted = self.plans[0]
         if model.device != "cpu" and wanted[0][0] == CPU:
             log.warning(
                 "model %s asks for device %r but this onnxruntime build offers only %s; running on CPU",
@@ -133,7 +148,8 @@ class ModelSession:
                 model.device,
                 ", ".join(available),
             )
-        intra, inter = plan_threads(model, cpu_count())
+        cpus = step_cpu_budget(None) if cpus is None else cpus
+        intra, inter = plan_threads(model, cpus.cpus)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra
         options.inter_op_num_threads = inter
@@ -157,8 +173,8 @@ class ModelSession:
         elif model.precision == "fp16" and self.precision == "fp32":
             log.warning("model %s: precision fp16 applies on GPU only; running fp32 on %s", path.name, self.provider)
         self._sessions.put(first)
-        for _ in range(model.instances - 1):
-            self._sessions.put(self._open(source, options, wanted))
+        for plan in self.plans[1:]:
+            self._sessions.put(self._open(source, options, plan))
         self.instances = model.instances
         self.threads = intra
         self._inputs = [
@@ -169,14 +185,38 @@ class ModelSession:
             TensorSpec(o.name, _datatype(o.type, path, o.name), tuple(_dim(d) for d in o.shape)) for o in first.get_outputs()
         ]
         self._output_names = [o.name for o in self.outputs]
+        why = (
+            "model.intraOpThreads"
+            if model.intraOpThreads
+            else f"CPU budget {cpus.cpus} from {cpus.reason}, split over {model.instances} instance(s)"
+        )
         log.info(
-            "model %s: %d instance(s) on %s (%s), intra-op threads %s",
+            "model %s: %d instance(s) on %s (%s), intra-op threads %d per instance (%s)",
             path.name,
             self.instances,
             self.provider,
             self.precision,
-            intra or "default",
+            intra,
+            why,
         )
+        if wanted[0][0] != CPU:
+            self._log_gpus(devices, gpus)
+
+    def _log_gpus(self, devices: list[int], gpus: int) -> None:
+        if gpus <= 1:
+            return
+        counts = {d: devices.count(d) for d in sorted(set(devices))}
+        spread = ", ".join(f"GPU {d}: {n}" for d, n in counts.items())
+        log.info("model %s: %d instance(s) over %d GPU(s): %s", self.path.name, len(devices), gpus, spread)
+        idle = [d for d in range(gpus) if d not in counts]
+        if idle:
+            log.warning(
+                "model %s: GPUs %s of %d stay idle: set model.instances to %d or more to use them",
+                self.path.name,
+                ", ".join(map(str, idle)),
+                gpus,
+                gpus,
+            )
 
     @staticmethod
     def _open(source: str | bytes, options: ort.SessionOptions, wanted: ProviderPlan) -> ort.InferenceSession:

@@ -1,0 +1,70 @@
+"""The op loop's setup: thread pools sized from the step's CPU budget, batching settings that an op cannot use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor_runtime.errors import InvalidManifest
+from conveyor_runtime.ops import load_op
+from conveyor_runtime.step import CpuBudget, OpLoop, StepMetrics, ignored_batching
+from tests.support.step_fixtures import step_spec
+
+PER_REQUEST = "tests.support.unbatched_ops:PerRequestOnlyOp"
+ONE_AT_A_TIME = "tests.support.unbatched_ops:OneAtATimeOp"
+DOUBLE = "tests.support.step_fixtures:DoubleOp"
+
+
+def _load(tmp_path: Path, **fields: Any) -> OpLoop:
+    spec = step_spec("s", **fields)
+    return OpLoop.load(spec, tmp_path, StepMetrics(spec.name))
+
+
+def test_op_loop_sizes_hook_threads_from_the_cpu_budget() -> None:
+    spec = step_spec("s", op=DOUBLE)
+    op = load_op(DOUBLE)()
+    assert OpLoop(spec, op, StepMetrics("s"), cpus=CpuBudget(5, "test")).hook_threads == 5
+    assert OpLoop(spec, op, StepMetrics("s"), cpus=CpuBudget(1, "test")).hook_threads == 2  # pre and post may overlap
+
+
+def test_op_loop_takes_its_cpu_budget_from_resources_cpu_and_logs_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    loop = _load(tmp_path, op=DOUBLE, resources={"cpu": "500m"})
+    assert loop.cpus == CpuBudget(1, "resources.cpu '500m' (at least 1)")
+    assert "step s: sizing threads for 1 CPU(s): resources.cpu '500m' (at least 1)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("op", "batching", "paths"),
+    [
+        (PER_REQUEST, {}, []),
+        (PER_REQUEST, {"maxBatchSize": 0}, []),  # says what happens anyway
+        (PER_REQUEST, {"maxBatchSize": 16}, ["batching.maxBatchSize"]),
+        (PER_REQUEST, {"maxQueueSize": 10, "maxConcurrentBatches": 2}, ["batching.maxQueueSize", "batching.maxConcurrentBatches"]),
+        (PER_REQUEST, {"preferredBatchSizes": [2], "maxQueueDelayMicroseconds": 5}, ["batching.maxQueueDelayMicroseconds", "batching.preferredBatchSizes"]),
+        ("identity", {"maxBatchSize": 4}, ["batching.maxBatchSize"]),
+        (ONE_AT_A_TIME, {"maxQueueSize": 10, "maxConcurrentBatches": 2, "maxBatchSize": 0}, []),  # the queue is real
+        (ONE_AT_A_TIME, {"maxBatchSize": 4, "preferredBatchSizes": [2]}, ["batching.maxBatchSize", "batching.preferredBatchSizes"]),
+        (ONE_AT_A_TIME, {"maxQueueDelayMicroseconds": 50}, ["batching.maxQueueDelayMicroseconds"]),
+        (DOUBLE, {"maxBatchSize": 16, "preferredBatchSizes": [4], "maxQueueDelayMicroseconds": 5, "maxQueueSize": 9}, []),
+    ],
+)
+def test_op_loop_ignored_batching_names_each_setting_the_op_cannot_use(
+    op: str, batching: dict[str, Any], paths: list[str]
+) -> None:
+    spec = step_spec("s", op=op, batching=batching)
+    assert [e.path for e in ignored_batching(spec, load_op(op))] == paths
+
+
+def test_op_loop_refuses_batching_on_an_op_without_a_batch_step(tmp_path: Path) -> None:
+    with pytest.raises(InvalidManifest, match=r"spec\.steps\[3\]\.batching\.maxBatchSize: .*no batch step.*remove it") as info:
+        OpLoop.load(
+            step_spec("s", op=PER_REQUEST, batching={"maxBatchSize": 16}), tmp_path, StepMetrics("s"), where="spec.steps[3]"
+        )
+    assert [e.path for e in info.value.errors] == ["spec.steps[3].batching.maxBatchSize"]
+    with pytest.raises(InvalidManifest, match=r"step\.batching\.maxBatchSize"):
+        _load(tmp_path, op=PER_REQUEST, batching={"maxBatchSize": 16})
