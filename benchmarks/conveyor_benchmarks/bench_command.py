@@ -1,4 +1,5 @@
-"""Registers `conveyor bench step` (one model step vs in-process ONNX Runtime) and `conveyor bench pipeline`."""
+"""Registers `conveyor bench step` (one model step vs in-process ONNX Runtime), `conveyor bench pipeline` and
+`conveyor bench overload` (a pipeline offered a multiple of its capacity)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def register(subparsers: Any) -> None:
         "bench", help="measure throughput, p50/p99 latency and realized batch sizes"
     )
     modes = parser.add_subparsers(dest="bench_mode", metavar="MODE", required=True)
-    from . import pipeline_bench, step_bench
+    from . import overload_bench, pipeline_bench, step_bench
 
     step_bench.register(modes)
     pipeline_bench.register(modes)
+    overload_bench.register(modes)
