@@ -1,14 +1,16 @@
-"""The balancer over real loopback gRPC servers: least outstanding requests, health, retry on UNAVAILABLE."""
+"""The balancer over real loopback gRPC servers: least outstanding requests, health, retry on UNAVAILABLE,
+full queues (another replica, then RESOURCE_EXHAUSTED) and the default timeout."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
 import pytest
 
-from conveyor_runtime.errors import InvalidRequest, ModelNotReady, StepCallError
+from conveyor_runtime.errors import InvalidRequest, ModelNotReady, QueueFull, StepCallError
 from conveyor_runtime.gateway import Balancer, StaticEndpoints
 from conveyor_runtime.protocol import encode_tensors, pb
 from tests.support.pipeline_fixtures import FakeStep, start_fake_step
@@ -104,5 +106,112 @@ async def test_balancer_without_ready_replicas_fails_when_the_deadline_passes() 
         await balancer.infer(_request(), None)
         assert step.servicer.calls == 1
     finally:
+        await balancer.aclose()
+        await step.stop()
+
+
+def _queue_full(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    raise QueueFull("queue is full (4 of 4 rows queued); retry later")
+
+
+async def _started(balancer: Balancer) -> Balancer:
+    await balancer.start()
+    for _ in range(500):
+        if all(r.healthy for r in balancer.replicas.values()):
+            return balancer
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"replicas never became healthy: {balancer.snapshot()}")
+
+
+async def test_balancer_sends_a_call_refused_for_a_full_queue_to_a_replica_with_room() -> None:
+    release = asyncio.Event()
+
+    async def held_or_add(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if arrays["x"][0] == 1:
+            await release.wait()
+        return {"y": arrays["x"] + 1}
+
+    full = await start_fake_step(FakeStep("s", _queue_full))
+    roomy = await start_fake_step(FakeStep("s", held_or_add))
+    balancer = await _started(Balancer("s", StaticEndpoints([full.address, roomy.address])))
+    try:
+        held_request = pb.ModelInferRequest(model_name="s")
+        encode_tensors(held_request, [("x", np.ones(1, np.float32))])
+        held = asyncio.create_task(balancer.infer(held_request, time.monotonic() + 30))
+        await asyncio.wait_for(roomy.servicer.entered.wait(), 10)
+        # `roomy` now holds a call, so the idle `full` replica is asked first unless it already said it is full
+        answer = await balancer.infer(_request(), time.monotonic() + 30)
+        assert answer.outputs[0].name == "y"
+        assert full.servicer.calls == 1 and roomy.servicer.calls == 2
+        release.set()
+        await held
+    finally:
+        release.set()
+        await balancer.aclose()
+        await full.stop()
+        await roomy.stop()
+
+
+async def test_balancer_returns_resource_exhausted_only_when_every_replica_is_full() -> None:
+    steps = [await start_fake_step(FakeStep("s", _queue_full)) for _ in range(3)]
+    balancer = await _started(Balancer("s", StaticEndpoints([s.address for s in steps])))
+    try:
+        with pytest.raises(StepCallError) as info:
+            await asyncio.wait_for(balancer.infer(_request(), time.monotonic() + 30), 10)
+        assert info.value.status == "RESOURCE_EXHAUSTED" and "queue is full" in info.value.message
+        assert [s.servicer.calls for s in steps] == [1, 1, 1], "each replica is asked once, none twice"
+    finally:
+        await balancer.aclose()
+        for step in steps:
+            await step.stop()
+
+
+async def test_balancer_refuses_at_once_while_every_replica_is_known_full_then_asks_again() -> None:
+    accept = [False]
+
+    def full_until_told(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not accept[0]:
+            _queue_full(arrays)
+        return {"y": arrays["x"]}
+
+    step = await start_fake_step(FakeStep("s", full_until_told))
+    balancer = await _started(Balancer("s", StaticEndpoints([step.address]), full_memory_s=0.2))
+    try:
+        with pytest.raises(StepCallError):
+            await balancer.infer(_request(), time.monotonic() + 30)
+        assert step.servicer.calls == 1
+        with pytest.raises(StepCallError) as info:
+            await balancer.infer(_request(), time.monotonic() + 30)
+        assert info.value.status == "RESOURCE_EXHAUSTED" and "full" in info.value.message
+        assert step.servicer.calls == 1, "a replica that just said it is full is not asked again at once"
+        accept[0] = True
+        end = time.monotonic() + 10
+        while step.servicer.calls == 1 and time.monotonic() < end:
+            with contextlib.suppress(StepCallError):
+                await balancer.infer(_request(), time.monotonic() + 30)
+            await asyncio.sleep(0.02)
+        assert step.servicer.calls == 2, "after full_memory_s the replica is asked again"
+    finally:
+        await balancer.aclose()
+        await step.stop()
+
+
+async def test_balancer_call_without_a_deadline_carries_the_default_timeout() -> None:
+    never = asyncio.Event()
+
+    async def hang(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        await never.wait()
+        return arrays
+
+    step = await start_fake_step(FakeStep("s", hang))
+    balancer = await _started(Balancer("s", StaticEndpoints([step.address]), default_timeout_s=0.5))
+    try:
+        with pytest.raises(StepCallError) as info:
+            await asyncio.wait_for(balancer.infer(_request(), None), 10)
+        assert info.value.status == "DEADLINE_EXCEEDED"
+        (remaining,) = step.servicer.deadlines
+        assert remaining is not None and 0 < remaining <= 0.55
+    finally:
+        never.set()
         await balancer.aclose()
         await step.stop()

@@ -1,7 +1,11 @@
-"""Client-side balancing over a step's replicas: least outstanding requests, health-watched, retry on UNAVAILABLE.
+"""Client-side balancing over a step's replicas: least outstanding requests, health-watched, with retries.
 
 Each replica gets its own channel (so HTTP/2 connections are never pinned to one pod) and a task that watches
-its grpc.health.v1 status. A call that fails with UNAVAILABLE goes to another replica while the deadline allows.
+its grpc.health.v1 status. Every call carries the request's remaining time as its gRPC timeout. A call that
+fails with UNAVAILABLE goes to another replica while the deadline allows; one refused for a full queue goes to
+another replica with room, and the client sees RESOURCE_EXHAUSTED only when every replica is full. A replica
+whose calls stall and whose health service then gives no answer is ejected (its calls go elsewhere) until it
+answers again. A replica dropped from the endpoint list finishes its calls before its channel closes.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -21,9 +24,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ..errors import DeadlineExceeded, ModelNotReady, StepCallError
 from ..protocol import InferenceStub, error_from_rpc, pb
 from ..serving import TaskSet
+from ..spec import GatewaySpec
 from .endpoints import EndpointSource, watch_endpoints
+from .replica import Replica
 
-__all__ = ["CHANNEL_OPTIONS", "Balancer", "Replica"]
+__all__ = ["CHANNEL_OPTIONS", "DEFAULT_TIMEOUT_S", "Balancer", "Replica"]
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +41,23 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
 ]
-#: How long a request without a deadline waits for a replica of a step to become ready.
+#: The timeout of a step call whose request has no deadline (spec.gateway.defaultTimeoutSeconds's default).
+DEFAULT_TIMEOUT_S: float = GatewaySpec.model_fields["defaultTimeoutSeconds"].default
+#: How long a request waits for a replica of a step to become ready before UNAVAILABLE (within its deadline).
 DEFAULT_WAIT_S = 30.0
+#: gRPC's own RESOURCE_EXHAUSTED for a message over the receiver's limit: not a full queue, so never retried.
+_TOO_LARGE = "Received message larger than max"
 
-
-@dataclass(eq=False)
-class Replica:
-    """One replica of a step: its channel, health and the number of calls it is working on."""
-
-    address: str
-    channel: grpc.aio.Channel
-    stub: InferenceStub
-    outstanding: int = 0
-    healthy: bool = False
-    served: int = 0
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
+_SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 class Balancer:
-    """Spreads one step's calls over its replicas; `ready` once any replica reports SERVING."""
+    """Spreads one step's calls over its replicas; `ready` once any replica is in rotation.
+
+    `full_memory_s`: how long a replica that answered "queue full" is trusted to stay full at the number of
+    calls it then held (within that time, calls beyond it are refused here, without a round trip).
+    `stall_s`: a call outstanding this long gets its replica's health checked, with `probe_timeout_s`.
+    """
 
     def __init__(
         self,
@@ -64,17 +67,30 @@ class Balancer:
         on_ready_change: Callable[[], None] | None = None,
         retry_backoff_s: float = 0.5,
         wait_s: float = DEFAULT_WAIT_S,
+        default_timeout_s: float = DEFAULT_TIMEOUT_S,
+        full_memory_s: float = 5.0,
+        stall_s: float = 2.0,
+        probe_timeout_s: float = 2.0,
     ) -> None:
+        for name, value in (("default_timeout_s", default_timeout_s), ("stall_s", stall_s), ("probe_timeout_s", probe_timeout_s)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         self.step = step
         self.source = source
         self.replicas: dict[str, Replica] = {}
+        self.pending = 0  # requests admitted by the executor that will call this step but have not yet
         self._on_ready_change = on_ready_change
         self._retry_backoff_s = retry_backoff_s
         self._wait_s = wait_s
+        self._default_timeout_s = default_timeout_s
+        self._full_memory_s = full_memory_s
+        self._stall_s = stall_s
+        self._probe_timeout_s = probe_timeout_s
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._tasks = TaskSet(f"balancer of step {step}")
+        self._retiring: set[Replica] = set()
         self._metadata: pb.ModelMetadataResponse | None = None
         self._closed = False
 
@@ -88,20 +104,21 @@ class Balancer:
             self._watcher = self._tasks.spawn(watch_endpoints(self.source, self._set_addresses), name="watch-endpoints")
 
     async def aclose(self) -> None:
+        """Close every channel at once (the gateway's server has already drained its requests)."""
         self._closed = True
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
         await self._set_addresses([])
         await self._tasks.aclose()
+        for replica in list(self._retiring):
+            await replica.channel.close(grace=None)
+        self._retiring.clear()
 
     async def _set_addresses(self, addresses: list[str]) -> None:
         wanted = set(addresses)
         for address in [a for a in self.replicas if a not in wanted]:
-            replica = self.replicas.pop(address)
-            if replica.task is not None:
-                replica.task.cancel()
-            await replica.channel.close(grace=None)
+            self._retire(self.replicas.pop(address))
         for address in addresses:
             if address not in self.replicas:
                 channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -110,6 +127,25 @@ class Balancer:
                 replica.task = self._tasks.spawn(self._watch_health(replica), name=f"health-{address}")
         self._update_ready()
 
+    def _retire(self, replica: Replica) -> None:
+        """Take a replica the endpoint list dropped out of rotation; its channel closes once its calls end."""
+        replica.retired = True
+        if replica.task is not None:
+            replica.task.cancel()
+        self._retiring.add(replica)
+        if not self._closed:
+            self._tasks.spawn(self._close_when_done(replica), name=f"close-{replica.address}")
+
+    async def _close_when_done(self, replica: Replica) -> None:
+        if replica.task is not None:
+            await asyncio.gather(replica.task, return_exceptions=True)
+        # close(grace) waits for the calls in flight, and every call ends by its deadline
+        grace = max(0.0, replica.until - time.monotonic()) + 1.0
+        await replica.channel.close(grace=grace)
+        self._retiring.discard(replica)
+
+    # --- health ----------------------------------------------------------------------------------------------
+
     async def _watch_health(self, replica: Replica) -> None:
         """Follow the replica's health stream; reconnect after failures (a restarted replica comes back)."""
         stub = health_pb2_grpc.HealthStub(replica.channel)
@@ -117,7 +153,7 @@ class Balancer:
             try:
                 call = stub.Watch(health_pb2.HealthCheckRequest(service=""))
                 async for response in call:
-                    self._set_health(replica, response.status == health_pb2.HealthCheckResponse.SERVING)
+                    self._set_health(replica, response.status == _SERVING)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # no Watch: poll Check instead
                     await self._poll_health(replica, stub)
@@ -129,16 +165,61 @@ class Balancer:
         while True:
             try:
                 response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5.0)
-                self._set_health(replica, response.status == health_pb2.HealthCheckResponse.SERVING)
+                self._set_health(replica, response.status == _SERVING)
             except grpc.aio.AioRpcError:
                 self._set_health(replica, False)
             await asyncio.sleep(self._retry_backoff_s)
 
-    def _set_health(self, replica: Replica, healthy: bool) -> None:
-        if replica.healthy != healthy:
-            log.info("step %s replica %s is %s", self.step, replica.address, "ready" if healthy else "not ready")
-            replica.healthy = healthy
+    def _set_health(self, replica: Replica, serving: bool) -> None:
+        if replica.serving != serving:
+            log.info("step %s replica %s is %s", self.step, replica.address, "ready" if serving else "not ready")
+            replica.serving = serving
+            replica.limit = None  # a replica that (re)starts has an empty queue
             self._update_ready()
+
+    def _suspect(self, replica: Replica) -> None:
+        """A call to `replica` stalled or timed out: check that it still answers (once at a time)."""
+        now = time.monotonic()
+        if replica.probing or replica.retired or self._closed or now - replica.probed_at < self._stall_s:
+            return  # one check at a time, and at most one per stall_s
+        replica.probing = True
+        replica.probed_at = now
+        self._tasks.spawn(self._probe(replica), name=f"probe-{replica.address}")
+
+    async def _probe(self, replica: Replica) -> None:
+        """Eject the replica while its health service gives no answer within `probe_timeout_s`; take it back
+        (and stop probing) at the first answer. A replica that answers, however slowly it computes, stays."""
+        stub = health_pb2_grpc.HealthStub(replica.channel)
+        try:
+            while not replica.retired and not self._closed:
+                try:
+                    await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=self._probe_timeout_s)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        self._eject(replica)
+                        await asyncio.sleep(self._retry_backoff_s)
+                        continue
+                # an answer, or a refused connection (the health watch takes a dead replica out)
+                if replica.ejected:
+                    log.warning("step %s replica %s answers again; back in rotation", self.step, replica.address)
+                    replica.ejected = False
+                    replica.limit = None
+                    self._update_ready()
+                return
+        finally:
+            replica.probing = False
+
+    def _eject(self, replica: Replica) -> None:
+        if replica.ejected:
+            return
+        log.warning(
+            "step %s replica %s stopped answering (a call stalled %.1fs, a health check got no answer in %.1fs); "
+            "out of rotation until it answers, its %d call(s) in flight go to other replicas",
+            self.step, replica.address, self._stall_s, self._probe_timeout_s, len(replica.calls),
+        )
+        replica.ejected = True
+        replica.abandon_calls()
+        self._update_ready()
 
     def _update_ready(self) -> None:
         ready = any(r.healthy for r in self.replicas.values())
@@ -166,28 +247,53 @@ class Balancer:
         return True
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Per replica: address, health, outstanding and served calls (for status pages and tests)."""
+        """Per replica: address, health, ejection, outstanding and served calls (for status pages and tests)."""
         return [
-            {"address": r.address, "healthy": r.healthy, "outstanding": r.outstanding, "served": r.served}
+            {
+                "address": r.address,
+                "healthy": r.healthy,
+                "ejected": r.ejected,
+                "outstanding": r.outstanding,
+                "served": r.served,
+            }
             for r in self.replicas.values()
         ]
 
+    def saturated(self) -> bool:
+        """True when every replica in rotation is known to be full, counting the calls `pending` will make."""
+        now = time.monotonic()
+        free = 0
+        healthy = False
+        for replica in self.replicas.values():
+            if replica.healthy:
+                room = replica.room(now, self._full_memory_s)
+                if room is None:
+                    return False
+                healthy = True
+                free += room
+        return healthy and free <= self.pending
+
     # --- calls -----------------------------------------------------------------------------------------------
 
-    def _pick(self, tried: set[str]) -> Replica | None:
-        """The healthy, untried replica with the fewest outstanding calls (random among equals)."""
+    def _pick(self, tried: set[str], now: float) -> tuple[Replica | None, bool]:
+        """The replica in rotation, untried and with room, that has the fewest outstanding calls (random among
+        equals); and whether some replica was left out only because it is known to be full."""
         best: list[Replica] = []
         least = None
+        full = False
         for replica in self.replicas.values():
             if not replica.healthy or replica.address in tried:
+                continue
+            if replica.room(now, self._full_memory_s) == 0:
+                full = True
                 continue
             if least is None or replica.outstanding < least:
                 best, least = [replica], replica.outstanding
             elif replica.outstanding == least:
                 best.append(replica)
         if not best:
-            return None
-        return best[0] if len(best) == 1 else random.choice(best)
+            return None, full
+        return (best[0] if len(best) == 1 else random.choice(best)), full
 
     async def _wait_for_change(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -198,53 +304,104 @@ class Balancer:
                 pass
 
     async def infer(self, request: pb.ModelInferRequest, deadline: float | None = None) -> pb.ModelInferResponse:
-        """Call ModelInfer on the best replica, passing the remaining deadline; retry elsewhere on UNAVAILABLE."""
-        wait_until = deadline if deadline is not None else time.monotonic() + self._wait_s
+        """Call ModelInfer on the best replica with the remaining time as its timeout (`deadline` None: the
+        default timeout); retry elsewhere on UNAVAILABLE, a full queue or an ejected replica."""
+        if deadline is None:
+            deadline = time.monotonic() + self._default_timeout_s
+        wait_until = min(deadline, time.monotonic() + self._wait_s)  # for a ready replica
+        loop = asyncio.get_running_loop()
         tried: set[str] = set()
-        last_error: grpc.aio.AioRpcError | None = None
+        unavailable: grpc.aio.AioRpcError | None = None
+        full: grpc.aio.AioRpcError | None = None
         while True:
             if self._closed:
                 raise ModelNotReady(f"step {self.step!r}: the gateway is shutting down; retry on another gateway")
-            replica = self._pick(tried)
+            now = time.monotonic()
+            timeout = deadline - now
+            if timeout <= 0:
+                break
+            replica, known_full = self._pick(tried, now)
             if replica is None:
-                tried.clear()  # every ready replica failed once: wait a moment, then try them again
-                if time.monotonic() >= wait_until:
+                if full is not None or known_full:
+                    raise self.full_error(full)
+                if now >= wait_until:
                     break
+                tried.clear()  # every ready replica failed once: wait a moment, then try them again
                 await self._wait_for_change(wait_until)
                 continue
-            timeout = None if deadline is None else deadline - time.monotonic()
-            if timeout is not None and timeout <= 0:
-                break
             replica.outstanding += 1
+            replica.until = max(replica.until, deadline)
+            call: Any = replica.stub.ModelInfer(request, timeout=timeout)
+            replica.calls.add(call)
+            stalled = loop.call_later(self._stall_s, self._suspect, replica)
             try:
-                response: pb.ModelInferResponse = await replica.stub.ModelInfer(request, timeout=timeout)
+                response: pb.ModelInferResponse = await call
+            except asyncio.CancelledError:
+                if call not in replica.abandoned or _cancelling():
+                    raise
+                tried.add(replica.address)  # the replica was ejected while it held this call
+                continue
             except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                code = exc.code()
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    log.debug("step %s replica %s unavailable (%s); retrying elsewhere", self.step, replica.address, exc.details())
+                    unavailable = exc
+                elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and not (exc.details() or "").startswith(_TOO_LARGE):
+                    replica.learn_full(time.monotonic(), holding=replica.outstanding - 1)
+                    full = exc
+                else:
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        self._suspect(replica)
                     raise error_from_rpc(exc, step=self.step) from None
-                log.debug("step %s replica %s unavailable (%s); retrying elsewhere", self.step, replica.address, exc.details())
-                last_error = exc
                 tried.add(replica.address)
                 continue
             finally:
+                stalled.cancel()
                 replica.outstanding -= 1
+                replica.calls.discard(call)
+                replica.abandoned.discard(call)
             replica.served += 1
             return response
-        if deadline is not None and time.monotonic() >= deadline:
+        if full is not None:
+            raise self.full_error(full)
+        if time.monotonic() >= deadline:
             raise DeadlineExceeded(f"step {self.step!r}: the request's deadline passed while waiting for a ready replica")
-        if last_error is not None:
-            raise StepCallError(self.step, "UNAVAILABLE", last_error.details() or "unavailable")
+        if unavailable is not None:
+            raise StepCallError(self.step, "UNAVAILABLE", unavailable.details() or "unavailable")
         raise ModelNotReady(
             f"step {self.step!r}: no ready replica among {self.source.describe()}; check that the step is running"
         )
 
+    def full_error(self, answer: grpc.aio.AioRpcError | None = None) -> StepCallError:
+        """RESOURCE_EXHAUSTED: the last full replica's own words, or (no call made) which replicas are full."""
+        if answer is not None:
+            return StepCallError(self.step, "RESOURCE_EXHAUSTED", answer.details() or "queue full")
+        ready = sum(r.healthy for r in self.replicas.values())
+        return StepCallError(
+            self.step,
+            "RESOURCE_EXHAUSTED",
+            f"every replica's queue is full ({ready} ready); retry later, send smaller requests or add replicas",
+        )
+
     async def metadata(self, timeout: float = 5.0) -> pb.ModelMetadataResponse | None:
-        """The step's ModelMetadata from a ready replica (cached once fetched); None if none answers."""
+        """The step's ModelMetadata from a ready replica (cached once fetched); None if none answers in `timeout`."""
         if self._metadata is not None:
             return self._metadata
+        until = time.monotonic() + timeout
         for replica in [r for r in self.replicas.values() if r.healthy]:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                self._metadata = await replica.stub.ModelMetadata(pb.ModelMetadataRequest(name=""), timeout=timeout)
+                self._metadata = await replica.stub.ModelMetadata(pb.ModelMetadataRequest(name=""), timeout=remaining)
                 return self._metadata
             except grpc.aio.AioRpcError as exc:
                 log.warning("step %s replica %s gave no metadata: %s", self.step, replica.address, exc.details())
         return None
+
+
+def _cancelling() -> bool:
+    """Whether the running task itself is being cancelled (Python 3.11+; 3.10 cannot tell, and says no)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False

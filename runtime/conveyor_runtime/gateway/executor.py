@@ -1,6 +1,8 @@
 """The pipeline executor: runs one request through the DAG over the steps' balancers, with its Prometheus series.
 
-Tensors stay raw bytes from the client to the last step (see `protocol.wire`).
+Tensors stay raw bytes from the client to the last step (see `protocol.wire`). A request is refused at the
+entry (RESOURCE_EXHAUSTED, no step called) while some step of the pipeline has every replica known to be full,
+so that under overload a rejection costs no step any work and comes back at once.
 """
 
 from __future__ import annotations
@@ -67,10 +69,11 @@ class PipelineExecutor:
         output = await self._step_metadata(self.plan.output)
         return (_infos(entry.inputs) if entry else [], _infos(output.outputs) if output else [])
 
-    async def _expected_inputs(self, step: str) -> list[str] | None:
+    async def _expected_inputs(self, step: str, deadline: float | None) -> list[str] | None:
         if step in self._expected:
             return self._expected[step]
-        meta = await self._step_metadata(step)
+        timeout = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
+        meta = await self.balancers[step].metadata(timeout) if timeout > 0 else None
         names = [t.name for t in meta.inputs] if meta is not None and meta.inputs else None
         if meta is not None:
             self._expected[step] = names
@@ -89,11 +92,13 @@ class PipelineExecutor:
         """Run the pipeline; `deadline` is a time.monotonic() instant that bounds every hop."""
         start = time.monotonic()
         code = "OK"
+        reserved: set[str] = set()
         try:
+            self._admit(reserved)
             if self.plan.is_chain:
-                result = await self._run_chain(inputs, deadline, request_id)
+                result = await self._run_chain(inputs, deadline, request_id, reserved)
             else:
-                result = await self._run_dag(inputs, deadline, request_id)
+                result = await self._run_dag(inputs, deadline, request_id, reserved)
             if outputs:
                 missing = [name for name in outputs if name not in result]
                 if missing:
@@ -109,8 +114,19 @@ class PipelineExecutor:
             code = "INTERNAL"
             raise
         finally:
+            for step in reserved:
+                self.balancers[step].pending -= 1
             self._requests.labels(self.name, code).inc()
             self._latency.labels(self.name).observe(time.monotonic() - start)
+
+    def _admit(self, reserved: set[str]) -> None:
+        """Refuse the request while a step is full; else count it as pending at every step it will call."""
+        for step in self.plan.order:
+            if self.balancers[step].saturated():
+                raise self.balancers[step].full_error()
+        for step in self.plan.order:
+            self.balancers[step].pending += 1
+            reserved.add(step)
 
     async def _call_step(
         self,
@@ -119,37 +135,42 @@ class PipelineExecutor:
         request_inputs: Mapping[str, WireTensor],
         deadline: float | None,
         request_id: str,
+        reserved: set[str],
     ) -> dict[str, WireTensor]:
         if upstream is None:
             tensors: Mapping[str, WireTensor] = request_inputs
         else:
-            tensors = route_inputs(step, upstream, await self._expected_inputs(step))
+            tensors = route_inputs(step, upstream, await self._expected_inputs(step, deadline))
+        if step in reserved:  # from here on the call itself counts at the step's balancer
+            reserved.discard(step)
+            self.balancers[step].pending -= 1
         start = time.monotonic()
         response = await self.balancers[step].infer(wire_request(step, tensors, request_id), deadline)
         self._step_timers[step].observe(time.monotonic() - start)
         return wire_tensors(response, trusted=True)
 
     async def _run_chain(
-        self, inputs: Mapping[str, WireTensor], deadline: float | None, request_id: str
+        self, inputs: Mapping[str, WireTensor], deadline: float | None, request_id: str, reserved: set[str]
     ) -> dict[str, WireTensor]:
         previous: tuple[str, dict[str, WireTensor]] | None = None
         for step in self.plan.order:
-            outputs = await self._call_step(step, None if previous is None else [previous], inputs, deadline, request_id)
+            upstream = None if previous is None else [previous]
+            outputs = await self._call_step(step, upstream, inputs, deadline, request_id, reserved)
             previous = (step, outputs)
         assert previous is not None
         return previous[1]
 
     async def _run_dag(
-        self, inputs: Mapping[str, WireTensor], deadline: float | None, request_id: str
+        self, inputs: Mapping[str, WireTensor], deadline: float | None, request_id: str, reserved: set[str]
     ) -> dict[str, WireTensor]:
         tasks: dict[str, asyncio.Task[dict[str, WireTensor]]] = {}
 
         async def run(step: str) -> dict[str, WireTensor]:
             node = self.plan.nodes[step]
             if not node.inputs:
-                return await self._call_step(step, None, inputs, deadline, request_id)
+                return await self._call_step(step, None, inputs, deadline, request_id, reserved)
             upstream = [(name, await tasks[name]) for name in node.inputs]
-            return await self._call_step(step, upstream, inputs, deadline, request_id)
+            return await self._call_step(step, upstream, inputs, deadline, request_id, reserved)
 
         for step in self.plan.order:
             tasks[step] = asyncio.create_task(run(step))

@@ -1,0 +1,67 @@
+"""One replica of a step as the gateway sees it: its channel, whether it is in rotation, and how full it is.
+
+A replica is in rotation while its health service says SERVING, it is not ejected (its calls stalled and a
+health check got no answer) and it is still listed by its endpoint source. Its `limit` is what the gateway
+learned from its last "queue full" answer: how many of this gateway's calls it was holding then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc.aio
+
+from ..protocol import InferenceStub
+
+__all__ = ["Replica"]
+
+
+@dataclass(eq=False)
+class Replica:
+    """One replica of a step: its channel, health, outstanding calls and learned capacity."""
+
+    address: str
+    channel: grpc.aio.Channel
+    stub: InferenceStub
+    outstanding: int = 0
+    serving: bool = False
+    ejected: bool = False
+    retired: bool = False
+    served: int = 0
+    #: This gateway's calls that the replica held when it last answered RESOURCE_EXHAUSTED, and when.
+    limit: int | None = None
+    limit_at: float = 0.0
+    #: The latest deadline among the calls sent to it (a dropped replica's channel stays open until then).
+    until: float = 0.0
+    calls: set[Any] = field(default_factory=set, repr=False)
+    abandoned: set[Any] = field(default_factory=set, repr=False)
+    probing: bool = False
+    probed_at: float = float("-inf")
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def healthy(self) -> bool:
+        """In rotation: SERVING, not ejected, still listed."""
+        return self.serving and not self.ejected and not self.retired
+
+    def learn_full(self, now: float, holding: int) -> None:
+        """It answered "queue full" while `holding` other calls of ours: it has no room beyond those."""
+        self.limit = max(0, holding)
+        self.limit_at = now
+
+    def room(self, now: float, memory_s: float) -> int | None:
+        """Calls it can take before it is full again (None: unknown, no full answer within `memory_s`)."""
+        if self.limit is None:
+            return None
+        if now - self.limit_at > memory_s:
+            self.limit = None
+            return None
+        return max(0, self.limit - self.outstanding)
+
+    def abandon_calls(self) -> None:
+        """Cancel the calls in flight to it (it stopped answering); the balancer sends them elsewhere."""
+        for call in list(self.calls):
+            self.abandoned.add(call)
+            call.cancel()
