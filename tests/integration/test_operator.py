@@ -30,7 +30,7 @@ pytestmark = pytest.mark.controlplane
 def _demo(name: str = "demo") -> dict[str, Any]:
     return pipeline_body(
         name,
-        {"name": "pre", "op": "resize", "config": {"size": 32}, "replicas": 1},
+        {"name": "pre", "op": "preprocess", "config": {"size": 32}, "replicas": 1},
         {
             "name": "cls",
             "model": {"path": "models/resnet18.onnx", "build": "conveyor_runtime.example_models.resnet:build"},
@@ -165,7 +165,7 @@ def test_operator_scales_only_the_edited_step(kube: Kube, namespace: str, operat
 
 def test_operator_deletes_a_removed_steps_children(kube: Kube, namespace: str, operator: Any) -> None:
     body = _demo()
-    body["spec"]["steps"].append({"name": "post", "op": "softmax"})
+    body["spec"]["steps"].append({"name": "post", "op": "topk"})
     kube.create_pipeline(namespace, body)
     wait_for(lambda: "demo-post" in _children(kube, namespace)["Deployment"], "demo-post Deployment")
 
@@ -207,14 +207,14 @@ def test_operator_restores_children_changed_by_hand(kube: Kube, namespace: str, 
     ("patch", "field"),
     [
         ({"steps": []}, "spec.steps"),
-        ({"steps": [{"name": "Bad_Name", "op": "resize"}]}, "spec.steps[0].name"),
-        ({"steps": [{"name": "a", "op": "resize", "replicas": -1}]}, "spec.steps[0].replicas"),
-        ({"steps": [{"name": "a", "op": "resize", "batching": {"maxBatchSize": 5000}}]}, "spec.steps[0].batching.maxBatchSize"),
+        ({"steps": [{"name": "Bad_Name", "op": "preprocess"}]}, "spec.steps[0].name"),
+        ({"steps": [{"name": "a", "op": "preprocess", "replicas": -1}]}, "spec.steps[0].replicas"),
+        ({"steps": [{"name": "a", "op": "preprocess", "batching": {"maxBatchSize": 5000}}]}, "spec.steps[0].batching.maxBatchSize"),
         ({"steps": [{"name": "a", "model": {"path": "m.onnx", "device": "tpu"}}]}, "spec.steps[0].model.device"),
-        ({"steps": [{"name": "a", "op": "resize", "model": {"path": "m.onnx"}}]}, "spec.steps[0]"),
-        ({"steps": [{"name": "a", "op": "x"}, {"name": "a", "op": "y"}]}, "spec.steps"),
-        ({"steps": [{"name": "a", "op": "x", "resources": {"memory": "lots"}}]}, "spec.steps[0].resources.memory"),
-        ({"steps": [{"name": "a", "op": "x"}], "gateway": {"grpcPort": 70000}}, "spec.gateway.grpcPort"),
+        ({"steps": [{"name": "a", "op": "preprocess", "model": {"path": "m.onnx"}}]}, "spec.steps[0]"),
+        ({"steps": [{"name": "a", "op": "identity"}, {"name": "a", "op": "topk"}]}, "spec.steps"),
+        ({"steps": [{"name": "a", "op": "identity", "resources": {"memory": "lots"}}]}, "spec.steps[0].resources.memory"),
+        ({"steps": [{"name": "a", "op": "identity"}], "gateway": {"grpcPort": 70000}}, "spec.gateway.grpcPort"),
     ],
 )
 def test_api_server_rejects_an_invalid_pipeline_naming_the_field(
@@ -230,7 +230,7 @@ def test_api_server_rejects_an_invalid_pipeline_naming_the_field(
 
 
 def test_api_server_rejects_overlong_child_names(kube: Kube, namespace: str, pipeline_crd: Any) -> None:
-    body = pipeline_body("p" * 40, {"name": "s" * 30, "op": "resize"})
+    body = pipeline_body("p" * 40, {"name": "s" * 30, "op": "preprocess"})
     with pytest.raises(ApiException) as caught:
         kube.create_pipeline(namespace, body)
     assert caught.value.status == 422 and "63 characters" in json.loads(caught.value.body)["message"]
@@ -239,9 +239,9 @@ def test_api_server_rejects_overlong_child_names(kube: Kube, namespace: str, pip
 def test_operator_reports_an_invalid_graph_and_builds_nothing(kube: Kube, namespace: str, operator: Any) -> None:
     body = pipeline_body(
         "loop",
-        {"name": "a", "op": "resize", "inputs": ["b"]},
-        {"name": "b", "op": "resize", "inputs": ["a"]},
-        {"name": "c", "op": "resize", "inputs": ["nope"]},
+        {"name": "a", "op": "preprocess", "inputs": ["b"]},
+        {"name": "b", "op": "preprocess", "inputs": ["a"]},
+        {"name": "c", "op": "preprocess", "inputs": ["nope"]},
     )
     kube.create_pipeline(namespace, body)
 

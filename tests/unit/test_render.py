@@ -26,7 +26,7 @@ OWNER = Owner(name="demo", namespace="ml", uid="0000-1111")
 def _spec(**overrides: Any) -> PipelineSpec:
     data: dict[str, Any] = {
         "steps": [
-            {"name": "pre", "op": "resize", "config": {"size": 32}},
+            {"name": "pre", "op": "preprocess", "config": {"size": 32}},
             {
                 "name": "cls",
                 "model": {"path": "models/m.onnx", "build": "conveyor_runtime.example_models.resnet:build"},
@@ -172,7 +172,7 @@ def test_render_without_uid_has_no_owner_reference() -> None:
     [("1demo", "pre", "metadata.name"), ("d" * 41, "pre", "metadata.name"), ("d" * 40, "s" * 30, "spec.steps[0].name")],
 )
 def test_name_errors_catch_invalid_child_names(pipeline: str, step: str, path: str) -> None:
-    spec = PipelineSpec.model_validate({"steps": [{"name": step, "op": "resize"}]})
+    spec = PipelineSpec.model_validate({"steps": [{"name": step, "op": "preprocess"}]})
     assert [e.path for e in name_errors(pipeline, spec)] == [path]
 
 
