@@ -11,14 +11,27 @@ from typing import Any
 
 import yaml
 
-from conveyor_runtime.spec import API_GROUP, API_VERSION, KIND, PipelineSpec
+from conveyor_runtime.spec import (
+    API_GROUP,
+    API_VERSION,
+    BUILTIN_OP_NAMES,
+    CONFIG_RULE,
+    DNS1035_LABEL,
+    DNS1035_RULE,
+    GATEWAY_STEP_NAME,
+    IMPORT_REF,
+    KIND,
+    MAX_NAME,
+    MAX_SERVICE_NAME,
+    OP_RULE,
+    PipelineSpec,
+)
 
 from .status import PipelineStatus
 
 __all__ = [
     "CRD_FILENAME",
     "CRD_NAME",
-    "MAX_CHILD_NAME",
     "PLURAL",
     "SHORT_NAMES",
     "SINGULAR",
@@ -34,13 +47,20 @@ SINGULAR = "inferencepipeline"
 SHORT_NAMES = ["ipl"]
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
 CRD_FILENAME = f"{CRD_NAME}.yaml"
-#: Services are DNS-1035 labels: `<pipeline>-<step>` must fit in 63 characters.
-MAX_CHILD_NAME = 63
 
 # JSON-schema keys that a structural schema does not take (or that only add noise to `kubectl explain`).
 _DROPPED_KEYS = {"title", "$defs", "additionalProperties", "anyOf", "$ref", "default"}
 
-#: Extra validation for the spec, keyed by the JSON-pointer-ish path of the schema node it goes on.
+
+def _cel_string(text: str) -> str:
+    """`text` as a CEL string literal (the rule texts hold no double quotes or backslashes)."""
+    if '"' in text or "\\" in text:
+        raise ValueError(f"cannot quote {text!r} for CEL")
+    return f'"{text}"'
+
+
+#: Extra validation for the spec, keyed by the JSON-pointer-ish path of the schema node it goes on. Each says what
+#: the spec model says (see conveyor_runtime.spec), so `kubectl apply` and `conveyor run` refuse the same things.
 _SPEC_RULES: dict[str, list[dict[str, str]]] = {
     "steps": [
         {
@@ -52,18 +72,37 @@ _SPEC_RULES: dict[str, list[dict[str, str]]] = {
         {
             "rule": "has(self.op) != has(self.model)",
             "message": "a step needs exactly one of `op` or `model`",
+        },
+        {
+            # CEL cannot look inside a free-form object (not even its size), so any `config` on a model step is refused.
+            "rule": "has(self.op) || !has(self.model) || !has(self.config)",
+            "fieldPath": ".config",
+            "message": CONFIG_RULE,
+        },
+    ],
+    "steps.items.name": [
+        {
+            "rule": f"self != {_cel_string(GATEWAY_STEP_NAME)}",
+            "message": f"{GATEWAY_STEP_NAME!r} is reserved for the pipeline's gateway",
+        }
+    ],
+    "steps.items.op": [
+        {
+            "rule": f"self in [{', '.join(map(_cel_string, BUILTIN_OP_NAMES))}] || self.matches({_cel_string(IMPORT_REF)})",
+            "messageExpression": _cel_string(f"{OP_RULE}, got '") + " + self + " + _cel_string("'"),
         }
     ],
 }
 
 _ROOT_RULES = [
     {
-        "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && self.metadata.name.size() <= 40",
-        "message": "metadata.name must be a DNS-1035 label (lower-case letter first) of at most 40 characters",
+        "rule": f"self.metadata.name.matches({_cel_string(DNS1035_LABEL)}) && self.metadata.name.size() <= {MAX_NAME}",
+        "message": f"metadata.name {DNS1035_RULE}, at most {MAX_NAME} characters",
     },
     {
-        "rule": f"self.spec.steps.all(s, self.metadata.name.size() + s.name.size() < {MAX_CHILD_NAME})",
-        "message": f"`<metadata.name>-<step name>` names a Service and must be at most {MAX_CHILD_NAME} characters",
+        "rule": f"self.spec.steps.all(s, self.metadata.name.size() + 1 + s.name.size() <= {MAX_SERVICE_NAME})",
+        "message": f"`<metadata.name>-<step name>` names a Service and must be at most {MAX_SERVICE_NAME} characters: "
+        "shorten the step or the pipeline name",
     },
 ]
 

@@ -9,6 +9,16 @@ import kubernetes_validate
 import yaml
 
 from conveyor_operator.crd import CRD_FILENAME, build_crd, crd_yaml, spec_schema
+from conveyor_runtime.spec import (
+    BUILTIN_OP_NAMES,
+    CONFIG_RULE,
+    DNS1035_LABEL,
+    DNS1035_RULE,
+    GATEWAY_STEP_NAME,
+    IMPORT_REF,
+    MAX_SERVICE_NAME,
+    OP_RULE,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = f"conveyor crd -o crds/{CRD_FILENAME} -o charts/conveyor/crds/{CRD_FILENAME}"
@@ -89,3 +99,18 @@ def test_crd_printer_columns_and_status_subresource() -> None:
 
 def test_crd_validates_against_the_kubernetes_schema() -> None:
     kubernetes_validate.validate(yaml.safe_load(crd_yaml()), "1.36.0", strict=True)
+
+
+def test_crd_rules_say_what_the_spec_model_says() -> None:
+    """Each CEL rule is built from the model's own names and messages (tests/integration/test_crd_rules.py runs them)."""
+    step = spec_schema()["properties"]["steps"]["items"]
+    [op_rule] = step["properties"]["op"]["x-kubernetes-validations"]
+    assert all(f'"{name}"' in op_rule["rule"] for name in BUILTIN_OP_NAMES) and f'"{IMPORT_REF}"' in op_rule["rule"]
+    assert OP_RULE in op_rule["messageExpression"]
+    config_rule = next(r for r in step["x-kubernetes-validations"] if r.get("fieldPath") == ".config")
+    assert config_rule["message"] == CONFIG_RULE
+    assert step["properties"]["name"]["x-kubernetes-validations"][0]["rule"] == f'self != "{GATEWAY_STEP_NAME}"'
+    root = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    name_rule, service_rule = root["x-kubernetes-validations"]
+    assert f'"{DNS1035_LABEL}"' in name_rule["rule"] and DNS1035_RULE in name_rule["message"]
+    assert f"<= {MAX_SERVICE_NAME}" in service_rule["rule"]

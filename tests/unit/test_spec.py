@@ -10,6 +10,7 @@ import pytest
 
 from conveyor_runtime.errors import InvalidManifest
 from conveyor_runtime.spec import (
+    BUILTIN_OP_NAMES,
     STEP_SPEC_ENV,
     load_manifest,
     output_step,
@@ -180,3 +181,101 @@ def test_load_manifest_reports_yaml_and_missing_files(tmp_path: Path) -> None:
     other.write_text("kind: ConfigMap\n")
     with pytest.raises(InvalidManifest, match="expected one InferencePipeline"):
         load_manifest(other)
+
+
+def test_spec_builtin_op_names_match_the_ops_registry() -> None:
+    from conveyor_runtime.ops import BUILTIN_OPS
+
+    assert set(BUILTIN_OP_NAMES) == set(BUILTIN_OPS)
+
+
+@pytest.mark.parametrize("op", ["identity", "image-preprocess", "preprocess", "topk", "my_pkg.ops:Resize", "m:C"])
+def test_parse_manifest_accepts_builtin_ops_and_import_references(op: str) -> None:
+    assert parse_manifest(manifest_with(steps__0__op=op)).spec.steps[0].op == op
+
+
+@pytest.mark.parametrize("op", ["resize", "softmax", "pkg.module", "pkg.module:", ":Class", "pkg-x.mod:Class"])
+def test_parse_manifest_rejects_an_unknown_builtin_op_naming_the_field(op: str) -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(manifest_with(steps__0__op=op))
+    [error] = info.value.errors
+    assert error.path == "spec.steps[0].op"
+    assert "built-ins: identity, image-preprocess, preprocess, topk" in error.message
+    assert "package.module:Class" in error.message and repr(op) in error.message
+
+
+@pytest.mark.parametrize("config", [{"size": 224}, {}])
+def test_parse_manifest_rejects_config_on_a_model_step(config: dict[str, Any]) -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(manifest_with(steps__1__config=config))
+    assert [(e.path, e.message) for e in info.value.errors] == [
+        ("spec.steps[1].config", "only op steps take `config`; a model step's settings go under `model`")
+    ]
+
+
+def test_parse_manifest_accepts_its_own_full_dump() -> None:
+    """A dump with every default written out is what the gateway's ConfigMap holds: a model step's has no `config`."""
+    manifest = parse_manifest(MANIFEST)
+    dumped = manifest.model_dump(mode="json", exclude_none=True)
+    assert "config" not in dumped["spec"]["steps"][1] and dumped["spec"]["steps"][2]["config"] == {}
+    assert parse_manifest(dumped) == manifest
+
+
+def test_parse_manifest_rejects_an_unknown_top_level_field_naming_it() -> None:
+    data = {**copy.deepcopy(MANIFEST), "specs": {}}
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(data)
+    assert [(e.path, e.message) for e in info.value.errors] == [
+        ("specs", "unknown field; known fields: apiVersion, kind, metadata, spec, status")
+    ]
+
+
+def test_parse_manifest_names_the_known_fields_of_a_nested_model() -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(manifest_with(steps__1__batching__maxBatch=4))
+    [error] = info.value.errors
+    assert error.path == "spec.steps[1].batching.maxBatch"
+    assert error.message.startswith("unknown field; known fields: maxBatchSize, maxQueueDelayMicroseconds,")
+
+
+def test_parse_manifest_accepts_what_the_api_server_adds_to_a_custom_resource() -> None:
+    data = copy.deepcopy(MANIFEST)
+    data["metadata"].update(
+        namespace="prod",
+        uid="0b6c2b8e-5f55-4a8e-9a7e-6b3c1d2e4f50",
+        resourceVersion="4711",
+        generation=3,
+        creationTimestamp="2024-01-01T00:00:00Z",
+        labels={"team": "vision"},
+        annotations={"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+        managedFields=[{"manager": "kubectl", "operation": "Apply"}],
+        finalizers=[],
+    )
+    data["status"] = {"observedGeneration": 3, "conditions": []}
+    manifest = parse_manifest(data)
+    assert manifest.metadata.name == "defects" and manifest.metadata.namespace == "prod"
+
+
+@pytest.mark.parametrize("name", ["1defects", "-defects", "Defects", "defects-", "de.fects", "d" * 41])
+def test_parse_manifest_rejects_a_pipeline_name_that_is_not_a_dns1035_label(name: str) -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest({**copy.deepcopy(MANIFEST), "metadata": {"name": name}})
+    [error] = info.value.errors
+    assert error.path == "metadata.name"
+    assert "DNS-1035" in error.message or "at most 40" in error.message
+
+
+def test_parse_manifest_rejects_a_step_whose_service_name_exceeds_63_characters() -> None:
+    data = manifest_with(steps__2__name="s" * 30)
+    data["metadata"]["name"] = "p" * 32  # 'p'*32 + '-' + 's'*30 = 63: fits
+    parse_manifest(data)
+    data["metadata"]["name"] = "p" * 33
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(data)
+    assert [(e.path, e.message) for e in info.value.errors] == [
+        (
+            "spec.steps[2].name",
+            f"the step's Service name {'p' * 33 + '-' + 's' * 30!r} (<metadata.name>-<step name>) is 64 characters; "
+            "Kubernetes allows 63: shorten the step or the pipeline name",
+        )
+    ]

@@ -4,35 +4,75 @@ then the graph, and raise `InvalidManifest` naming every broken field path, e.g.
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import FieldError, InvalidManifest
+from . import model as _model
 from .graph import graph_errors
 from .model import KIND, PipelineManifest
+from .names import name_errors
 
 __all__ = ["load_manifest", "parse_manifest", "validation_field_errors"]
 
 
+#: The spec's models by class name (a ValidationError's `title`), to list a model's fields.
+_MODELS: dict[str, type[BaseModel]] = {
+    name: value for name, value in vars(_model).items() if isinstance(value, type) and issubclass(value, BaseModel)
+}
+
+
+def _fields(loc: tuple[int | str, ...]) -> list[str | int]:
+    """The field names and list indexes of a pydantic error location (validator frames left out)."""
+    return [
+        part
+        for part in loc
+        if isinstance(part, int) or not (part in {"function-after", "function-before", "function-wrap"} or "[" in part)
+    ]
+
+
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     path = ""
-    for part in loc:
+    for part in _fields(loc):
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in {"function-after", "function-before", "function-wrap"} or "[" in str(part):
-            continue  # pydantic's validator frames, not fields
         else:
-            path += f".{part}" if path else str(part)
+            path += f".{part}" if path else part
     return path
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model inside an annotation such as `StepSpec`, `list[StepSpec]` or `ModelSpec | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in {list, typing.Union, types.UnionType}:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _known_fields(root: type[BaseModel] | None, loc: tuple[int | str, ...]) -> list[str]:
+    """The fields of the model that holds the last part of `loc` ([] when it cannot be told)."""
+    current = root
+    for part in _fields(loc)[:-1]:
+        if isinstance(part, str):
+            field = current.model_fields.get(part) if current is not None else None
+            current = _model_in(field.annotation) if field is not None else None
+    return list(current.model_fields) if current is not None else []
 
 
 def validation_field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     """Pydantic's errors as `FieldError`s with manifest paths (``spec.steps[1].batching.maxBatchSize``)."""
     result = []
+    root = _MODELS.get(exc.title)
     for err in exc.errors():
         path = _loc_to_path(tuple(err["loc"]))
         if prefix:
@@ -41,7 +81,8 @@ def validation_field_errors(exc: ValidationError, prefix: str = "") -> list[Fiel
         if err["type"] not in {"missing", "extra_forbidden"} and "input" in err and not isinstance(err["input"], (dict, list)):
             message += f", got {err['input']!r}"
         if err["type"] == "extra_forbidden":
-            message = "unknown field"
+            known = _known_fields(root, tuple(err["loc"]))
+            message = f"unknown field; known fields: {', '.join(known)}" if known else "unknown field"
         result.append(FieldError(path, message))
     return result
 
@@ -54,7 +95,7 @@ def parse_manifest(data: Any, source: str = "") -> PipelineManifest:
         manifest = PipelineManifest.model_validate(data)
     except ValidationError as exc:
         raise InvalidManifest(validation_field_errors(exc), source) from None
-    errors = graph_errors(manifest.spec)
+    errors = graph_errors(manifest.spec) + name_errors(manifest.metadata.name, manifest.spec)
     if errors:
         raise InvalidManifest(errors, source)
     return manifest

@@ -8,12 +8,30 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 __all__ = [
     "API_GROUP",
     "API_VERSION",
+    "BUILTIN_OP_NAMES",
+    "CONFIG_RULE",
+    "DNS1035_LABEL",
+    "DNS1035_RULE",
+    "DNS1123_LABEL",
+    "DNS1123_RULE",
+    "IMPORT_REF",
     "KIND",
+    "MAX_NAME",
+    "OP_RULE",
     "BatchingSpec",
     "GatewaySpec",
     "Metadata",
@@ -28,13 +46,31 @@ API_GROUP = "conveyor.dev"
 API_VERSION = "v1alpha1"
 KIND = "InferencePipeline"
 
-#: A DNS-1123 label; step names become parts of Deployment and Service names.
+#: A DNS-1123 label; step names become parts of Deployment and Service names (`<pipeline>-<step>`).
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-#: `package.module:Attribute`
-IMPORT_REF = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-_IMPORT_REF = re.compile(IMPORT_REF)
-#: Built-in op names (see conveyor_runtime.ops); anything else must be an import reference.
-BUILTIN_OP = r"^[a-z][a-z0-9_-]*$"
+#: A DNS-1035 label: a pipeline's name starts its Service names, and a Service name must start with a letter.
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_RULE = "must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit"
+DNS1035_RULE = (
+    "must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter and ending with a letter or digit"
+)
+#: Longest pipeline or step name (so that most `<pipeline>-<step>` pairs fit in a 63-character Service name).
+MAX_NAME = 40
+#: `package.module:Attribute`: ASCII and no escapes, so that Python, pydantic, and CEL and RE2 in the API server agree.
+IMPORT_REF = r"^[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+#: Built-in op names, the keys of conveyor_runtime.ops.BUILTIN_OPS (a test keeps the two equal); any other op
+#: must be an import reference.
+BUILTIN_OP_NAMES: tuple[str, ...] = ("identity", "image-preprocess", "preprocess", "topk")
+#: What `op:` must be, in words (the model's and the CRD's errors say the same).
+OP_RULE = f"must be a built-in op (built-ins: {', '.join(BUILTIN_OP_NAMES)}) or `package.module:Class`"
+#: `config` on a model step would be ignored.
+CONFIG_RULE = "only op steps take `config`; a model step's settings go under `model`"
+
+
+def _checked(value: str, pattern: str, rule: str) -> str:
+    if not re.fullmatch(pattern, value):
+        raise ValueError(rule)
+    return value
 
 
 class _Spec(BaseModel):
@@ -94,23 +130,45 @@ class ResourcesSpec(_Spec):
 class StepSpec(_Spec):
     """One node of the pipeline's DAG: an ONNX model or an op, served with its own replicas and batching."""
 
-    name: str = Field(..., min_length=1, max_length=40, pattern=DNS1123_LABEL)
+    name: str = Field(..., min_length=1, max_length=MAX_NAME, json_schema_extra={"pattern": DNS1123_LABEL})
     inputs: list[str] | None = Field(None, description="Upstream step names; default: the previous step.")
-    op: str | None = Field(None, description="Built-in op name or `package.module:Class`.")
+    op: str | None = Field(
+        None, max_length=256, description=f"Built-in op ({', '.join(BUILTIN_OP_NAMES)}) or `package.module:Class`."
+    )
     model: ModelSpec | None = None
-    config: dict[str, Any] = Field(default_factory=dict, description="Free-form settings handed to the op.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Free-form settings handed to the op (op steps only).")
     replicas: int = Field(1, ge=0, le=1000)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     nodeSelector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
 
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        return _checked(value, DNS1123_LABEL, DNS1123_RULE)
+
     @field_validator("op")
     @classmethod
     def _op_reference(cls, value: str | None) -> str | None:
-        if value is not None and not (_IMPORT_REF.match(value) or re.match(BUILTIN_OP, value)):
-            raise ValueError(f"must be a built-in op name or `package.module:Class`, got {value!r}")
+        return value if value is None or value in BUILTIN_OP_NAMES else _checked(value, IMPORT_REF, OP_RULE)
+
+    @field_validator("config")
+    @classmethod
+    def _config_for_ops_only(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Runs only when `config` is given (as the CRD's `has(self.config)`, which cannot see inside it, even `{}`).
+        # A step with both `op` and `model` gets the one-kind error instead.
+        if info.data.get("model") is not None and info.data.get("op") is None:
+            raise ValueError(CONFIG_RULE)
         return value
+
+    @model_serializer(mode="wrap")
+    def _dump_without_model_config(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A model step's dump leaves out `config`, so that the dump validates again (the gateway's manifest)."""
+        data: dict[str, Any] = handler(self)
+        if self.model is not None and not self.config:
+            data.pop("config", None)
+        return data
 
     @model_validator(mode="after")
     def _one_kind(self) -> StepSpec:
@@ -151,18 +209,24 @@ class PipelineSpec(_Spec):
 
 
 class Metadata(BaseModel):
+    """The object's metadata: `name` is checked; whatever else Kubernetes keeps here (labels, uid, ...) is allowed."""
+
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    name: str = Field(..., min_length=1, max_length=40, pattern=DNS1123_LABEL)
+    name: str = Field(..., min_length=1, max_length=MAX_NAME)
     namespace: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        return _checked(value, DNS1035_LABEL, DNS1035_RULE)
 
 
 class PipelineManifest(_Spec):
-    """The whole `kubectl apply`-able document."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    """The whole `kubectl apply`-able document; any top-level field besides these is an error."""
 
     apiVersion: Literal["conveyor.dev/v1alpha1"]
     kind: Literal["InferencePipeline"]
     metadata: Metadata
     spec: PipelineSpec
+    status: dict[str, Any] | None = Field(None, exclude=True, description="Written by the operator; not read here.")
