@@ -58,7 +58,7 @@ async def chain() -> AsyncIterator[tuple[Gateway, dict[str, list[RunningStep]]]]
         ],
         "post": [await start_fake_step(FakeStep("post", _add(100), [("z", "FP32")], [("y", "FP32")]))],
     }
-    m = manifest("chain", [{"name": "pre", "op": "fake"}, {"name": "mid", "op": "fake"}, {"name": "post", "op": "fake"}])
+    m = manifest("chain", [{"name": "pre", "op": "identity"}, {"name": "mid", "op": "identity"}, {"name": "post", "op": "identity"}])
     gateway = await _gateway(m, steps)
     try:
         yield gateway, steps
@@ -123,7 +123,7 @@ async def test_gateway_prefixes_step_errors_with_the_step_name() -> None:
         "first": [await start_fake_step(FakeStep("first", _add(1)))],
         "second": [await start_fake_step(FakeStep("second", reject))],
     }
-    gateway = await _gateway(manifest("errs", [{"name": "first", "op": "fake"}, {"name": "second", "op": "fake"}]), steps)
+    gateway = await _gateway(manifest("errs", [{"name": "first", "op": "identity"}, {"name": "second", "op": "identity"}]), steps)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -164,10 +164,10 @@ async def test_gateway_runs_branches_in_parallel_and_joins_by_name() -> None:
     m = manifest(
         "diamond",
         [
-            {"name": "src", "op": "fake"},
-            {"name": "left", "op": "fake", "inputs": ["src"]},
-            {"name": "right", "op": "fake", "inputs": ["src"]},
-            {"name": "join", "op": "fake", "inputs": ["left", "right"]},
+            {"name": "src", "op": "identity"},
+            {"name": "left", "op": "identity", "inputs": ["src"]},
+            {"name": "right", "op": "identity", "inputs": ["src"]},
+            {"name": "join", "op": "identity", "inputs": ["left", "right"]},
         ],
     )
     gateway = await _gateway(m, steps)
@@ -184,7 +184,7 @@ async def test_gateway_runs_branches_in_parallel_and_joins_by_name() -> None:
 async def test_gateway_retries_unavailable_on_another_replica() -> None:
     healthy = await start_fake_step(FakeStep("only", _add(1)))
     doomed = await start_fake_step(FakeStep("only", _add(1)))
-    gateway = await _gateway(manifest("retry", [{"name": "only", "op": "fake"}]), {"only": [healthy, doomed]})
+    gateway = await _gateway(manifest("retry", [{"name": "only", "op": "identity"}]), {"only": [healthy, doomed]})
     try:
         await doomed.stop()  # its health stream breaks, but calls may already be on their way to it
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
@@ -201,7 +201,7 @@ async def test_gateway_retries_unavailable_on_another_replica() -> None:
 async def test_gateway_health_is_not_serving_until_every_step_is_ready() -> None:
     step = await start_fake_step(FakeStep("only", _add(1)), serving=False)
     gateway = create_gateway(
-        manifest("gate", [{"name": "only", "op": "fake"}]),
+        manifest("gate", [{"name": "only", "op": "identity"}]),
         endpoints={"only": [step.address]},
         host="127.0.0.1",
         grpc_port=0,

@@ -111,7 +111,7 @@ async def start_fake_step(servicer: FakeStep, port: int = 0, serving: bool = Tru
 
 
 def manifest(name: str, steps: list[dict[str, Any]], **spec: Any) -> PipelineManifest:
-    """A validated manifest from step dicts (each needs `op` or `model`; `op: fake` is fine for fake steps)."""
+    """A validated manifest from step dicts (each needs `op` or `model`; `op: identity` is fine for fake steps)."""
     return parse_manifest(
         {"apiVersion": "conveyor.dev/v1alpha1", "kind": "InferencePipeline", "metadata": {"name": name}, "spec": {"steps": steps, **spec}}
     )
@@ -156,11 +156,18 @@ class RunProcess:
                     os.killpg(self.process.pid, signal.SIGKILL)
                     return self.process.wait(10)
             return int(self.process.returncode)
-        finally:  # whatever happened, leave no step replica behind (they share the runner's process group)
+        finally:  # whatever happened, leave nothing behind: the runner's group, then each replica (own session)
+            pids = [self.process.pid]
             try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+                for replicas in self.reload().get("steps", {}).values():
+                    pids += [r["pid"] for r in replicas if r.get("pid")]
+            except (OSError, ValueError):
                 pass
+            for pid in pids:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
 
 def start_run(manifest_path: Path, tmp_path: Path, *extra: str, timeout: float = 240.0) -> RunProcess:
