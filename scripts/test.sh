@@ -25,5 +25,14 @@ echo "==> ruff, mypy --strict (runtime, operator, benchmarks) and the import lay
 .venv/bin/mypy
 .venv/bin/lint-imports --no-cache
 
+if [ "${SKIP_PACKAGING_CHECK:-0}" = 1 ]; then
+  echo "==> packaging check skipped (SKIP_PACKAGING_CHECK=1)"
+else
+  # What `pip install` gives users, in fresh venvs: the committed gencode on every protobuf major the range admits,
+  # and conveyor + tritonclient[all] installed in both orders, each serving a real round trip (a few minutes).
+  echo "==> packaging: scripts/check-packaging.py (SKIP_PACKAGING_CHECK=1 skips it)"
+  .venv/bin/python scripts/check-packaging.py
+fi
+
 echo "==> pytest"
 exec .venv/bin/python -m pytest "$@"
