@@ -2,14 +2,18 @@
 # One image for the operator, the gateway and the steps (`conveyor operator|gateway|step`).
 #   CPU:  docker build -t conveyor:0.1.0 .
 #   GPU:  docker build --build-arg VARIANT=gpu -t conveyor:0.1.0-gpu .   (onnxruntime-gpu on a CUDA + cuDNN base)
+# Both meet requires-python >= 3.11 (tests/packaging/test_python_floor.py checks the bases named here).
 ARG VARIANT=cpu
 ARG CPU_BASE=python:3.11-slim-bookworm
-ARG GPU_BASE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+# CUDA 12 + cuDNN 9 (runs on drivers >= 525): onnxruntime-gpu 1.19-1.26 on PyPI are built for exactly that; from 1.27
+# on they are CUDA 13 builds (drivers >= 580), which would fall back to the CPU here. Move both together.
+ARG GPU_BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+ARG ONNXRUNTIME_GPU="onnxruntime-gpu>=1.19,<1.27"
 
 FROM ${CPU_BASE} AS base-cpu
 
 FROM ${GPU_BASE} AS base-gpu
-# The CUDA images carry no Python: Ubuntu 22.04's python3 (3.10) meets requires-python >= 3.10.
+# The CUDA images carry no Python: Ubuntu 24.04's python3 is 3.12 (22.04's 3.10 is below requires-python).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/* \
@@ -17,6 +21,7 @@ RUN apt-get update \
 
 FROM base-${VARIANT}
 ARG VARIANT
+ARG ONNXRUNTIME_GPU
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -33,7 +38,7 @@ COPY operator operator
 COPY benchmarks benchmarks
 RUN pip install ".[examples]" \
  && if [ "$VARIANT" = "gpu" ]; then \
-      pip uninstall -y onnxruntime && pip install "onnxruntime-gpu>=1.18" "onnxconverter-common>=1.14"; \
+      pip uninstall -y onnxruntime && pip install "$ONNXRUNTIME_GPU" "onnxconverter-common>=1.14"; \
     fi \
  && python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())" \
  && rm -rf /src
