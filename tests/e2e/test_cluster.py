@@ -1,0 +1,117 @@
+"""The cluster of scripts/cluster.sh runs real pods: a Ready node, probes, Services and cluster DNS."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.cluster import Cluster, local_images
+
+NAMESPACE = "e2e-cluster"
+WAIT = "120s"
+
+
+def _web_manifest(image: str) -> str:
+    # httpd serves /www; the readiness probe asks for /www/ready, which the test creates later.
+    return f"""
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {NAMESPACE}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, namespace: {NAMESPACE}, labels: {{app: web}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: {image}
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /www && echo hello-from-web >/www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{{containerPort: 8080}}]
+    readinessProbe:
+      httpGet: {{path: /ready, port: 8080}}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {NAMESPACE}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {NAMESPACE}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: {image}
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+"""
+
+
+@pytest.fixture(scope="module")
+def pods(cluster: Cluster) -> Iterator[Cluster]:
+    """The web pod (not ready yet), its Service and a client pod, on the shared cluster."""
+    cluster.apply(_web_manifest(local_images()["busybox"]))
+    try:
+        cluster.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/client", f"--timeout={WAIT}")
+        cluster.kubectl("-n", NAMESPACE, "wait", "--for=jsonpath={.status.phase}=Running", "pod/web", f"--timeout={WAIT}")
+        yield cluster
+    finally:
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def _exec(cluster: Cluster, pod: str, *command: str, check: bool = True) -> str:
+    return cluster.kubectl("-n", NAMESPACE, "exec", pod, "--", *command, check=check)
+
+
+def _ready(cluster: Cluster, pod: str) -> str:
+    return cluster.kubectl("-n", NAMESPACE, "get", "pod", pod, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
+
+
+def test_node_is_ready(cluster: Cluster) -> None:
+    node = json.loads(cluster.kubectl("get", "node", cluster.config.name, "-o", "json"))
+    conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert conditions["Ready"] == "True", conditions
+
+
+def test_readiness_probe_decides_when_the_local_image_pod_is_ready(pods: Cluster) -> None:
+    # The kubelet's own probe fails (404) while /www/ready is missing ...
+    pods.kubectl(
+        "-n", NAMESPACE, "wait", "--for=jsonpath={.reason}=Unhealthy", "event",
+        "--field-selector=involvedObject.name=web,reason=Unhealthy", f"--timeout={WAIT}",
+    )  # fmt: skip
+    assert _ready(pods, "web") == "False"
+    # ... and passes once it exists.
+    _exec(pods, "web", "touch", "/www/ready")
+    pods.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/web", f"--timeout={WAIT}")
+    assert _ready(pods, "web") == "True"
+
+
+def test_service_name_resolves_and_answers_from_another_pod(pods: Cluster) -> None:
+    _exec(pods, "web", "touch", "/www/ready")
+    pods.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/web", f"--timeout={WAIT}")
+    cluster_ip = pods.kubectl("-n", NAMESPACE, "get", "service", "web", "-o", "jsonpath={.spec.clusterIP}")
+
+    answer = _exec(pods, "client", "nslookup", f"web.{NAMESPACE}.svc.cluster.local")
+    assert f"Address: {cluster_ip}" in answer, answer
+    # By the short name, through the pod's search path, CoreDNS and kube-proxy's ClusterIP rules.
+    # (busybox 1.35's wget crashes on its own -T: `timeout` bounds it instead.)
+    body = _exec(pods, "client", "timeout", "20", "wget", "-q", "-O", "-", "http://web/index.html")
+    assert body.strip() == "hello-from-web"
+
+
+def test_pods_have_no_default_route_and_dns_answers_cluster_names_only(pods: Cluster) -> None:
+    routes = _exec(pods, "client", "ip", "route")
+    assert routes.strip(), "the pod has no routes at all"
+    assert "default" not in routes, routes
+    # A name outside the cluster is not forwarded anywhere: CoreDNS refuses it.
+    outside = _exec(pods, "client", "sh", "-c", "nslookup example.com; echo exit=$?")
+    assert "exit=1" in outside and "can't find example.com" in outside, outside
