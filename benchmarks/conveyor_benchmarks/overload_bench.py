@@ -211,6 +211,7 @@ def with_queue_sizes(manifest_path: Path, sizes: list[str], workdir: Path) -> Pa
 class _Memory:
     pids: dict[str, int]
     start: dict[str, float] = field(default_factory=dict)
+    after_level: list[dict[str, float]] = field(default_factory=list)
     peak: dict[str, float] = field(default_factory=dict)
     end: dict[str, float] = field(default_factory=dict)
 
@@ -259,6 +260,8 @@ async def _measure(
                     timeout_s=args.timeout, channels=args.channels,
                 )
             )
+            memory.after_level.append({})
+            memory.sample(memory.after_level[-1])
     finally:
         stop.set()
         await watcher
@@ -328,10 +331,11 @@ def _report(
     late = [r for r in results if r.send_lag and percentile(r.send_lag, 99) > 0.01]
     for r in late:
         print(f"note: the load generator fell behind at {r.rate:.1f}/s (send lag p99 {percentile(r.send_lag, 99) * 1000:.0f} ms)")
-    mem_rows = [["process", "RSS start MiB", "peak", "end"]]
+    levels = [f"after {r.rate / capacity:.1f}x" for r in results]
+    mem_rows = [["process (RSS MiB)", "start", *levels, "peak", "end"]]
     for name in memory.pids:
-        mem_rows.append([name, _fmt(memory.start.get(name, math.nan)), _fmt(memory.peak.get(name, math.nan)),
-                         _fmt(memory.end.get(name, math.nan))])
+        marks = [memory.start, *memory.after_level, memory.peak, memory.end]
+        mem_rows.append([name, *(_fmt(mark.get(name, math.nan)) for mark in marks)])
     print()
     print(_table(mem_rows))
     if args.json_out:
@@ -354,6 +358,6 @@ def _report(
                 }
                 for r in results
             ],
-            "rss_mib": {"start": memory.start, "peak": memory.peak, "end": memory.end},
+            "rss_mib": {"start": memory.start, "after_level": memory.after_level, "peak": memory.peak, "end": memory.end},
         }
         Path(args.json_out).write_text(json.dumps(summary, indent=2, default=str))

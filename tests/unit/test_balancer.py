@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conveyor_runtime.errors import InvalidRequest, ModelNotReady, QueueFull, StepCallError
-from conveyor_runtime.gateway import Balancer, StaticEndpoints
+from conveyor_runtime.gateway import Balancer, Replica, StaticEndpoints
 from conveyor_runtime.protocol import encode_tensors, pb
 from tests.support.pipeline_fixtures import FakeStep, start_fake_step
 
@@ -215,3 +215,16 @@ async def test_balancer_call_without_a_deadline_carries_the_default_timeout() ->
         never.set()
         await balancer.aclose()
         await step.stop()
+
+
+def test_replica_room_trusts_a_full_answer_then_lets_one_call_find_out_then_forgets() -> None:
+    replica = Replica(address="a:1", channel=None, stub=None)  # type: ignore[arg-type]  # room() uses neither
+    assert replica.room(100.0, 1.0) is None
+    replica.outstanding = 3
+    replica.learn_full(100.0, holding=3)
+    assert replica.room(100.5, 1.0) == 0
+    replica.outstanding = 2
+    assert replica.room(100.5, 1.0) == 1, "a call that ends frees its place"
+    replica.outstanding = 3
+    assert replica.room(101.5, 1.0) == 1, "after memory_s, one call more than it held may go"
+    assert replica.room(102.5, 1.0) is None and replica.limit is None, "after twice memory_s, forgotten"

@@ -55,7 +55,7 @@ class Balancer:
     """Spreads one step's calls over its replicas; `ready` once any replica is in rotation.
 
     `full_memory_s`: how long a replica that answered "queue full" is trusted to stay full at the number of
-    calls it then held (within that time, calls beyond it are refused here, without a round trip).
+    calls it then held (calls beyond it are refused here, without a round trip; see `Replica.room`).
     `stall_s`: a call outstanding this long gets its replica's health checked, with `probe_timeout_s`.
     """
 

@@ -52,13 +52,19 @@ class Replica:
         self.limit_at = now
 
     def room(self, now: float, memory_s: float) -> int | None:
-        """Calls it can take before it is full again (None: unknown, no full answer within `memory_s`)."""
+        """Calls it can take before it is full again; None when unknown.
+
+        Within `memory_s` of its last "queue full" answer, none beyond the calls it then held. After that, one
+        more (a single call finds out whether it has room now, and a "full" answer starts over); after twice
+        `memory_s` without such an answer, the limit is forgotten.
+        """
         if self.limit is None:
             return None
-        if now - self.limit_at > memory_s:
+        age = now - self.limit_at
+        if age > 2 * memory_s:
             self.limit = None
             return None
-        return max(0, self.limit - self.outstanding)
+        return max(0, self.limit + (1 if age > memory_s else 0) - self.outstanding)
 
     def abandon_calls(self) -> None:
         """Cancel the calls in flight to it (it stopped answering); the balancer sends them elsewhere."""
