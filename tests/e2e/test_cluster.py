@@ -115,3 +115,10 @@ def test_pods_have_no_default_route_and_dns_answers_cluster_names_only(pods: Clu
     # A name outside the cluster is not forwarded anywhere: CoreDNS refuses it.
     outside = _exec(pods, "client", "sh", "-c", "nslookup example.com; echo exit=$?")
     assert "exit=1" in outside and "can't find example.com" in outside, outside
+
+
+def test_pods_reach_the_api_server_through_the_kubernetes_service(pods: Cluster) -> None:
+    # In-cluster clients (the operator's kopf login) use https://kubernetes.default.svc: a TCP connection
+    # through CoreDNS and the Service's ClusterIP to the API server on the node.
+    connect = _exec(pods, "client", "sh", "-c", "timeout 10 nc -w 5 kubernetes.default.svc 443 </dev/null; echo exit=$?")
+    assert "exit=0" in connect, connect
