@@ -9,8 +9,8 @@
 #
 # The whole cluster runs in a network namespace of its own, joined to the host by one veth
 # pair; containerd and the kubelet also run in a private mount namespace. So the host gains
-# one link, two routes (pod and Service subnets via the node) and cgroups under
-# /<cgroup>/ in each hierarchy, and nothing else: no listening port, no iptables rule, no
+# one link, two routes (pod and Service subnets via the node) and a cgroup
+# /conveyor-cluster-NAME in each hierarchy, and nothing else: no listening port, no iptables rule, no
 # sysctl change, no mount. Nothing has a default route: no traffic leaves the machine, and
 # CoreDNS answers cluster names only. Needs root, cgroup v1 (as on these machines) and
 # Debian's containerd, runc, containernetworking-plugins, iptables and busybox-static
@@ -41,7 +41,7 @@ HOST_IF="cv-${NAME}"
 KUBECONFIG_PATH="${STATE}/kubeconfig"
 # kubectl's discovery cache goes with the cluster, not into ~/.kube.
 export KUBECACHEDIR="${STATE}/kube-cache"
-# Start order; down stops them in reverse (kubelet first, see cmd_down).
+# Start order (down has its own: see cmd_down).
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet
     kube-proxy coredns)
 
@@ -81,6 +81,7 @@ check_params() {
         "leaves under 1 GiB of this machine's ${MEM_TOTAL_MIB} MiB for the cluster's own processes; give less"
     return 0
 }
+check_params
 HOST_IP="$(int2ip $(($(cidr_first "${LINK_CIDR}") + 1)))"
 NODE_IP="$(int2ip $(($(cidr_first "${LINK_CIDR}") + 2)))"
 LINK_PREFIX="${LINK_CIDR#*/}"
@@ -589,7 +590,6 @@ on_up_failure() {
 }
 
 cmd_up() {
-    check_params
     need_root up
     lock
     bin_dirs
@@ -605,9 +605,9 @@ cmd_up() {
             log "found leftovers of cluster ${NAME} (a failed or half-stopped run); removing them first"
             cmd_down >&2 ;;
     esac
-    check_subnets_free
     check_packages
     check_kernel
+    check_subnets_free
     local t0=${SECONDS}
     log "binaries (built once into ${CACHE}; a cold build takes ~10 min)"
     bash "${HERE}/build-control-plane.sh" >&2
@@ -694,7 +694,6 @@ cmd_up() {
 }
 
 cmd_down() {
-    check_params
     need_root down
     lock
     local t0=${SECONDS} pid c
@@ -756,7 +755,6 @@ cmd_down() {
 }
 
 cmd_status() {
-    check_params
     local state c pid
     state="$(cluster_state)"
     if pid="$(holder_pid)"; then echo "namespaces              pid ${pid}"; else echo "namespaces              not running"; fi
@@ -781,7 +779,6 @@ cmd_status() {
 }
 
 cmd_env() {
-    check_params
     bin_dirs
     [[ -f "${KUBECONFIG_PATH}" ]] || die "cluster ${NAME} is not up (no ${KUBECONFIG_PATH}); run: $0 up"
     echo "export KUBECONFIG=${KUBECONFIG_PATH}"

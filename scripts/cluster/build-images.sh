@@ -13,7 +13,7 @@ set -euo pipefail
 
 CACHE="${CONVEYOR_IMAGE_CACHE:-${HOME}/.cache/conveyor/images}"
 BUSYBOX=/bin/busybox
-if [[ ! -x "${BUSYBOX}" ]] || ! file -b "${BUSYBOX}" 2>/dev/null | grep -q 'statically linked'; then
+if [[ ! -x "${BUSYBOX}" ]] || ! dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
     echo "error: ${BUSYBOX} (a static busybox) is missing: apt-get install -y busybox-static" >&2
     exit 1
 fi
