@@ -53,6 +53,10 @@ MANIFEST_DIR = "/etc/conveyor"
 MANIFEST_KEY = "pipeline.yaml"
 #: Long enough for a step to finish its queued batches after SIGTERM.
 TERMINATION_GRACE_SECONDS = 30
+#: After SIGTERM the gateway reports not ready but keeps answering this long, while Services drop its endpoint...
+GATEWAY_PRE_STOP_SECONDS = 5
+#: ... then finishes the requests in flight within this long (both well inside TERMINATION_GRACE_SECONDS).
+GATEWAY_DRAIN_SECONDS = 15
 #: Pods run as this unprivileged user (the image's `conveyor` user).
 RUN_AS_USER = 10001
 
@@ -276,7 +280,9 @@ def render_gateway_deployment(owner: Owner, spec: PipelineSpec, image: str) -> d
     volumes.append({"name": "graph", "configMap": {"name": graph_configmap_name(owner.name)}})
     mounts.append({"name": "graph", "mountPath": MANIFEST_DIR, "readOnly": True})
     manifest_hash = hashlib.sha256(pipeline_manifest(owner, spec).encode()).hexdigest()[:16]
-    http_probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
+    # Ready while the gateway serves, whatever its steps do: one step's outage then reaches clients as UNAVAILABLE
+    # naming the step, not as a refused connection (/v2/health/ready keeps meaning "every step ready").
+    http_probe = {"httpGet": {"path": "/gateway/ready", "port": "http"}}
     container: dict[str, Any] = {
         "name": "gateway",
         "image": image,
@@ -294,6 +300,10 @@ def render_gateway_deployment(owner: Owner, spec: PipelineSpec, image: str) -> d
             str(METRICS_PORT),
             "--step-port",
             str(STEP_GRPC_PORT),
+            "--pre-stop",
+            str(GATEWAY_PRE_STOP_SECONDS),
+            "--grace",
+            str(GATEWAY_DRAIN_SECONDS),
         ],
         "workingDir": WORK_DIR,
         "env": _env(_base_env(owner.name)),

@@ -133,6 +133,7 @@ def test_render_gateway_reads_the_graph_configmap() -> None:
     assert container["command"] == [
         "conveyor", "gateway", "--manifest", "/etc/conveyor/pipeline.yaml",
         "--grpc-port", "9001", "--http-port", "9002", "--metrics-port", "9090", "--step-port", "9000",
+        "--pre-stop", "5", "--grace", "15",
     ]
     assert deployment["spec"]["replicas"] == 2
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
@@ -191,3 +192,18 @@ def test_render_examples_validate_against_the_kubernetes_schemas(path: Path) -> 
     for child in children:
         kubernetes_validate.validate(child, "1.36.0", strict=True)
     assert parse_manifest(yaml.safe_load(pipeline_manifest(owner, manifest.spec))).spec == manifest.spec
+
+
+def test_render_gateway_is_ready_while_it_serves_whatever_the_steps_do() -> None:
+    """One step's outage keeps the gateway in its Service (clients get UNAVAILABLE naming the step)."""
+    container = _container(_by_name(render_children(OWNER, _spec()))[("Deployment", "demo-gateway")])
+    assert container["readinessProbe"]["httpGet"] == {"path": "/gateway/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+
+
+def test_render_gateway_keeps_answering_while_its_endpoints_drop_it() -> None:
+    deployment = _by_name(render_children(OWNER, _spec()))[("Deployment", "demo-gateway")]
+    command = _container(deployment)["command"]
+    pre_stop, grace = (float(command[command.index(flag) + 1]) for flag in ("--pre-stop", "--grace"))
+    assert pre_stop > 0
+    assert pre_stop + grace < deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
