@@ -2,8 +2,9 @@
 
 Layout: `crd` (the CRD, generated from `conveyor_runtime.spec`), `labels` and `render` (children as plain
 manifests), `status` (conditions and per-step figures), `reconciler` (level-based apply/prune), `cluster` (the
-API client), `handlers` (kopf wiring; import `conveyor_operator.handlers.build_registry` to embed the operator),
-`config` and `command` (`conveyor operator`, `conveyor crd`). This face stays free of kopf and the
+API client), `controller` (one reconcile from a fresh read, status written over that read), `workqueue` (one
+reconcile at a time per pipeline), `handlers` (kopf wiring; import `conveyor_operator.handlers.build_registry`
+to embed the operator), `config` and `command` (`conveyor operator`, `conveyor crd`). This face stays free of kopf and the
 Kubernetes client so that every `conveyor` command starts fast.
 """
 

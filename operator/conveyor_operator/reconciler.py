@@ -1,10 +1,14 @@
 """One level-based reconcile of an InferencePipeline: validate, apply the children, prune the rest, compute status.
 
-Nothing is applied unless the whole spec is valid, so an invalid graph never leaves half-built children.
+Nothing is applied unless the whole spec is valid, so an invalid graph never leaves half-built children. Each
+child is applied only over the version observed (else 409), so the events say exactly what a run changed. A child
+the API server refuses (a 4xx: admission, quota, validation) is reported in status; one it did not answer (or a
+5xx, a conflict) is listed in `Outcome.retry` for the caller to try again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,10 +18,10 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from conveyor_runtime.errors import FieldError
-from conveyor_runtime.spec import PipelineSpec, graph_errors, validation_field_errors
+from conveyor_runtime.spec import BATCHING_ENV, PipelineSpec, graph_errors, validation_field_errors
 
-from .cluster import CHILD_KINDS, ChildKey, child_key
-from .labels import COMPONENT_LABEL, DEFAULT_IMAGE, STEP_LABEL, child_selector
+from .cluster import CHILD_KINDS, ChildKey, ClusterError, child_key
+from .labels import COMPONENT_LABEL, DEFAULT_IMAGE, FIELD_MANAGER, STEP_LABEL, child_selector
 from .render import Owner, name_errors, render_children
 from .status import DeploymentState, PipelineStatus, compute_status, invalid_status
 
@@ -38,20 +42,23 @@ class ClusterAPI(Protocol):
 
 @dataclass(frozen=True)
 class Event:
-    """A Kubernetes Event to post on the pipeline."""
+    """A Kubernetes Event to post on the pipeline: about a change of its status (`transition`), or an action taken."""
 
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    transition: bool = False
 
 
 @dataclass
 class Outcome:
-    """What one reconcile found: the status to write, events to post and, for a bad spec, its errors."""
+    """What one reconcile found: the status to write, events to post, for a bad spec its errors, and the children
+    to try again (no answer, a 5xx, a conflict)."""
 
     status: PipelineStatus
     events: list[Event] = field(default_factory=list)
     errors: list[FieldError] = field(default_factory=list)
+    retry: list[str] = field(default_factory=list)
 
 
 def utc_now() -> str:
@@ -84,6 +91,53 @@ def _describe_child(obj: Mapping[str, Any]) -> str:
     return f"{obj['kind']} {obj['metadata']['name']} ({owner})"
 
 
+def _over(obj: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
+    """`obj`, to be applied only over `before` as observed (else 409): the events then say what was really changed."""
+    return {**obj, "metadata": {**obj["metadata"], "resourceVersion": before["metadata"]["resourceVersion"]}}
+
+
+def _env_set_by_others(deployment: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(container, variable) of the env values another field manager owns: `kubectl set env`, `kubectl edit`, ..."""
+    owned: set[tuple[str, str]] = set()
+    for entry in (deployment.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER:
+            continue
+        pod = (((entry.get("fieldsV1") or {}).get("f:spec") or {}).get("f:template") or {}).get("f:spec") or {}
+        for container_key, container in (pod.get("f:containers") or {}).items():
+            for env_key, env in ((container or {}).get("f:env") or {}).items():
+                if container_key.startswith("k:") and env_key.startswith("k:") and "f:value" in (env or {}):
+                    owned.add((json.loads(container_key[2:])["name"], json.loads(env_key[2:])["name"]))
+    return owned
+
+
+def _containers(deployment: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    containers: list[Mapping[str, Any]] = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+    return containers
+
+
+def _hand_set_env(before: Mapping[str, Any], desired: Mapping[str, Any]) -> list[tuple[str, str | None, str]]:
+    """(variable, value found, value rendered) for each env value someone else changed on a Deployment we render."""
+    others = _env_set_by_others(before)
+    found = {str(c.get("name")): {e.get("name"): e.get("value") for e in c.get("env") or []} for c in _containers(before)}
+    changed = []
+    for container in _containers(desired):
+        current = found.get(str(container["name"]), {})
+        for env in container.get("env") or []:
+            name = env["name"]
+            if (container["name"], name) in others and name in current and current[name] != env.get("value"):
+                changed.append((str(name), current[name], str(env.get("value"))))
+    return changed
+
+
+def _field_for_env(spec: PipelineSpec, step: str | None, variable: str) -> str:
+    """Where in the InferencePipeline the value of a step's env variable comes from."""
+    index = next((i for i, s in enumerate(spec.steps) if s.name == step), None)
+    if index is None:
+        return "spec"
+    batching = {var: name for name, var in BATCHING_ENV.items()}
+    return f"spec.steps[{index}].batching.{batching[variable]}" if variable in batching else f"spec.steps[{index}]"
+
+
 class Reconciler:
     """Brings one pipeline's children to its spec; safe to run again and again (server-side apply)."""
 
@@ -109,10 +163,12 @@ class Reconciler:
             warnings: list[Event] = []
             old_degraded = _condition(previous, "Degraded")
             if old_degraded.get("reason") != "InvalidSpec" or old_degraded.get("message") != status.conditions[2].message:
-                warnings.append(Event("Warning", "InvalidSpec", status.conditions[2].message))
+                warnings.append(Event("Warning", "InvalidSpec", status.conditions[2].message, transition=True))
             return Outcome(status=status, events=warnings, errors=errors)
 
         events: list[Event] = []
+        failures: list[str] = []
+        retry: list[str] = []
         existing = self._observe(owner)
         desired = render_children(owner, spec, self.default_image)
         desired_keys = {child_key(obj) for obj in desired}
@@ -120,28 +176,62 @@ class Reconciler:
         for obj in desired:
             key = child_key(obj)
             before = existing.get(key)
-            stored[key] = self.cluster.apply(obj)
-            if before is None and old_status.get("observedGeneration"):
-                events.append(Event("Normal", "Created", f"created {_describe_child(obj)}"))
-            elif before is not None and obj["kind"] == "Deployment":
-                was, now_replicas = (before.get("spec") or {}).get("replicas"), obj["spec"]["replicas"]
-                if was != now_replicas:
-                    events.append(Event("Normal", "Scaled", f"{_describe_child(obj)}: replicas {was} -> {now_replicas}"))
+            try:
+                stored[key] = self.cluster.apply(obj if before is None else _over(obj, before))
+            except ClusterError as exc:
+                if exc.namespace_terminating:
+                    raise
+                (retry if exc.temporary else failures).append(f"{_describe_child(obj)}: {exc.message}")
+                if before is not None:
+                    stored[key] = before
+                continue
+            events.extend(self._changes(spec, obj, before, created=before is None and bool(old_status.get("observedGeneration"))))
         for key, obj in existing.items():
             if key not in desired_keys:
-                if self.cluster.delete(str(obj["apiVersion"]), key[0], owner.namespace, key[1]):
+                try:
+                    deleted = self.cluster.delete(str(obj["apiVersion"]), key[0], owner.namespace, key[1])
+                except ClusterError as exc:
+                    (retry if exc.temporary else failures).append(f"{_describe_child(obj)}: cannot delete it: {exc.message}")
+                    continue
+                if deleted:
                     events.append(Event("Normal", "Deleted", f"deleted {_describe_child(obj)}: no longer in the spec"))
 
         deployments = {
             key[1]: DeploymentState.from_object(obj) for key, obj in stored.items() if key[0] == "Deployment"
         }
-        status = compute_status(owner.name, owner.namespace, generation, spec, deployments, now=now, previous=previous)
+        status = compute_status(
+            owner.name, owner.namespace, generation, spec, deployments, now=now, previous=previous, apply_failures=failures
+        )
         old_ready = _condition(previous, "Ready")
         new_ready = status.conditions[0]
         if old_ready.get("status") != new_ready.status or old_ready.get("reason") != new_ready.reason:
             kind: Literal["Normal", "Warning"] = "Normal" if new_ready.status == "True" or new_ready.reason == "StepsNotReady" else "Warning"
-            events.append(Event(kind, "Ready" if new_ready.status == "True" else new_ready.reason, new_ready.message))
-        return Outcome(status=status, events=events)
+            reason = "Ready" if new_ready.status == "True" else new_ready.reason
+            events.append(Event(kind, reason, new_ready.message, transition=True))
+        return Outcome(status=status, events=events, retry=retry)
+
+    @staticmethod
+    def _changes(spec: PipelineSpec, obj: Mapping[str, Any], before: Mapping[str, Any] | None, *, created: bool) -> list[Event]:
+        """Events for what applying `obj` over `before` did: created it, scaled it, or put back a hand edit."""
+        if created:
+            return [Event("Normal", "Created", f"created {_describe_child(obj)}")]
+        if before is None or obj["kind"] != "Deployment":
+            return []
+        events = []
+        was, replicas = (before.get("spec") or {}).get("replicas"), obj["spec"]["replicas"]
+        if was != replicas:
+            events.append(Event("Normal", "Scaled", f"{_describe_child(obj)}: replicas {was} -> {replicas}"))
+        step = (obj["metadata"].get("labels") or {}).get(STEP_LABEL)
+        for variable, found, rendered in _hand_set_env(before, obj):
+            events.append(
+                Event(
+                    "Warning",
+                    "Reverted",
+                    f"{_describe_child(obj)}: env {variable}={found!r} was set by hand and is put back to {rendered!r}; "
+                    f"the InferencePipeline is the source of truth: edit {_field_for_env(spec, step, variable)} instead",
+                )
+            )
+        return events
 
     def _observe(self, owner: Owner) -> dict[ChildKey, dict[str, Any]]:
         """The pipeline's current children (by label, and owned by this very object)."""

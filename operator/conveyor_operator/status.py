@@ -1,7 +1,8 @@
 """An InferencePipeline's status, computed (purely) from its spec and the Deployments the operator observes.
 
 Conditions follow the usual Kubernetes shape: `Ready`, `Progressing` and `Degraded`, each with a reason and a
-message that names the step; `lastTransitionTime` moves only when a condition's status changes.
+message that names the step (or the child the API server refused, and why); `lastTransitionTime` moves only
+when a condition's status changes.
 """
 
 from __future__ import annotations
@@ -158,8 +159,12 @@ def compute_status(
     *,
     now: str,
     previous: Sequence[Mapping[str, Any]] = (),
+    apply_failures: Sequence[str] = (),
 ) -> PipelineStatus:
-    """The status of a valid pipeline; `deployments` maps Deployment names to what was observed."""
+    """The status of a valid pipeline; `deployments` maps Deployment names to what was observed.
+
+    `apply_failures` name the children the API server refused, with its message: they make the pipeline Degraded.
+    """
     steps: list[StepStatus] = []
     states: list[tuple[str, DeploymentState]] = []
     for step in spec.steps:
@@ -179,7 +184,9 @@ def compute_status(
     def cond(type_: ConditionType, status: ConditionStatus, reason: str, message: str) -> Condition:
         return condition(type_, status, reason, message, now=now, generation=generation, previous=previous)
 
-    if failing:
+    if apply_failures:
+        degraded = cond("Degraded", "True", "ApplyFailed", "; ".join([*apply_failures, *failing]))
+    elif failing:
         degraded = cond("Degraded", "True", "StepFailing", "; ".join(failing))
     else:
         degraded = cond("Degraded", "False", "AsExpected", "no step reports a failure")
@@ -187,7 +194,9 @@ def compute_status(
         progressing = cond("Progressing", "True", "RollingOut", "; ".join(pending))
     else:
         progressing = cond("Progressing", "False", "RolloutComplete", "every Deployment is rolled out")
-    if failing:
+    if apply_failures:
+        ready = cond("Ready", "False", "ApplyFailed", "; ".join(apply_failures))
+    elif failing:
         ready = cond("Ready", "False", "StepFailing", "; ".join(failing))
     elif pending:
         ready = cond("Ready", "False", "StepsNotReady", "; ".join(pending))

@@ -137,7 +137,7 @@ def test_helm_rbac_is_enough_for_the_operator(
     scope = ["--namespace", target] if watched else ["--all-namespaces"]
     name = "rbac-" + ("ns" if watched else "all")
     with KopfRunner(["run", "--standalone", *scope], registry=registry, timeout=60) as runner:
-        kube.create_pipeline(target, pipeline_body(name, {"name": "pre", "op": "resize"}))
+        kube.create_pipeline(target, pipeline_body(name, {"name": "pre", "op": "identity"}))
         wait_for(
             lambda: (kube.get_pipeline(target, name).get("status") or {}).get("observedGeneration") == 1,
             "the operator, as the chart's ServiceAccount, to reconcile and write status",

@@ -290,3 +290,66 @@ def test_operator_status_follows_the_deployments(kube: Kube, namespace: str, ope
     )
     assert not_ready["reason"] == "StepsNotReady" and "step 'cls'" in not_ready["message"]
     assert kube.condition(namespace, "demo", "Progressing")["status"] == "True"
+
+
+def _degraded(kube: Kube, namespace: str, name: str, reason: str) -> dict[str, Any]:
+    return wait_for(
+        lambda: (c := kube.condition(namespace, name, "Degraded")).get("reason") == reason and c,
+        f"Degraded with reason {reason} on {name}",
+    )
+
+
+def test_operator_reports_a_child_the_api_server_rejects_as_degraded(kube: Kube, namespace: str, operator: Any) -> None:
+    body = pipeline_body(
+        "tol",
+        {"name": "pre", "op": "identity"},
+        # Valid for the CRD, invalid for a Deployment: the API server answers 422.
+        {"name": "post", "op": "identity", "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]},
+    )
+    kube.create_pipeline(namespace, body)
+
+    degraded = _degraded(kube, namespace, "tol", "ApplyFailed")
+    assert degraded["status"] == "True"
+    assert "Deployment tol-post (step 'post')" in degraded["message"], degraded["message"]
+    assert "tolerations[0]" in degraded["message"] and "must be empty" in degraded["message"], degraded["message"]
+    assert kube.condition(namespace, "tol", "Ready")["reason"] == "ApplyFailed"
+    assert _children(kube, namespace, "tol")["Deployment"] == {"tol-pre", "tol-gateway"}
+    events = wait_for(lambda: [e for e in kube.events(namespace, "tol") if e.reason == "ApplyFailed"], "an ApplyFailed event")
+    assert events[0].type == "Warning" and "tol-post" in events[0].message
+
+    kube.patch_pipeline(namespace, "tol", [{"op": "remove", "path": "/spec/steps/1/tolerations"}])
+    wait_for(lambda: kube.condition(namespace, "tol", "Degraded").get("status") == "False", "Degraded=False after the fix")
+    assert "tol-post" in _children(kube, namespace, "tol")["Deployment"]
+
+
+def test_operator_reports_a_quota_that_forbids_the_deployments_as_degraded(kube: Kube, namespace: str, operator: Any) -> None:
+    quota = {"metadata": {"name": "no-deployments"}, "spec": {"hard": {"count/deployments.apps": "0"}}}
+    kube.core.create_namespaced_resource_quota(namespace, quota)
+    kube.create_pipeline(namespace, pipeline_body("quota", {"name": "pre", "op": "identity"}))
+
+    degraded = _degraded(kube, namespace, "quota", "ApplyFailed")
+    assert "Deployment quota-pre (step 'pre')" in degraded["message"] and "Deployment quota-gateway (gateway)" in degraded["message"]
+    assert "no-deployments" in degraded["message"] and "forbidden" in degraded["message"], degraded["message"]
+    assert _children(kube, namespace, "quota") == {"Deployment": set(), "Service": {"quota-pre", "quota-gateway"}, "ConfigMap": {"quota-graph"}}
+
+    kube.core.delete_namespaced_resource_quota("no-deployments", namespace)  # the resync applies again
+    wait_for(lambda: kube.condition(namespace, "quota", "Degraded").get("status") == "False", "Degraded=False without the quota")
+    assert _children(kube, namespace, "quota")["Deployment"] == {"quota-pre", "quota-gateway"}
+
+
+def test_operator_puts_back_a_hand_set_batching_env_and_says_to_edit_the_pipeline(
+    kube: Kube, namespace: str, operator: Any
+) -> None:
+    kube.create_pipeline(namespace, _demo())
+    wait_for(lambda: kube.deployment(namespace, "demo-cls"), "demo-cls Deployment")
+
+    # What `kubectl set env deployment/demo-cls CONVEYOR_MAX_BATCH_SIZE=8` sends.
+    env = [{"name": "CONVEYOR_MAX_BATCH_SIZE", "value": "8"}]
+    kube.apps.patch_namespaced_deployment("demo-cls", namespace, {"spec": {"template": {"spec": {"containers": [{"name": "step", "env": env}]}}}})
+
+    wait_for(lambda: _env(kube.deployment(namespace, "demo-cls"))["CONVEYOR_MAX_BATCH_SIZE"] == "16", "the CR's value back")
+    events = wait_for(lambda: [e for e in kube.events(namespace, "demo") if e.reason == "Reverted"], "a Reverted event")
+    assert events[0].type == "Warning"
+    message = events[0].message
+    assert "demo-cls" in message and "CONVEYOR_MAX_BATCH_SIZE" in message and "'8'" in message and "'16'" in message, message
+    assert "spec.steps[1].batching.maxBatchSize" in message, message

@@ -1,4 +1,4 @@
-"""The operator follows its children through watches, not only its resync timer: here the timer never fires."""
+"""The operator follows its children through watches, not only its periodic resync: here the resync never runs."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from conveyor_operator.cluster import Cluster
 from conveyor_operator.config import OperatorConfig
 from conveyor_operator.crd import CRD_FILENAME, PLURAL
 from conveyor_operator.handlers import build_registry
@@ -33,6 +34,7 @@ __all__ = [
     "operator",
     "pipeline_body",
     "pipeline_crd",
+    "running_operator",
     "wait_for",
 ]
 
@@ -76,6 +78,27 @@ class Kube:
     def get_pipeline(self, namespace: str, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
         return result
+
+    def find_pipeline(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pipeline, or None once it is gone."""
+        try:
+            return self.get_pipeline(namespace, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_pipeline(self, namespace: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+
+    def release_pipelines(self, namespace: str) -> None:
+        """Drop every finalizer from the namespace's pipelines, so that deleting the namespace never hangs on them."""
+        for item in self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL)["items"]:
+            if item["metadata"].get("finalizers"):
+                self.custom.patch_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, PLURAL, item["metadata"]["name"], {"metadata": {"finalizers": None}},
+                    _content_type="application/merge-patch+json",
+                )
 
     def patch_pipeline(self, namespace: str, name: str, patch: Any) -> dict[str, Any]:
         """JSON patch (a list of operations) of a pipeline."""
@@ -220,13 +243,14 @@ def pipeline_crd(kube: Kube) -> dict[str, Any]:
 
 @pytest.fixture
 def namespace(kube: Kube) -> Iterator[str]:
-    """A fresh namespace per test (deleted afterwards without waiting)."""
+    """A fresh namespace per test (deleted afterwards without waiting; a test's leftover finalizers are dropped first)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace({"metadata": {"name": name}})
     try:
         yield name
     finally:
         try:
+            kube.release_pipelines(name)
             kube.core.delete_namespace(name)
         except ApiException as exc:
             if exc.status != 404:
@@ -234,9 +258,15 @@ def namespace(kube: Kube) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_operator(reconcile_interval: float) -> Iterator[KopfRunner]:
-    """The real operator (kopf, cluster-wide) in a thread; checks on exit that it stopped cleanly."""
-    registry = build_registry(OperatorConfig(image=TEST_IMAGE, reconcile_interval=reconcile_interval))
+def running_operator(
+    reconcile_interval: float, cluster_factory: Callable[[], Cluster] = Cluster.connect
+) -> Iterator[KopfRunner]:
+    """The real operator (kopf, cluster-wide) in a thread; checks on exit that it stopped cleanly.
+
+    `cluster_factory` makes its API client: tests may pass one that records or holds calls.
+    """
+    config = OperatorConfig(image=TEST_IMAGE, reconcile_interval=reconcile_interval)
+    registry = build_registry(config, cluster_factory=cluster_factory)
     runner = KopfRunner(["run", "--standalone", "--all-namespaces", "--verbose"], registry=registry, timeout=60)
     with runner:
         yield runner

@@ -8,7 +8,7 @@ from conveyor_operator.status import DeploymentState, compute_status, invalid_st
 from conveyor_runtime.errors import FieldError
 from conveyor_runtime.spec import PipelineSpec
 
-SPEC = PipelineSpec.model_validate({"steps": [{"name": "pre", "op": "resize"}, {"name": "cls", "op": "topk", "replicas": 2}]})
+SPEC = PipelineSpec.model_validate({"steps": [{"name": "pre", "op": "identity"}, {"name": "cls", "op": "topk", "replicas": 2}]})
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
 
@@ -103,3 +103,13 @@ def test_status_model_dump_matches_the_crd_status_schema() -> None:
 
     dumped = compute_status("demo", "ml", 1, SPEC, _all_ready(), now=T0).model_dump(mode="json")
     assert set(dumped) <= set(status_schema()["properties"])
+
+
+def test_status_apply_failure_is_degraded_naming_the_child_and_the_api_message() -> None:
+    failure = "Deployment demo-cls (step 'cls'): Deployment.apps \"demo-cls\" is invalid: spec.template...: must be empty"
+    deployments = {k: v for k, v in _all_ready().items() if k != "demo-cls"}
+    conditions = _conditions(compute_status("demo", "ml", 1, SPEC, deployments, now=T0, apply_failures=[failure]))
+    assert (conditions["Degraded"].status, conditions["Degraded"].reason) == ("True", "ApplyFailed")
+    assert conditions["Degraded"].message == failure
+    assert (conditions["Ready"].status, conditions["Ready"].reason) == ("False", "ApplyFailed")
+    assert conditions["Ready"].message == failure

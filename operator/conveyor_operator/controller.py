@@ -1,0 +1,92 @@
+"""The work of one queued reconcile: read the pipeline afresh, reconcile it, write status only over that very read.
+
+`PipelineController.sync` blocks on API calls, so the queue runs it in a worker thread; the queue also makes sure
+that two syncs of one pipeline never overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from conveyor_runtime.spec import API_GROUP, API_VERSION, KIND
+
+from .cluster import Cluster, ClusterError
+from .labels import DEFAULT_IMAGE
+from .reconciler import Event, Outcome, Reconciler
+from .workqueue import Key, Retry
+
+__all__ = ["PIPELINE_API_VERSION", "PipelineController", "status_changes"]
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_API_VERSION = f"{API_GROUP}/{API_VERSION}"
+
+
+def status_changes(outcome: Outcome, current: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of status that change (None deletes a field in a merge patch); {} when nothing does."""
+    new = outcome.status.model_dump(mode="json")
+    return {key: value for key, value in new.items() if current.get(key) != value}
+
+
+class PipelineController:
+    """Reconciles pipelines by key; status is patched with the resourceVersion it was computed from."""
+
+    def __init__(self, cluster: Cluster, default_image: str = DEFAULT_IMAGE) -> None:
+        self.cluster = cluster
+        self.reconciler = Reconciler(cluster, default_image=default_image)
+
+    def sync(self, key: Key) -> None:
+        """Reconcile one pipeline; raises Retry when it should run again (at once when its status write was refused
+        because the pipeline changed since it was read)."""
+        namespace, name = key
+        try:
+            pipeline = self.cluster.get(PIPELINE_API_VERSION, KIND, namespace, name)
+            if pipeline is None or (pipeline.get("metadata") or {}).get("deletionTimestamp"):
+                return  # its children go with it (owner references)
+            outcome = self.reconciler.reconcile(pipeline)
+        except ClusterError as exc:
+            self._failed(key, exc)
+            return
+        actions = [event for event in outcome.events if not event.transition]  # done, whatever happens next
+        if outcome.retry:  # status would describe some children as they were before; the next run tells
+            self._post(pipeline, actions)
+            raise Retry("; ".join(outcome.retry))
+        changes = status_changes(outcome, pipeline.get("status") or {})
+        if changes:
+            try:
+                self.cluster.patch_status(
+                    PIPELINE_API_VERSION, KIND, namespace, name, changes, str(pipeline["metadata"]["resourceVersion"])
+                )
+            except ClusterError as exc:
+                self._post(pipeline, actions)  # the next run finds the transitions again
+                if exc.status == 409:
+                    raise Retry("changed while it was reconciled; again from a fresh read", delay=0) from None
+                self._failed(key, exc)
+                return
+        self._post(pipeline, outcome.events)
+        if outcome.errors:
+            logger.debug("%s/%s: invalid spec, nothing applied", namespace, name)
+        else:
+            logger.debug("%s/%s: reconciled: %s", namespace, name, outcome.status.conditions[0].message)
+
+    @staticmethod
+    def _failed(key: Key, exc: ClusterError) -> None:
+        """Nothing more to do in a namespace being deleted; otherwise run again after a backoff."""
+        if exc.namespace_terminating:
+            logger.debug("%s: its namespace is being deleted; nothing to do", "/".join(key))
+            return
+        raise Retry(f"the API server failed: {exc}") from None
+
+    def _post(self, pipeline: Mapping[str, Any], events: Sequence[Event]) -> None:
+        """Post the events and log them once; an event that cannot be posted is logged, not retried."""
+        meta = pipeline["metadata"]
+        for event in events:
+            level = logging.WARNING if event.type == "Warning" else logging.INFO
+            logger.log(level, "%s/%s: %s: %s", meta.get("namespace"), meta["name"], event.reason, event.message)
+            try:
+                self.cluster.post_event(pipeline, event.type, event.reason, event.message)
+            except ClusterError as exc:
+                level = logging.DEBUG if exc.namespace_terminating else logging.WARNING
+                logger.log(level, "%s/%s: could not post the %s event: %s", meta.get("namespace"), meta["name"], event.reason, exc)
