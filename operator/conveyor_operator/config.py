@@ -18,7 +18,7 @@ class OperatorConfig:
     """What the operator needs beyond the cluster: pods' default image, reconcile period, watched namespaces."""
 
     image: str = DEFAULT_IMAGE
-    #: Seconds between level-based reconciles of each pipeline (repairs hand-edited or deleted children).
+    #: Seconds between resyncs of every pipeline: the backstop behind the watches, and the retry of refused children.
     reconcile_interval: float = 15.0
     #: Namespaces to watch; empty means all (cluster-wide).
     namespaces: tuple[str, ...] = ()
