@@ -75,16 +75,22 @@ def protobuf_range() -> tuple[str, int, int]:
 _LOAD_GENCODE = """
 import importlib.util, sys
 from google.protobuf import __version__ as version
+modules = {}
 for path in sys.argv[1:]:
-    spec = importlib.util.spec_from_file_location("gencode", path)
-    module = importlib.util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location(path.rpartition("/")[2][:-3], path)
+    modules[spec.name] = module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for name in module.DESCRIPTOR.message_types_by_name:
         message = getattr(module, name)()
         assert type(message).FromString(message.SerializeToString()) == message, name
-request = module.ModelInferRequest(model_name="m", inputs=[{"name": "x", "datatype": "FP32", "shape": [1, 2]}])
-request.raw_input_contents.append(b"\\0" * 8)
-assert module.ModelInferRequest.FromString(request.SerializeToString()) == request
+filled = [
+    modules["open_inference_pb2"].ModelInferRequest(
+        model_name="m", inputs=[{"name": "x", "datatype": "FP32", "shape": [1, 2]}], raw_input_contents=[bytes(8)]
+    ),
+    modules["health_pb2"].HealthListResponse(statuses={"step": modules["health_pb2"].HealthCheckResponse(status=2)}),
+]
+for message in filled:
+    assert type(message).FromString(message.SerializeToString()) == message, type(message).__name__
 print(version)
 """
 
@@ -152,7 +158,8 @@ def check_order(work: Path, name: str, installs: list[str]) -> None:
     say(f"{name}: conveyor --help lists every command")
     round_trip(work, venv)
     say(
-        f"{name}: conveyor run answered tritonclient (gRPC, HTTP) and conveyor infer exactly ({time.monotonic() - started:.0f} s to here from the last install)"
+        f"{name}: conveyor run answered tritonclient (gRPC, HTTP), conveyor infer and a health Check "
+        f"({time.monotonic() - started:.0f} s from the last install)"
     )
 
 
@@ -242,7 +249,8 @@ def client_prepare(place: Path) -> None:
 
 
 def client_check(place: Path) -> None:
-    """Wait for the pipeline, then one request each from tritonclient.grpc, tritonclient.http and `conveyor infer`."""
+    """Wait for the pipeline, then one request each from tritonclient.grpc, tritonclient.http and `conveyor infer`,
+    and a grpc.health.v1 Check through the runtime's own health stub."""
     import numpy as np
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -282,6 +290,17 @@ def client_check(place: Path) -> None:
     tensor.set_data_from_numpy(batch)
     result = http_client.infer("packaging", [tensor])
     same("tritonclient.http", result.as_numpy("scores"), result.as_numpy("indices"))
+
+    # the runtime's own grpc.health.v1 messages and stub, against the gateway's health service
+    import grpc
+
+    from conveyor_runtime.protocol.health import HealthStub
+    from conveyor_runtime.protocol.proto import health_pb2
+
+    with grpc.insecure_channel(addresses["grpc"]) as channel:
+        health = HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=REQUEST_TIMEOUT_S)
+    if health.status != health_pb2.HealthCheckResponse.SERVING:
+        raise SystemExit(f"grpc.health.v1 Check: {health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)}, not SERVING")
 
     conveyor = Path(sys.executable).parent / "conveyor"
     infer = subprocess.run(

@@ -17,5 +17,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --only-binary=:all: "grpcio-tools==$GRPCIO_TOOLS"
 fi
-"$venv/bin/python" -m grpc_tools.protoc -I runtime --python_out=runtime --pyi_out=runtime runtime/conveyor_runtime/protocol/proto/open_inference.proto
-echo "generated runtime/conveyor_runtime/protocol/proto/open_inference_pb2.py{,i}"
+for proto in runtime/conveyor_runtime/protocol/proto/*.proto; do
+  "$venv/bin/python" -m grpc_tools.protoc -I runtime --python_out=runtime --pyi_out=runtime "$proto"
+  echo "generated ${proto%.proto}_pb2.py{,i}"
+done
