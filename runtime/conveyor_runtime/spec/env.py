@@ -1,4 +1,8 @@
-"""A step's spec in its pod's environment: the whole spec as JSON plus batching knobs an admin may override."""
+"""A step's spec in its pod's environment: the whole spec as JSON, plus its batching settings as plain variables.
+
+The CR stays the source of truth: the operator renders these variables and puts back a hand-set value (with a
+`Reverted` event naming the field to edit). Outside a cluster, `conveyor step` reads them over the JSON.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from .model import StepSpec
 __all__ = ["BATCHING_ENV", "STEP_SPEC_ENV", "step_from_env", "step_to_env"]
 
 STEP_SPEC_ENV = "CONVEYOR_STEP_SPEC"
-#: Batching overrides a cluster admin may set on a Deployment (`kubectl set env`) without editing the CR.
+#: Batching settings as variables (readable in `kubectl describe pod`); when set, they win over the JSON.
 BATCHING_ENV = {
     "maxBatchSize": "CONVEYOR_MAX_BATCH_SIZE",
     "maxQueueDelayMicroseconds": "CONVEYOR_MAX_QUEUE_DELAY_US",
