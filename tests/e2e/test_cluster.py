@@ -13,28 +13,34 @@ NAMESPACE = "e2e-cluster"
 WAIT = "120s"
 
 
-def _web_manifest(image: str) -> str:
-    # httpd serves /www; the readiness probe asks for /www/ready, which the test creates later.
+def _web_pod(name: str, image: str, *, ready_at_start: bool) -> str:
+    """busybox httpd on :8080 serving /www; its readiness probe asks for /www/ready."""
+    ready = " && touch /www/ready" if ready_at_start else ""
     return f"""
 apiVersion: v1
-kind: Namespace
-metadata: {{name: {NAMESPACE}}}
----
-apiVersion: v1
 kind: Pod
-metadata: {{name: web, namespace: {NAMESPACE}, labels: {{app: web}}}}
+metadata: {{name: {name}, namespace: {NAMESPACE}, labels: {{app: {name}}}}}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: web
     image: {image}
     imagePullPolicy: Never
-    command: ["sh", "-c", "mkdir -p /www && echo hello-from-web >/www/index.html && exec httpd -f -p 8080 -h /www"]
-    ports: [{{containerPort: 8080}}]
+    command: ["sh", "-c", "mkdir -p /www && echo hello-from-{name} >/www/index.html{ready} && exec httpd -f -p 8080 -h /www"]
     readinessProbe:
       httpGet: {{path: /ready, port: 8080}}
       periodSeconds: 1
       failureThreshold: 1
+"""
+
+
+def _manifest(image: str) -> str:
+    return f"""
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {NAMESPACE}}}
+---
+{_web_pod("web", image, ready_at_start=True)}
 ---
 apiVersion: v1
 kind: Service
@@ -58,18 +64,18 @@ spec:
 
 @pytest.fixture(scope="module")
 def pods(cluster: Cluster) -> Iterator[Cluster]:
-    """The web pod (not ready yet), its Service and a client pod, on the shared cluster."""
-    cluster.apply(_web_manifest(local_images()["busybox"]))
+    """A ready web pod behind the Service `web`, and a client pod, on the shared cluster."""
+    cluster.apply(_manifest(local_images()["busybox"]))
     try:
-        cluster.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/client", f"--timeout={WAIT}")
-        cluster.kubectl("-n", NAMESPACE, "wait", "--for=jsonpath={.status.phase}=Running", "pod/web", f"--timeout={WAIT}")
+        for pod in ("web", "client"):
+            cluster.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", f"pod/{pod}", f"--timeout={WAIT}")
         yield cluster
     finally:
         cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
 
-def _exec(cluster: Cluster, pod: str, *command: str, check: bool = True) -> str:
-    return cluster.kubectl("-n", NAMESPACE, "exec", pod, "--", *command, check=check)
+def _exec(cluster: Cluster, pod: str, *command: str) -> str:
+    return cluster.kubectl("-n", NAMESPACE, "exec", pod, "--", *command)
 
 
 def _ready(cluster: Cluster, pod: str) -> str:
@@ -83,21 +89,26 @@ def test_node_is_ready(cluster: Cluster) -> None:
 
 
 def test_readiness_probe_decides_when_the_local_image_pod_is_ready(pods: Cluster) -> None:
-    # The kubelet's own probe fails (404) while /www/ready is missing ...
-    pods.kubectl(
-        "-n", NAMESPACE, "wait", "--for=jsonpath={.reason}=Unhealthy", "event",
-        "--field-selector=involvedObject.name=web,reason=Unhealthy", f"--timeout={WAIT}",
-    )  # fmt: skip
-    assert _ready(pods, "web") == "False"
-    # ... and passes once it exists.
-    _exec(pods, "web", "touch", "/www/ready")
-    pods.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/web", f"--timeout={WAIT}")
-    assert _ready(pods, "web") == "True"
+    pods.apply(_web_pod("probed", local_images()["busybox"], ready_at_start=False))
+    try:
+        pods.kubectl(
+            "-n", NAMESPACE, "wait", "--for=jsonpath={.status.phase}=Running", "pod/probed", f"--timeout={WAIT}"
+        )  # fmt: skip
+        # The kubelet's own probe fails (404) while /www/ready is missing ...
+        pods.kubectl(
+            "-n", NAMESPACE, "wait", "--for=jsonpath={.reason}=Unhealthy", "event",
+            "--field-selector=involvedObject.name=probed,reason=Unhealthy", f"--timeout={WAIT}",
+        )  # fmt: skip
+        assert _ready(pods, "probed") == "False"
+        # ... and passes once it exists.
+        _exec(pods, "probed", "touch", "/www/ready")
+        pods.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/probed", f"--timeout={WAIT}")
+        assert _ready(pods, "probed") == "True"
+    finally:
+        pods.kubectl("-n", NAMESPACE, "delete", "pod", "probed", "--wait=false", check=False)
 
 
 def test_service_name_resolves_and_answers_from_another_pod(pods: Cluster) -> None:
-    _exec(pods, "web", "touch", "/www/ready")
-    pods.kubectl("-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/web", f"--timeout={WAIT}")
     cluster_ip = pods.kubectl("-n", NAMESPACE, "get", "service", "web", "-o", "jsonpath={.spec.clusterIP}")
 
     answer = _exec(pods, "client", "nslookup", f"web.{NAMESPACE}.svc.cluster.local")
