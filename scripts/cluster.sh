@@ -232,6 +232,7 @@ spawn() {  # component argv... : start it in the node namespaces, our cgroup, it
         exec setsid nsenter -t "${holder}" -m -n -- "$@"
     ) </dev/null >"${STATE}/logs/${name}.log" 2>&1 &
     echo "$!" >"${STATE}/pids/${name}"
+    disown "$!"  # stopped by pid, not as this shell's job
 }
 
 stop_pids() {  # timeout_s name=pid... : SIGTERM all at once, SIGKILL whatever is left after the timeout
@@ -628,6 +629,7 @@ cmd_up() {
         exec setsid unshare --mount --net --propagation private -- bash "${HERE}/cluster/ns-init.sh" "${STATE}"
     ) </dev/null >"${STATE}/logs/holder.log" 2>&1 &
     echo "$!" >"${STATE}/pids/holder"
+    disown "$!"
     wait_for "the node namespaces" 20 holder holder_ready
     local holder; holder="$(holder_pid)"
     ip link add "${HOST_IF}" type veth peer name eth0 netns "${holder}"
