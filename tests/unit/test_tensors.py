@@ -112,3 +112,13 @@ def test_tensors_typed_contents_out_of_the_datatypes_range_are_invalid(datatype:
 def test_tensors_typed_contents_at_the_edges_of_the_datatype_are_exact(datatype: str, field: str, values: list[int]) -> None:
     array = decode_tensor("x", datatype, [2], None, pb.InferTensorContents(**{field: values}))
     assert array.tolist() == values
+
+
+@pytest.mark.parametrize(("datatype", "field"), [("FP32", "fp64_contents"), ("BOOL", "int_contents"), ("INT64", "uint64_contents")])
+def test_tensors_typed_contents_in_a_field_of_another_datatype_are_invalid(datatype: str, field: str) -> None:
+    # they used to be ignored silently: with the right field empty, a [0]-shaped tensor "matched"
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="x", datatype=datatype, shape=[0]).contents.MergeFrom(pb.InferTensorContents(**{field: [1]}))
+    with pytest.raises(InvalidRequest, match=f"'x'.*{field}.*{datatype}"):
+        decode_tensors(request)
+

@@ -179,6 +179,10 @@ def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes | N
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidRequest(f"input {name!r}: {datatype} must be sent as raw_input_contents")
+    if contents is not None:
+        for descriptor, _ in contents.ListFields():
+            if descriptor.name != field:
+                raise InvalidRequest(f"input {name!r}: {descriptor.name} cannot carry {datatype}; send its values in {field}")
     values = getattr(contents, field) if contents is not None else []
     if len(values) != count:
         raise InvalidRequest(f"input {name!r}: shape {list(dims)} holds {count} elements but {field} has {len(values)}")
