@@ -80,6 +80,7 @@ async def test_executor_refuses_at_the_entry_while_a_later_step_is_full() -> Non
             assert info.value.status == "RESOURCE_EXHAUSTED" and info.value.step == "second"
         assert second.servicer.calls == 1
         assert first.servicer.calls == 1, "once `second` said it is full, no request is computed by `first` in vain"
+        assert [b.pending for b in balancers.values()] == [0, 0], "refused and failed requests hold no reservation"
     finally:
         for balancer in balancers.values():
             await balancer.aclose()
