@@ -11,6 +11,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,28 +99,28 @@ class Cluster:
     config: ClusterConfig
     kubeconfig: Path | None = None
     kubectl_path: Path | None = None
-    #: What the last `up` or `down` printed (stderr: its progress log).
-    last_output: str = ""
 
     def _script(self, command: str, timeout: float) -> str:
+        """Run `scripts/cluster.sh COMMAND`; its progress log streams to stderr (``pytest -s`` shows it live)."""
         env = {**os.environ, **self.config.env()}
-        try:
-            proc = subprocess.run(
-                ["bash", str(CLUSTER_SCRIPT), command],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ClusterError(f"scripts/cluster.sh {command} did not finish in {timeout:.0f}s") from exc
-        self.last_output = proc.stderr
-        if proc.returncode != 0:
-            raise ClusterError(
-                f"scripts/cluster.sh {command} exited {proc.returncode}:\n{proc.stderr[-4000:]}{proc.stdout[-2000:]}"
-            )
-        return proc.stdout
+        with subprocess.Popen(
+            ["bash", str(CLUSTER_SCRIPT), command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            try:
+                log: deque[str] = deque(maxlen=60)
+                for line in proc.stderr:
+                    sys.stderr.write(line)
+                    log.append(line)
+                stdout = proc.stdout.read()
+                returncode = proc.wait()
+            finally:
+                timer.cancel()
+        if returncode != 0:
+            raise ClusterError(f"scripts/cluster.sh {command} exited {returncode}:\n{''.join(log)}{stdout[-2000:]}")
+        return stdout
 
     def up(self) -> Path:
         """Bring the cluster up (idempotent); returns the kubeconfig path the script printed."""
@@ -135,7 +138,13 @@ class Cluster:
         if self.kubeconfig is None or self.kubectl_path is None:
             raise ClusterError("cluster is not up: call up() first")
         proc = subprocess.run(
-            [str(self.kubectl_path), "--kubeconfig", str(self.kubeconfig), f"--cache-dir={self.kubeconfig.parent / 'kube-cache'}", *args],
+            [
+                str(self.kubectl_path),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                f"--cache-dir={self.kubeconfig.parent / 'kube-cache'}",
+                *args,
+            ],
             input=stdin,
             capture_output=True,
             text=True,
