@@ -265,11 +265,13 @@ def _with_subprocess_server(args: argparse.Namespace, path: Path, feed: dict[str
 
 def _wait_ready(port: int, process: subprocess.Popen[bytes], limit_s: float = 120) -> None:
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from conveyor_runtime.protocol.health import HealthStub
+    from conveyor_runtime.protocol.proto import health_pb2
 
     give_up = time.monotonic() + limit_s
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        health = HealthStub(channel)
         while time.monotonic() < give_up:
             if process.poll() is not None:
                 raise RuntimeError(f"the step process exited with {process.returncode} before SERVING")

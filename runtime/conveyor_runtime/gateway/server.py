@@ -9,10 +9,9 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..protocol import add_inference_servicer
-from ..serving import HttpSite, MetricsEndpoint, TaskSet
+from ..serving import NOT_SERVING, SERVING, HealthService, HttpSite, MetricsEndpoint, TaskSet
 from ..spec import STEP_GRPC_PORT, ExecutionPlan, PipelineManifest, step_resource_name
 from .admission import Admission
 from .balancer import Balancer
@@ -64,7 +63,7 @@ class Gateway:
         self.limits = manifest.spec.gateway
         self.balancers = {name: Balancer(name, sources[name], on_ready_change=self._on_ready_change) for name in self.plan.order}
         self.executor = PipelineExecutor(self.plan, self.balancers)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthService(["", self.plan.pipeline])
         admission = Admission(self.limits.maxConcurrentRequests, self.limits.defaultTimeoutSeconds)
         self.servicer = GatewayServicer(self.executor, admission, max_request_bytes=self.limits.maxRequestBytes)
         self.serving = False
@@ -86,9 +85,8 @@ class Gateway:
         if ready == self._published_ready:
             return  # several steps changed at once: one task already published this state
         self._published_ready = ready
-        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", self.name):
-            await self.health.set(service, status)
+            self.health.set(service, SERVING if ready else NOT_SERVING)
         if ready:
             log.info("pipeline %s is ready: every step has a ready replica", self.name)
         else:
@@ -99,7 +97,7 @@ class Gateway:
         await self._publish_health()
         server = grpc.aio.server(options=server_options(self.limits.maxRequestBytes))
         add_inference_servicer(server, self.servicer)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.health.add_to(server)
         port = server.add_insecure_port(f"{self.host}:{self.grpc_port}")
         if port == 0:
             raise OSError(f"cannot bind gRPC port {self.host}:{self.grpc_port}; is another server using it?")
@@ -137,10 +135,11 @@ class Gateway:
         """Report NOT_SERVING, keep answering for `pre_stop` seconds (while Service endpoints drop this pod),
         then finish in-flight requests within `grace` and close every connection."""
         self.serving = False
-        await self.health.enter_graceful_shutdown()
+        self.health.shut_down()
         if pre_stop > 0:
             log.info("gateway %s: not ready; still answering for %.1fs before draining", self.name, pre_stop)
             await asyncio.sleep(pre_stop)
+        self.health.end_watches()  # open Watch streams would otherwise hold the drain to the whole grace
         for site in self._sites:
             await site.stop()
         self._sites.clear()

@@ -1,12 +1,17 @@
-"""What every server process shares: owned background tasks, the metrics endpoint, HTTP sites, addresses, signals."""
+"""What every server process shares: owned background tasks, gRPC health, the metrics endpoint, HTTP sites,
+addresses, signals."""
 
 from .addresses import format_address, free_port, parse_address
+from .health import NOT_SERVING, SERVING, HealthService
 from .http_site import HttpSite
 from .metrics_endpoint import MetricsEndpoint
 from .signals import stop_on_signals
 from .tasks import TaskSet
 
 __all__ = [
+    "NOT_SERVING",
+    "SERVING",
+    "HealthService",
     "HttpSite",
     "MetricsEndpoint",
     "TaskSet",

@@ -1,7 +1,7 @@
 """A step: one op or ONNX model served over gRPC with dynamic batching (what every step pod runs).
 
 `batcher` forms batches, `session` runs ONNX Runtime, `op_loop` is the request path (pre/process/post),
-`servicer` speaks the protocol, `health` is grpc.health.v1, `server` owns the gRPC server, metrics and the graceful
+`servicer` speaks the protocol, `server` owns the gRPC server, metrics and the graceful
 stop.
 """
 
@@ -16,7 +16,6 @@ from .cpus import (
     parse_cpu_quantity,
     step_cpu_budget,
 )
-from .health import StepHealth
 from .inputs import validate_inputs
 from .metrics import BATCH_REASONS, StepMetrics
 from .model_file import ensure_model
@@ -39,7 +38,6 @@ __all__ = [
     "ModelOp",
     "ModelSession",
     "OpLoop",
-    "StepHealth",
     "StepMetrics",
     "StepServer",
     "StepServicer",

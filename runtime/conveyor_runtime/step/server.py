@@ -15,13 +15,11 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2_grpc
 
 from ..errors import ConveyorError
 from ..protocol import SERVICE_NAME, add_inference_servicer
-from ..serving import MetricsEndpoint, format_address
+from ..serving import SERVING, HealthService, MetricsEndpoint, format_address
 from ..spec import StepSpec
-from .health import SERVING, StepHealth
 from .metrics import StepMetrics
 from .op_loop import OpLoop
 from .servicer import StepServicer
@@ -68,7 +66,7 @@ class StepServer:
         self.op_loop: OpLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._servicer: StepServicer | None = None
-        self._health = StepHealth(["", SERVICE_NAME])
+        self._health = HealthService(["", SERVICE_NAME])
         self._endpoint: MetricsEndpoint | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -97,7 +95,7 @@ class StepServer:
         )
         self._servicer = StepServicer(op_loop, max_message_bytes=self.max_message_bytes)
         add_inference_servicer(server, self._servicer)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._health.add_to(server)
         address = format_address(self.host, self.port)
         try:
             bound = server.add_insecure_port(address)

@@ -1,7 +1,8 @@
-"""`grpc.health.v1` for one step, with Watch streams the step can end so that they never hold up a drain.
+"""`grpc.health.v1` for a step or the gateway, with Watch streams the server can end so that they never hold up a drain.
 
 grpc_health's own servicer keeps every Watch open until the server cancels it, which made each SIGTERM drain
-last the whole grace period (the gateway keeps one Watch per replica).
+last the whole grace period (the gateway keeps one Watch per replica). The messages are our own
+(`protocol.health`), so a later install that moves protobuf cannot break them.
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ from collections.abc import Sequence
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2
 
-__all__ = ["StepHealth"]
+from ..protocol.health import add_health_servicer
+from ..protocol.proto import health_pb2
+
+__all__ = ["NOT_SERVING", "SERVING", "HealthService"]
+
+Status = health_pb2.HealthCheckResponse.ServingStatus
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 
-class StepHealth:
+class HealthService:
     """Check and Watch for `services` (NOT_SERVING until `set`); `shut_down` is final, `end_watches` closes streams."""
 
     def __init__(self, services: Sequence[str]) -> None:
@@ -29,10 +34,14 @@ class StepHealth:
         self._shut_down = False
         self._ending = False
 
-    def status(self, service: str = "") -> int:
-        return int(self._status.get(service, SERVICE_UNKNOWN))
+    def add_to(self, server: grpc.aio.Server) -> None:
+        """Serve Check, List and Watch on `server`."""
+        add_health_servicer(server, self)
 
-    def set(self, service: str, status: int) -> None:
+    def status(self, service: str = "") -> Status:
+        return self._status.get(service, SERVICE_UNKNOWN)
+
+    def set(self, service: str, status: Status) -> None:
         """Set one service's status (ignored after `shut_down`)."""
         if not self._shut_down:
             self._status[service] = status
@@ -62,8 +71,8 @@ class StepHealth:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
 
-    async def List(self, request: object, context: grpc.aio.ServicerContext) -> object:
-        """Every service's status (grpcio-health-checking 1.7x added this method; older ones never call it)."""
+    async def List(self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext) -> health_pb2.HealthListResponse:
+        """Every service's status."""
         statuses = {name: health_pb2.HealthCheckResponse(status=status) for name, status in self._status.items()}
         return health_pb2.HealthListResponse(statuses=statuses)
 
