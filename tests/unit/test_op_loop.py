@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from conveyor_runtime.errors import InvalidManifest
+from conveyor_runtime import Arrays, RequestContext, Skip
+from conveyor_runtime.errors import InvalidManifest, QueueFull
 from conveyor_runtime.ops import load_op
+from conveyor_runtime.protocol import decode_tensors, encode_tensors, pb
 from conveyor_runtime.step import CpuBudget, OpLoop, StepMetrics, ignored_batching
-from tests.support.step_fixtures import step_spec
+from tests.support.step_fixtures import GATE, GateOp, step_spec
 
 PER_REQUEST = "tests.support.unbatched_ops:PerRequestOnlyOp"
 ONE_AT_A_TIME = "tests.support.unbatched_ops:OneAtATimeOp"
 DOUBLE = "tests.support.step_fixtures:DoubleOp"
+GATE_OP = "tests.support.step_fixtures:GateOp"
 
 
 def _load(tmp_path: Path, **fields: Any) -> OpLoop:
@@ -68,3 +73,47 @@ def test_op_loop_refuses_batching_on_an_op_without_a_batch_step(tmp_path: Path) 
     assert [e.path for e in info.value.errors] == ["spec.steps[3].batching.maxBatchSize"]
     with pytest.raises(InvalidManifest, match=r"step\.batching\.maxBatchSize"):
         _load(tmp_path, op=PER_REQUEST, batching={"maxBatchSize": 16})
+
+
+class _CountingGateOp(GateOp):
+    """GateOp that counts the requests it preprocessed."""
+
+    preprocessed = 0
+
+    def preprocess(self, inputs: Arrays, request: RequestContext) -> Arrays | Skip:
+        self.preprocessed += 1
+        return super().preprocess(inputs, request)
+
+
+def _request(value: float) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="s")
+    encode_tensors(request, [("x", np.full((1, 2), value, np.float32))])
+    return request
+
+
+async def test_op_loop_refuses_a_request_to_a_full_queue_before_decoding_or_preprocessing() -> None:
+    GATE.clear()
+    GateOp.entered.clear()
+    spec = step_spec(
+        "s", op=GATE_OP, batching={"maxBatchSize": 1, "maxQueueDelayMicroseconds": 0, "maxQueueSize": 1}
+    )
+    op = _CountingGateOp()
+    loop = OpLoop(spec, op, StepMetrics("s"), cpus=CpuBudget(2, "test"))
+    await loop.start()
+    held: list[asyncio.Future[pb.ModelInferResponse]] = []
+    try:
+        held.append(asyncio.ensure_future(loop.infer(_request(1.0))))  # computing, held by the gate
+        assert await asyncio.to_thread(GateOp.entered.wait, 30)
+        held.append(asyncio.ensure_future(loop.infer(_request(2.0))))  # queued: the one row of room is taken
+        assert loop.batcher is not None
+        while loop.batcher.queued_rows < 1:
+            await asyncio.sleep(0.01)
+        assert op.preprocessed == 2
+        with pytest.raises(QueueFull):
+            await loop.infer(_request(3.0))
+        assert op.preprocessed == 2, "a refused request must cost no preprocessing"
+    finally:
+        GATE.set()
+        await asyncio.gather(*held, return_exceptions=True)
+        await loop.aclose()
+    assert [decode_tensors(f.result())["y"][0, 0] for f in held] == [2.0, 4.0]

@@ -19,10 +19,11 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..errors import DeadlineExceeded, ModelNotReady, StepCallError
 from ..protocol import InferenceStub, error_from_rpc, pb
+from ..protocol.health import HealthStub
+from ..protocol.proto import health_pb2
 from ..serving import TaskSet
 from ..spec import GatewaySpec
 from .endpoints import EndpointSource, watch_endpoints
@@ -148,7 +149,7 @@ class Balancer:
 
     async def _watch_health(self, replica: Replica) -> None:
         """Follow the replica's health stream; reconnect after failures (a restarted replica comes back)."""
-        stub = health_pb2_grpc.HealthStub(replica.channel)
+        stub = HealthStub(replica.channel)
         while True:
             try:
                 call = stub.Watch(health_pb2.HealthCheckRequest(service=""))
@@ -161,7 +162,7 @@ class Balancer:
             self._set_health(replica, False)
             await asyncio.sleep(self._retry_backoff_s)
 
-    async def _poll_health(self, replica: Replica, stub: health_pb2_grpc.HealthStub) -> None:
+    async def _poll_health(self, replica: Replica, stub: HealthStub) -> None:
         while True:
             try:
                 response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5.0)
@@ -189,7 +190,7 @@ class Balancer:
     async def _probe(self, replica: Replica) -> None:
         """Eject the replica while its health service gives no answer within `probe_timeout_s`; take it back
         (and stop probing) at the first answer. A replica that answers, however slowly it computes, stays."""
-        stub = health_pb2_grpc.HealthStub(replica.channel)
+        stub = HealthStub(replica.channel)
         try:
             while not replica.retired and not self._closed:
                 try:

@@ -61,7 +61,15 @@ class Gateway:
         self.http_port = http_port
         self.metrics_port = metrics_port
         self.limits = manifest.spec.gateway
-        self.balancers = {name: Balancer(name, sources[name], on_ready_change=self._on_ready_change) for name in self.plan.order}
+        self.balancers = {
+            name: Balancer(
+                name,
+                sources[name],
+                on_ready_change=self._on_ready_change,
+                default_timeout_s=self.limits.defaultTimeoutSeconds,
+            )
+            for name in self.plan.order
+        }
         self.executor = PipelineExecutor(self.plan, self.balancers)
         self.health = HealthService(["", self.plan.pipeline])
         admission = Admission(self.limits.maxConcurrentRequests, self.limits.defaultTimeoutSeconds)

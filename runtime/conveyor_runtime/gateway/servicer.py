@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc.aio
 
-from ..errors import InvalidRequest, RequestError, StepCallError
+from ..errors import InvalidRequest, QueueFull, RequestError, StepCallError
 from ..protocol import MODEL_VERSION, ModelServicerBase, TensorInfo, WireTensor, abort_with, add_wire_tensors, pb, wire_tensors
 from .admission import Admission
 from .executor import PipelineExecutor
@@ -73,7 +73,7 @@ class GatewayServicer(ModelServicerBase):
                 wire_tensors(request), timeout_s=context.time_remaining(), outputs=requested, request_id=request.id
             )
         except RequestError as exc:
-            if not isinstance(exc, (StepCallError, InvalidRequest)):
+            if not isinstance(exc, (StepCallError, InvalidRequest, QueueFull)):  # QueueFull: a line per refusal
                 log.info("request %s failed: %s", request.id or "-", exc)
             await abort_with(context, exc)
             raise  # unreachable: abort raises

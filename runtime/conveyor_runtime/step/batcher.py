@@ -194,6 +194,15 @@ class Batcher:
         if self._loop_task is None:
             self._loop_task = self._driver.spawn(self._run(), name=f"batcher-{self.name}", on_done=self._loop_done)
 
+    def refuse_if_full(self) -> None:
+        """Raise QueueFull when not one more row fits: checked before a request is decoded or preprocessed, so a
+        refusal under overload costs next to nothing (`submit` still checks the request's real row count)."""
+        if self._queued_rows >= self.max_queue_size:
+            raise QueueFull(
+                f"step {self.name!r} queue is full ({self._queued_rows} of {self.max_queue_size} rows queued); "
+                "retry later or add replicas"
+            )
+
     async def submit(self, arrays: Arrays, *, deadline: float | None = None) -> Arrays:
         """Queue one request (rows along axis 0 of every tensor) and wait for its outputs."""
         if self.failure is not None:

@@ -179,6 +179,8 @@ class OpLoop:
 
     async def infer(self, request: pb.ModelInferRequest, *, deadline: float | None = None) -> pb.ModelInferResponse:
         """Answer one ModelInferRequest; raises RequestError (with its status) when the request fails."""
+        if self.batcher is not None:
+            self.batcher.refuse_if_full()
         inputs = validate_inputs(self.name, self.op.inputs, decode_tensors(request), any_name=self.op.any_input_name)
         requested = [o.name for o in request.outputs]
         if self._output_names:
