@@ -50,7 +50,11 @@ COPY examples /opt/conveyor/examples
 RUN groupadd --gid 10001 conveyor \
  && useradd --uid 10001 --gid 10001 --home-dir /var/lib/conveyor --create-home --shell /usr/sbin/nologin conveyor
 WORKDIR /var/lib/conveyor
-ENV HOME=/var/lib/conveyor
+# numpy's OpenBLAS would start one idle thread per node core at import (63 on a 64-core node); steps size their
+# own ONNX Runtime and hook threads from the container's CPU budget instead.
+ENV HOME=/var/lib/conveyor \
+    OPENBLAS_NUM_THREADS=1 \
+    OMP_NUM_THREADS=1
 USER 10001:10001
 EXPOSE 9000 9090 8000 8001
 CMD ["conveyor", "--help"]
