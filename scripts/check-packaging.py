@@ -186,7 +186,7 @@ sys.exit("\\n".join(broken) or None)
 
 _VERSIONS = (
     "from importlib.metadata import version as v; "
-    "print(', '.join(f'{p} {v(p)}' for p in ('protobuf', 'grpcio', 'grpcio-health-checking', 'onnx', 'onnxruntime', 'tritonclient')))"
+    "print(', '.join(f'{p} {v(p)}' for p in ('protobuf', 'grpcio', 'onnx', 'onnxruntime', 'tritonclient')))"
 )
 
 
