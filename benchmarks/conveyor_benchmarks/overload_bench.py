@@ -226,7 +226,7 @@ async def _watch_memory(memory: _Memory, stop: asyncio.Event) -> None:
         memory.sample({})
         try:
             await asyncio.wait_for(stop.wait(), 0.5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

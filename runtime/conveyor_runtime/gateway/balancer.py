@@ -243,7 +243,7 @@ class Balancer:
     async def wait_ready(self, timeout: float | None = None) -> bool:
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -301,7 +301,7 @@ class Balancer:
         if remaining > 0:
             try:
                 await asyncio.wait_for(self._changed.wait(), min(remaining, self._retry_backoff_s))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def infer(self, request: pb.ModelInferRequest, deadline: float | None = None) -> pb.ModelInferResponse:

@@ -302,7 +302,7 @@ class Batcher:
             timeout = None if plan.wake_at is None else max(0.0, plan.wake_at - now)
             try:
                 await asyncio.wait_for(self._arrived.wait(), timeout)
-            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            except TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 pass
 
     async def _execute(self, items: list[_Item], reason: str) -> None:

@@ -205,7 +205,7 @@ async def _wait_at_most(event: asyncio.Event | None, seconds: float) -> None:
         return
     try:
         await asyncio.wait_for(event.wait(), seconds)
-    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+    except TimeoutError:  # not the builtin TimeoutError before Python 3.11
         pass
 
 
