@@ -1,5 +1,6 @@
 """Registers `conveyor bench step` (one model step vs in-process ONNX Runtime), `conveyor bench pipeline` and
-`conveyor bench overload` (a pipeline offered a multiple of its capacity)."""
+`conveyor bench overload` (a pipeline offered a multiple of its capacity) and `conveyor bench fuzz` (malformed requests
+interleaved with checked valid ones)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ def register(subparsers: Any) -> None:
         "bench", help="measure throughput, p50/p99 latency and realized batch sizes"
     )
     modes = parser.add_subparsers(dest="bench_mode", metavar="MODE", required=True)
-    from . import overload_bench, pipeline_bench, step_bench
+    from . import fuzz_bench, overload_bench, pipeline_bench, step_bench
 
     step_bench.register(modes)
     pipeline_bench.register(modes)
     overload_bench.register(modes)
+    fuzz_bench.register(modes)
