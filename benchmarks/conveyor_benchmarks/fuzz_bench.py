@@ -55,7 +55,10 @@ def register(modes: Any) -> None:
     parser.add_argument(
         "--warmup", type=int, default=2000, help="requests of the run after which RSS is first read (default 2000)"
     )
-    parser.add_argument("--oversize", type=int, default=20, help="requests over maxRequestBytes per protocol (default 20; each is that big)")
+    parser.add_argument(
+        "--oversize", type=int, default=20,
+        help="of the malformed requests, how many per protocol are over maxRequestBytes, spread after the warm-up (default 20)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the mutations (default 0)")
     parser.add_argument("--timeout", type=float, default=30.0, help="each request's client timeout in seconds (default 30)")
     parser.add_argument("--json", dest="json_out", help="also write every figure to this JSON file")
@@ -287,9 +290,15 @@ def _raw(payload: npt.NDArray[Any]) -> bytes:
 
 
 def _plan(args: argparse.Namespace, rng: random.Random) -> list[str]:
-    """The order of the run: "grpc" or "http" for a malformed request, "valid" after every `valid_every` of them."""
+    """The order of the run: "grpc" or "http" for a malformed request ("... oversize" for one over the size limit:
+    as many as --oversize per protocol, evenly spread after the warm-up), "valid" after every `valid_every`."""
     kinds = ["grpc"] * args.grpc + ["http"] * args.http
     rng.shuffle(kinds)
+    for protocol in ("grpc", "http"):
+        positions = [i for i, kind in enumerate(kinds) if kind == protocol and i >= args.warmup]
+        count = min(args.oversize, len(positions))
+        for n in range(count):
+            kinds[positions[n * len(positions) // count]] = f"{protocol} oversize"
     plan: list[str] = []
     for index, kind in enumerate(kinds):
         plan.append(kind)
@@ -298,14 +307,10 @@ def _plan(args: argparse.Namespace, rng: random.Random) -> list[str]:
     return plan
 
 
-def _pick(cases: list[Case], rng: random.Random, oversize_left: dict[str, int]) -> Case:
-    while True:
-        case = rng.choices(cases, weights=[c.weight for c in cases])[0]
-        if not case.oversize:
-            return case
-        if oversize_left[case.protocol] > 0:
-            oversize_left[case.protocol] -= 1
-            return case
+def _pick(cases: list[Case], rng: random.Random, oversize: bool) -> Case:
+    """A case at random by weight; an oversize one exactly when `oversize` (the plan places those)."""
+    chosen = [c for c in cases if c.oversize == oversize]
+    return rng.choices(chosen, weights=[c.weight for c in chosen])[0]
 
 
 async def _run(args: argparse.Namespace, pipeline: Pipeline, report: FuzzReport, memory: Memory) -> None:
@@ -318,8 +323,6 @@ async def _run(args: argparse.Namespace, pipeline: Pipeline, report: FuzzReport,
     for case in GRPC_CASES + HTTP_CASES:
         case.context = context
     plan = _plan(args, rng)
-    # probability of oversize cases is tiny; the budget caps the bytes sent
-    oversize_left = {"grpc": args.oversize, "http": args.oversize}
     pids = pipeline.pids()
     restarts_before = pipeline.restarts()
     memory.idle = memory.sample(pids)
@@ -339,7 +342,8 @@ async def _run(args: argparse.Namespace, pipeline: Pipeline, report: FuzzReport,
                 if kind == "valid":
                     await sender.check_valid(valids[local.randrange(len(valids))])
                 else:
-                    case = _pick(GRPC_CASES if kind == "grpc" else HTTP_CASES, local, oversize_left)
+                    protocol, _, oversize = kind.partition(" ")
+                    case = _pick(GRPC_CASES if protocol == "grpc" else HTTP_CASES, local, bool(oversize))
                     await sender.malformed(case, local, payload)
                 report.sent += 1
 

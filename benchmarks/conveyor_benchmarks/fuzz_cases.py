@@ -53,7 +53,7 @@ class Context:
 
 @dataclass
 class Case:
-    """A kind of mutation; `weight` sets how often it is picked, `oversize` cases are capped by a budget."""
+    """A kind of mutation; `weight` sets how often it is picked; `oversize` cases are placed by the run's plan."""
 
     protocol: str
     name: str
