@@ -857,20 +857,14 @@ def test_fuzz_tritonclient_http_reads_non_finite_answers_back(clients: Clients) 
         client.close()
 
 
-# --- defects found by this suite in code its author does not own: each fails until fixed, then XPASS fails ---
+# --- defects this suite found; the one still open is a strict xfail (it fails the suite once fixed) ---
 
 
-@pytest.mark.xfail(strict=True, reason="step.inputs.validate_inputs accepts a request without inputs for ops that declare none")
 def test_fuzz_grpc_step_without_inputs_is_invalid(clients: Clients) -> None:
     code, _, details = clients.grpc(clients.where.steps["b"], pb.ModelInferRequest(model_name="b").SerializeToString())
     assert code == "INVALID_ARGUMENT", f"{code} {details}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway.http lets aiohttp decompress: a deflate stream cut short raises inside aiohttp's parser after the "
-    "request reached the handler, whose read() then never returns",
-)
 def test_fuzz_http_truncated_deflate_body_is_answered_400(clients: Clients) -> None:
     host, port = clients.where.http["echo"].split(":")
     body = zlib.compress(b'{"inputs": []}')[:-3]
@@ -883,11 +877,6 @@ def test_fuzz_http_truncated_deflate_body_is_answered_400(clients: Clients) -> N
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway.http lets aiohttp decompress: after a corrupt compressed body aiohttp answers 400 but then "
-    "closes the kept-alive connection without `Connection: close`, so the client's next request on it fails",
-)
 def test_fuzz_http_connection_stays_usable_after_a_corrupt_compressed_body(clients: Clients) -> None:
     host, port = clients.where.http["echo"].split(":")
     valid = http_document([Tensor("x", "UINT8", (1,), np.array([7], np.uint8))], set(), {})[0]
@@ -912,8 +901,8 @@ def test_fuzz_http_connection_stays_usable_after_a_corrupt_compressed_body(clien
 
 @pytest.mark.xfail(
     strict=True,
-    reason="gateway.servicer aborts inside `except ... as exc`: the AbortError's traceback, the frame and the "
-    "exception form a cycle that keeps each refused request (up to 2x maxRequestBytes) alive until the cycle collector runs",
+    reason="a refused request (up to 2x maxRequestBytes) is still freed only by the cycle collector: aborting outside "
+    "the except block and dropping the error's traceback did not break the cycle; it runs through grpc's abort path",
 )
 def test_fuzz_grpc_refused_requests_are_freed_without_the_cycle_collector(clients: Clients) -> None:
     message = grpc_message("echo", [Tensor("x", "UINT8", (1,), np.array([7], np.uint8))])

@@ -114,7 +114,8 @@ class Gateway:
         self._server = server
         if self.http_port is not None:
             app = create_http_app(self.servicer, serving=lambda: self.serving)
-            self.http_port = await self._serve(HttpSite(app, self.host, self.http_port))
+            # the app decompresses bodies itself, bounded (see gateway.http)
+            self.http_port = await self._serve(HttpSite(app, self.host, self.http_port, auto_decompress=False))
         if self.metrics_port is not None:
             self.metrics_port = await self._serve(MetricsEndpoint(self.executor.registry, self.host, self.metrics_port))
         for balancer in self.balancers.values():

@@ -75,12 +75,16 @@ class GatewayServicer(ModelServicerBase):
         except RequestError as exc:
             if not isinstance(exc, (StepCallError, InvalidRequest, QueueFull)):  # QueueFull: a line per refusal
                 log.info("request %s failed: %s", request.id or "-", exc)
-            await abort_with(context, exc)
-            raise  # unreachable: abort raises
+            error: BaseException = exc
         except Exception as exc:
             log.exception("request %s failed unexpectedly", request.id or "-")
-            await abort_with(context, exc)
-            raise
-        response = pb.ModelInferResponse(model_name=self.executor.name, model_version=MODEL_VERSION, id=request.id)
-        add_wire_tensors(response, outputs)
-        return response
+            error = exc
+        else:
+            response = pb.ModelInferResponse(model_name=self.executor.name, model_version=MODEL_VERSION, id=request.id)
+            add_wire_tensors(response, outputs)
+            return response
+        # Aborted outside the `except` blocks and without the error's traceback: either would keep this frame (and
+        # the request, up to 2x maxRequestBytes) in a reference cycle until the cycle collector ran.
+        error.__traceback__ = None
+        await abort_with(context, error)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover

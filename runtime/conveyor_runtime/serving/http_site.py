@@ -10,15 +10,16 @@ __all__ = ["HttpSite"]
 class HttpSite:
     """Serves `app` from the running event loop; `start` binds, `stop` closes every connection."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(self, app: web.Application, host: str, port: int, *, auto_decompress: bool = True) -> None:
         self.app = app
+        self.auto_decompress = auto_decompress
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port. Raises OSError when the port is taken."""
-        runner = web.AppRunner(self.app, access_log=None)
+        runner = web.AppRunner(self.app, access_log=None, auto_decompress=self.auto_decompress)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:

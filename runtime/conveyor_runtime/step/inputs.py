@@ -13,9 +13,11 @@ __all__ = ["validate_inputs"]
 def validate_inputs(step: str, specs: list[TensorSpec], inputs: Arrays, *, any_name: bool = False) -> Arrays:
     """Check a request's tensors against the step's inputs; raise InvalidRequest naming the input and reason.
 
-    An op that declares no inputs (e.g. the built-in `identity`) takes whatever tensors it is given.
+    An op that declares no inputs (e.g. the built-in `identity`) takes whatever tensors it is given, but at least one.
     """
     if not specs:
+        if not inputs:
+            raise InvalidRequest(f"the request has no inputs; step {step!r} takes any tensors, but at least one")
         return inputs
     if any_name and len(specs) == 1 and len(inputs) == 1:
         inputs = {specs[0].name: next(iter(inputs.values()))}
