@@ -184,10 +184,10 @@ def _is_server_error(outcome: str) -> bool:
 
 
 class Sender:
-    """Sends requests over a pool of gRPC channels and two HTTP sessions; classifies each answer.
+    """Sends requests over a pool of gRPC channels and one HTTP session; classifies each answer.
 
-    Malformed HTTP requests each get a connection of their own: after some of them the gateway closes the
-    connection without saying so (see /work/notes/fuzz.md), and the next request on it would fail for that.
+    Malformed and valid requests share kept-alive connections, as one client's requests do: a server that drops a
+    connection after a bad request fails the next request on it, and that shows up here as no answer.
     """
 
     def __init__(self, addresses: dict[str, Any], timeout_s: float, report: FuzzReport) -> None:
@@ -197,23 +197,18 @@ class Sender:
         self.channels = [grpc.aio.insecure_channel(self.grpc_address) for _ in range(4)]
         method = f"/{SERVICE_NAME}/ModelInfer"
         self.calls = [c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in self.channels]
-        self.sessions: dict[bool, aiohttp.ClientSession] = {}  # malformed? -> session
+        self.session: aiohttp.ClientSession | None = None
         self._next = 0
 
     async def __aenter__(self) -> Sender:
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        for malformed in (False, True):
-            self.sessions[malformed] = aiohttp.ClientSession(
-                timeout=timeout,
-                auto_decompress=False,
-                skip_auto_headers=["Content-Type"],
-                connector=aiohttp.TCPConnector(force_close=malformed, limit=0),
-            )
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s), auto_decompress=False, skip_auto_headers=["Content-Type"]
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for session in self.sessions.values():
-            await session.close()
+        if self.session is not None:
+            await self.session.close()
         for channel in self.channels:
             await channel.close()
 
@@ -226,11 +221,12 @@ class Sender:
         except grpc.aio.AioRpcError as exc:
             return exc.code().name, None
 
-    async def http(self, request: HttpRequest, malformed: bool) -> tuple[str, bytes, dict[str, str]]:
+    async def http(self, request: HttpRequest) -> tuple[str, bytes, dict[str, str]]:
         """(status, body, lower-cased headers); no answer is 'client:<what>'."""
+        assert self.session is not None
         url = f"http://{self.http_address}{request.path}"
         try:
-            async with self.sessions[malformed].post(url, data=request.body, headers=request.headers) as response:
+            async with self.session.post(url, data=request.body, headers=request.headers) as response:
                 body = await response.read()
                 return str(response.status), body, {k.lower(): v for k, v in response.headers.items()}
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -245,7 +241,7 @@ class Sender:
             accepted = outcome == "OK"
         else:
             assert isinstance(made.request, HttpRequest)
-            outcome, body, _ = await self.http(made.request, malformed=True)
+            outcome, body, _ = await self.http(made.request)
             accepted = outcome == "200"
             if not accepted and not _is_server_error(outcome) and not body.startswith(b'{"error"'):
                 self.report.note(f"HTTP {case.name}: {outcome} answer is not a JSON error: {body[:120]!r}")
@@ -262,7 +258,7 @@ class Sender:
             outcome, answer = await self.grpc(valid.request)
             problem = valid.check_grpc(outcome, answer)
         else:
-            outcome, body, headers = await self.http(valid.request, malformed=False)
+            outcome, body, headers = await self.http(valid.request)
             problem = valid.check_http(outcome, body, headers)
         self.report.valid["exact" if problem is None else problem.split(":")[0]] += 1
         if problem is not None:
