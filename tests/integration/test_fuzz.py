@@ -859,7 +859,7 @@ def test_fuzz_tritonclient_http_reads_non_finite_answers_back(clients: Clients) 
         client.close()
 
 
-# --- defects this suite found; the one still open is a strict xfail (it fails the suite once fixed) ---
+# --- defects this suite found (each failed before its fix) ---
 
 
 def test_fuzz_grpc_step_without_inputs_is_invalid(clients: Clients) -> None:
@@ -901,11 +901,6 @@ def test_fuzz_http_connection_stays_usable_after_a_corrupt_compressed_body(clien
     assert statuses[1].startswith(b"HTTP/1.1 200"), f"the valid request after it on the same connection: {statuses[1]!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refused request (up to 2x maxRequestBytes) is still freed only by the cycle collector: aborting outside "
-    "the except block and dropping the error's traceback did not break the cycle; it runs through grpc's abort path",
-)
 def test_fuzz_grpc_refused_requests_are_freed_without_the_cycle_collector(clients: Clients) -> None:
     message = grpc_message("echo", [Tensor("x", "UINT8", (1,), np.array([7], np.uint8))])
     message.parameters["padding"].string_param = "p" * (MAX_REQUEST_BYTES + 1)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import grpc.aio
 
 from ..errors import InvalidRequest, QueueFull, RequestError, StepCallError
-from ..protocol import MODEL_VERSION, ModelServicerBase, TensorInfo, WireTensor, abort_with, add_wire_tensors, pb, wire_tensors
+from ..protocol import MODEL_VERSION, ModelServicerBase, TensorInfo, WireTensor, add_wire_tensors, fail_with, pb, wire_tensors
 from .admission import Admission
 from .executor import PipelineExecutor
 
@@ -83,8 +83,8 @@ class GatewayServicer(ModelServicerBase):
             response = pb.ModelInferResponse(model_name=self.executor.name, model_version=MODEL_VERSION, id=request.id)
             add_wire_tensors(response, outputs)
             return response
-        # Aborted outside the `except` blocks and without the error's traceback: either would keep this frame (and
-        # the request, up to 2x maxRequestBytes) in a reference cycle until the cycle collector ran.
+        # Failed outside the `except` blocks, without the error's traceback and without raising (see fail_with):
+        # each would keep this frame, and the request (up to 2x maxRequestBytes), in a reference cycle.
         error.__traceback__ = None
-        await abort_with(context, error)
-        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+        fail_with(context, error)
+        return pb.ModelInferResponse()

@@ -6,7 +6,16 @@ from .model_service import MODEL_VERSION, ModelServicerBase, TensorInfo
 from .proto import open_inference_pb2 as pb
 from .rest import HEADER_LENGTH, RequestOptions, parse_infer_request, render_infer_response, request_options
 from .service import METHODS, SERVICE_NAME, InferenceServicer, InferenceStub, add_inference_servicer
-from .status import INTERNAL_MESSAGE, MAX_MESSAGE_CHARS, abort_with, client_message, error_from_rpc, grpc_code, http_status
+from .status import (
+    INTERNAL_MESSAGE,
+    MAX_MESSAGE_CHARS,
+    abort_with,
+    client_message,
+    error_from_rpc,
+    fail_with,
+    grpc_code,
+    http_status,
+)
 from .tensors import (
     DATATYPES,
     MAX_TENSOR_SPAN,
@@ -56,6 +65,7 @@ __all__ = [
     "encode_tensor",
     "encode_tensors",
     "error_from_rpc",
+    "fail_with",
     "grpc_code",
     "http_status",
     "parse_infer_request",

@@ -11,7 +11,7 @@ import grpc.aio
 
 from ..errors import STATUS_NAMES, RequestError, StepCallError
 
-__all__ = ["INTERNAL_MESSAGE", "abort_with", "error_from_rpc", "grpc_code", "http_status"]
+__all__ = ["INTERNAL_MESSAGE", "abort_with", "error_from_rpc", "fail_with", "grpc_code", "http_status"]
 
 #: What a client sees for an unexpected error (the traceback is in the server's log).
 INTERNAL_MESSAGE = "internal error; see the server's log"
@@ -59,6 +59,17 @@ def client_message(error: BaseException) -> str:
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 20] + " ... (message clipped)"
     return message
+
+
+def fail_with(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+    """Set the status for `error` on an RPC whose handler then returns (an empty message, which gRPC drops).
+
+    Unlike `abort_with`, nothing is raised: grpc keeps the AbortError it raises, and with it every frame that held
+    the request, in a reference cycle, so each refused ModelInfer request (up to 2x the size limit) lived on until
+    the cycle collector ran.
+    """
+    context.set_code(grpc_code(error))
+    context.set_details(client_message(error))
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: BaseException) -> None:

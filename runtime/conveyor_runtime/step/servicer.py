@@ -10,7 +10,7 @@ import grpc.aio
 
 from ..errors import InvalidRequest, RequestError
 from ..ops import TensorSpec
-from ..protocol import ModelServicerBase, TensorInfo, abort_with, pb
+from ..protocol import ModelServicerBase, TensorInfo, fail_with, pb
 from .op_loop import OpLoop
 
 __all__ = ["SERVER_NAME", "StepServicer"]
@@ -69,8 +69,8 @@ class StepServicer(ModelServicerBase):
             return response
         status = error.status if isinstance(error, RequestError) else "INTERNAL"
         self.op_loop.metrics.request_done(status, time.monotonic() - started)
-        await abort_with(context, error)
-        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+        fail_with(context, error)  # not abort: see fail_with
+        return pb.ModelInferResponse()
 
 
 def _too_large(request: pb.ModelInferRequest, size: int, limit: int) -> RequestError:
