@@ -14,6 +14,7 @@
 #
 # Usage: scripts/build-control-plane.sh [--print-bin-dir]
 set -euo pipefail
+SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 K8S_VERSION="${CONVEYOR_K8S_VERSION:-v1.36.3}"
 CACHE_DIR="${CONVEYOR_CONTROL_PLANE_DIR:-${HOME}/.cache/conveyor/control-plane/${K8S_VERSION}}"
@@ -103,13 +104,9 @@ else
 fi
 
 # --- 3. build ---------------------------------------------------------------
-build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-ldflags="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
-    ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${build_date}"
-done
+# shellcheck source=lib/k8s-ldflags.sh
+source "${SCRIPTS_DIR}/lib/k8s-ldflags.sh"
+ldflags="$(k8s_ldflags "${K8S_VERSION}")"
 
 pkg_for() {
     case "$1" in

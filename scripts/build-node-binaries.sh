@@ -91,13 +91,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     log "k8s ${K8S_VERSION}; building ${missing[*]} into ${NODE_BIN_DIR} ($("${GO}" version))"
     log "a cold build takes ~5-10 min on 2 cores (kubelet is the long one)"
 
-    build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-    ldflags="-s -w"
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        ldflags+=" -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
-        ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${build_date}"
-    done
+    # shellcheck source=lib/k8s-ldflags.sh
+    source "${HERE}/lib/k8s-ldflags.sh"
+    ldflags="$(k8s_ldflags "${K8S_VERSION}")"
     for t in "${missing[@]}"; do
         log "building ${t} (k8s.io/kubernetes/cmd/${t}) ..."
         (cd "${build_dir}" && build_with_progress "${t}" "${build_dir}/${t}.log" \
