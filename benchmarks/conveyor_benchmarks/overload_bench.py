@@ -26,7 +26,7 @@ from conveyor_runtime.protocol import InferenceStub, encode_tensors, pb
 from conveyor_runtime.spec import load_manifest
 
 from .load import closed_loop, percentile
-from .pipeline_bench import _fmt, _start_pipeline, _stop_pipeline, _table, make_payloads
+from .pipeline_bench import _fmt, _start_pipeline, _stop_pipeline, _table, add_payload_arguments, make_payloads
 
 __all__ = ["OpenLoopResult", "open_loop_by_code", "register", "rss_mb", "run", "with_queue_sizes"]
 
@@ -50,11 +50,7 @@ def register(modes: Any) -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each level (default 3)")
     parser.add_argument("--timeout", type=float, default=10.0, help="each request's deadline in seconds (default 10)")
     parser.add_argument("--channels", type=int, default=4, help="client connections (default 4)")
-    parser.add_argument("--rows", type=int, default=1, help="rows (images) per request (default 1)")
-    parser.add_argument(
-        "--payload", default="auto", choices=["auto", "jpeg", "png", "pixels"], help="what requests carry (default auto)"
-    )
-    parser.add_argument("--frame", default="320x240", help="camera frame WxH for jpeg/png payloads (default 320x240)")
+    add_payload_arguments(parser)
     parser.add_argument("--json", dest="json_out", help="also write every figure to this JSON file")
     parser.set_defaults(handler=run)
 

@@ -47,14 +47,19 @@ def register(modes: Any) -> None:
     )
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per load level (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level (default 2)")
+    add_payload_arguments(parser)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
+    parser.add_argument("--json", dest="json_out", help="also write every figure to this JSON file")
+    parser.set_defaults(handler=run)
+
+
+def add_payload_arguments(parser: argparse.ArgumentParser) -> None:
+    """--rows, --payload and --frame: what each request carries (read by `make_payloads`)."""
     parser.add_argument("--rows", type=int, default=1, help="rows (images) per request (default 1)")
     parser.add_argument(
         "--payload", default="auto", choices=["auto", "jpeg", "png", "pixels"], help="what requests carry (default auto)"
     )
     parser.add_argument("--frame", default="320x240", help="camera frame WxH for jpeg/png payloads (default 320x240)")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
-    parser.add_argument("--json", dest="json_out", help="also write every figure to this JSON file")
-    parser.set_defaults(handler=run)
 
 
 # --- payloads ------------------------------------------------------------------------------------------------
