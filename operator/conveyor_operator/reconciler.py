@@ -1,7 +1,9 @@
 """One level-based reconcile of an InferencePipeline: validate, apply the children, prune the rest, compute status.
 
 Nothing is applied unless the whole spec is valid, so an invalid graph never leaves half-built children. Each
-child is applied only over the version observed (else 409), so the events say exactly what a run changed. A child
+child is applied only over the version observed (else 409), so the events say exactly what a run changed; on a
+conflict (someone else wrote it since: a hand edit, or the controller-manager's status) the child is read again and
+applied once more over that version. A child
 the API server refuses (a 4xx: admission, quota, validation) is reported in status; one it did not answer (or a
 5xx, a conflict) is listed in `Outcome.retry` for the caller to try again.
 """
@@ -29,6 +31,9 @@ __all__ = ["ClusterAPI", "Event", "Outcome", "Reconciler", "utc_now", "validate_
 
 logger = logging.getLogger(__name__)
 
+#: Applies of one child per run when each finds it changed since it was read (409); then the run is retried.
+CONFLICT_ATTEMPTS = 4
+
 
 class ClusterAPI(Protocol):
     """What the reconciler needs from the API (cluster.Cluster; tests may pass a fake)."""
@@ -36,6 +41,8 @@ class ClusterAPI(Protocol):
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
 
@@ -177,7 +184,7 @@ class Reconciler:
             key = child_key(obj)
             before = existing.get(key)
             try:
-                stored[key] = self.cluster.apply(obj if before is None else _over(obj, before))
+                stored[key], before = self._apply(obj, before)
             except ClusterError as exc:
                 if exc.namespace_terminating:
                     raise
@@ -232,6 +239,22 @@ class Reconciler:
                 )
             )
         return events
+
+    def _apply(
+        self, obj: Mapping[str, Any], before: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Apply `obj` over `before`; on a conflict, again over the child as it is now (the controller-manager writes
+        a Deployment a few times after its template changes). Returns what was stored and the version it was applied
+        over (None: created)."""
+        meta = obj["metadata"]
+        for _ in range(CONFLICT_ATTEMPTS - 1):
+            try:
+                return self.cluster.apply(obj if before is None else _over(obj, before)), before
+            except ClusterError as exc:
+                if exc.status != 409 or before is None:
+                    raise
+            before = self.cluster.get(str(obj["apiVersion"]), str(obj["kind"]), str(meta["namespace"]), str(meta["name"]))
+        return self.cluster.apply(obj if before is None else _over(obj, before)), before
 
     def _observe(self, owner: Owner) -> dict[ChildKey, dict[str, Any]]:
         """The pipeline's current children (by label, and owned by this very object)."""

@@ -219,11 +219,11 @@ def test_controller_never_writes_status_from_a_stale_read(kube: Kube, namespace:
     assert status["observedGeneration"] == 2 and _steps_and_generations(status) == (["pre", "extra"], {2})
 
 
-def test_reconciler_reports_a_hand_edit_made_after_it_looked_once_it_puts_it_back(
+def test_reconciler_puts_back_a_hand_edit_made_after_it_looked_and_says_so(
     kube: Kube, namespace: str, pipeline_crd: Any
 ) -> None:
     """A child changed between the reconciler's look and its apply is not overwritten unseen: that apply is refused
-    (409), and the next run, which sees the edit, puts it back and says so."""
+    (409); the child is read again and the edit put back, with a Reverted event."""
     kube.create_pipeline(namespace, pipeline_body("edited", {"name": "pre", "op": "identity"}))
     cluster = MeddledCluster(kube.api_client)
     reconciler = Reconciler(cluster, default_image=TEST_IMAGE)
@@ -237,15 +237,17 @@ def test_reconciler_reports_a_hand_edit_made_after_it_looked_once_it_puts_it_bac
         )
 
     cluster.meddle_at, cluster.meddle = ("list", "Deployment"), set_env_by_hand
-    first = reconciler.reconcile(kube.get_pipeline(namespace, "edited"))
-    assert [r for r in first.retry if r.startswith("Deployment edited-pre")], first.retry
-    assert _env(kube.deployment(namespace, "edited-pre"))["CONVEYOR_MAX_BATCH_SIZE"] == "1000"
-    assert not [e for e in first.events if e.reason == "Reverted"]
-
-    second = reconciler.reconcile(kube.get_pipeline(namespace, "edited"))
-    assert not second.retry
+    outcome = reconciler.reconcile(kube.get_pipeline(namespace, "edited"))
+    assert cluster.meddle is None, "the hand edit was never made"
+    events = list(outcome.events)
+    for _ in range(5):  # the controller-manager may outpace every re-read; the controller then runs it again
+        if not outcome.retry:
+            break
+        outcome = reconciler.reconcile(kube.get_pipeline(namespace, "edited"))
+        events += outcome.events
+    assert not outcome.retry, outcome.retry
     assert _env(kube.deployment(namespace, "edited-pre"))["CONVEYOR_MAX_BATCH_SIZE"] == rendered
-    [reverted] = [e for e in second.events if e.reason == "Reverted"]
+    [reverted] = [e for e in events if e.reason == "Reverted"]
     assert f"'1000' was set by hand and is put back to {rendered!r}" in reverted.message, reverted.message
     assert "spec.steps[0].batching.maxBatchSize" in reverted.message, reverted.message
 
