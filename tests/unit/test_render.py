@@ -84,7 +84,7 @@ def test_render_step_deployment_carries_the_step() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["CONVEYOR_MAX_BATCH_SIZE"] == "32" and env["CONVEYOR_MAX_QUEUE_DELAY_US"] == "250"
     step = step_from_env(env)
-    assert step == _spec().steps[1]
+    assert step == _spec().steps[1].model_copy(update={"replicas": 1})  # a replica needs no replica count
     pod = deployment["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"accelerator": "h100"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
@@ -155,6 +155,26 @@ def test_render_gateway_rolls_when_the_graph_changes_only() -> None:
     assert digest(base) == digest(_spec())
     changed = PipelineSpec.model_validate({**base.model_dump(), "output": "pre"})
     assert digest(changed) != digest(base)
+
+
+def test_render_scaling_a_step_or_the_gateway_changes_no_pod_template() -> None:
+    """Editing `replicas` only changes Deployment.spec.replicas: no pod is restarted, the gateway's neither."""
+
+    def templates(spec: PipelineSpec) -> dict[str, Any]:
+        children = _by_name(render_children(OWNER, spec))
+        return {name: child["spec"]["template"] for (kind, name), child in children.items() if kind == "Deployment"}
+
+    def replicas(spec: PipelineSpec) -> dict[str, int]:
+        children = _by_name(render_children(OWNER, spec))
+        return {name: child["spec"]["replicas"] for (kind, name), child in children.items() if kind == "Deployment"}
+
+    base = _spec()
+    data = base.model_dump()
+    data["steps"][0]["replicas"], data["steps"][1]["replicas"], data["gateway"]["replicas"] = 4, 1, 3
+    scaled = PipelineSpec.model_validate(data)
+    assert replicas(scaled) == {"demo-pre": 4, "demo-cls": 1, "demo-gateway": 3}
+    assert replicas(base) == {"demo-pre": 1, "demo-cls": 3, "demo-gateway": 1}
+    assert templates(scaled) == templates(base)
 
 
 def test_render_uses_spec_image_over_the_default() -> None:

@@ -28,8 +28,12 @@ BATCHING_ENV = {
 
 
 def step_to_env(step: StepSpec) -> dict[str, str]:
-    """The environment that hands a step its spec: the whole spec as JSON plus readable batching knobs."""
-    env = {STEP_SPEC_ENV: step.model_dump_json(exclude_defaults=True)}
+    """The environment that hands a step its spec: the spec as JSON plus readable batching knobs.
+
+    Everything but `replicas`, which a replica never needs: scaling a step then leaves its pod template alone,
+    so no pod restarts.
+    """
+    env = {STEP_SPEC_ENV: step.model_dump_json(exclude_defaults=True, exclude={"replicas"})}
     for field, var in BATCHING_ENV.items():
         env[var] = str(getattr(step.batching, field))
     return env
