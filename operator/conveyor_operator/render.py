@@ -131,6 +131,12 @@ def _container_security() -> dict[str, Any]:
     }
 
 
+def _termination_message() -> dict[str, Any]:
+    """`conveyor` writes why it stopped to the default path (the operator quotes it in Degraded); a crash that wrote
+    nothing shows the tail of its log instead."""
+    return {"terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "FallbackToLogsOnError"}
+
+
 def _pod_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
@@ -218,6 +224,7 @@ def render_step_deployment(owner: Owner, step: StepSpec, image: str) -> dict[str
         "resources": _resources(step.resources),
         "securityContext": _container_security(),
         "volumeMounts": mounts,
+        **_termination_message(),
     }
     pod_extra: dict[str, Any] = {}
     if step.nodeSelector:
@@ -328,6 +335,7 @@ def render_gateway_deployment(owner: Owner, spec: PipelineSpec, image: str) -> d
         "resources": _resources(gateway.resources),
         "securityContext": _container_security(),
         "volumeMounts": mounts,
+        **_termination_message(),
     }
     annotations = {**_metrics_annotations(), f"{API_GROUP}/manifest-sha256": manifest_hash}
     return _deployment(

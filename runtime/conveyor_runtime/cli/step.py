@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import ConveyorError, UsageError
 from ..serving import stop_on_signals
 from ..spec import METRICS_PORT, STEP_GRPC_PORT, StepSpec, load_manifest, step_from_env
-from ..step import DEFAULT_GRACE_S, DEFAULT_PRE_STOP_S, create_step_server
+from ..step import DEFAULT_GRACE_S, DEFAULT_PRE_STOP_S, TERMINATION_LOG, create_step_server, write_termination_message
 
 __all__ = ["PRE_STOP_ENV", "load_step_spec", "pre_stop_delay", "register", "run"]
 
@@ -71,6 +71,14 @@ def register(subparsers: Any) -> None:
         help=f"on SIGTERM, keep answering calls this long while reporting NOT_SERVING, so that endpoint lists drop the pod "
         f"first (default ${PRE_STOP_ENV} or {DEFAULT_PRE_STOP_S:g}; 0 = none; a second signal skips it)",
     )
+    parser.add_argument(
+        "--termination-log",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"write why the step stopped (it could not start, or failed) to FILE (default {TERMINATION_LOG}, when the "
+        "kubelet has made it: Kubernetes then shows it as the container's termination message)",
+    )
     parser.add_argument("--manifest", type=Path, help="pipeline manifest to take the step from (instead of the env)")
     parser.add_argument("--step", dest="step_name", help="name of the step in --manifest")
     parser.set_defaults(handler=run)
@@ -99,9 +107,13 @@ def _load_step(manifest: Path | None, step_name: str | None) -> tuple[StepSpec, 
 
 
 def run(args: argparse.Namespace) -> int:
-    spec, base_dir, where = _load_step(args.manifest, args.step_name)
-    pre_stop = pre_stop_delay(args)
-    asyncio.run(_serve(spec, args, base_dir, pre_stop, where))
+    try:
+        spec, base_dir, where = _load_step(args.manifest, args.step_name)
+        pre_stop = pre_stop_delay(args)
+        asyncio.run(_serve(spec, args, base_dir, pre_stop, where))
+    except Exception as exc:  # the step's own words where `kubectl describe` and the operator read them
+        write_termination_message(exc, args.termination_log)
+        raise
     return 0
 
 

@@ -24,6 +24,7 @@ from .op_loop import OpLoop, ignored_batching, load_step_op
 from .server import DEFAULT_GRACE_S, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PRE_STOP_S, StepServer, create_step_server
 from .servicer import SERVER_NAME, StepServicer
 from .session import ORT_DATATYPES, ModelSession, plan_devices, plan_precision, plan_providers, plan_threads
+from .termination import TERMINATION_LOG, TERMINATION_MESSAGE_LIMIT, termination_message, write_termination_message
 
 __all__ = [
     "BATCH_REASONS",
@@ -32,6 +33,8 @@ __all__ = [
     "DEFAULT_PRE_STOP_S",
     "ORT_DATATYPES",
     "SERVER_NAME",
+    "TERMINATION_LOG",
+    "TERMINATION_MESSAGE_LIMIT",
     "BatchPlan",
     "Batcher",
     "CpuBudget",
@@ -59,5 +62,7 @@ __all__ = [
     "plan_threads",
     "split_rows",
     "step_cpu_budget",
+    "termination_message",
     "validate_inputs",
+    "write_termination_message",
 ]
