@@ -22,12 +22,14 @@ from kubernetes.dynamic import DynamicClient
 
 from .labels import FIELD_MANAGER
 
-__all__ = ["CHILD_KINDS", "ChildKey", "Cluster", "ClusterError", "child_key"]
+__all__ = ["CHILD_KINDS", "POD_KIND", "ChildKey", "Cluster", "ClusterError", "child_key"]
 
 logger = logging.getLogger(__name__)
 
 #: (apiVersion, kind) of everything the operator creates.
 CHILD_KINDS: tuple[tuple[str, str], ...] = (("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "Deployment"))
+#: The children's pods (the Deployments' ReplicaSets own them), read for why a step cannot start.
+POD_KIND = ("v1", "Pod")
 #: Seconds before a call to the API server counts as failed (temporary).
 REQUEST_TIMEOUT_S = 30.0
 #: Longest Event message; the API server keeps a message short, and a rejected child's message can be long.
@@ -101,7 +103,7 @@ class Cluster:
         with _mapped("discover the API's kinds"):
             self._resources = {
                 (api_version, kind): self._dynamic.resources.get(api_version=api_version, kind=kind)
-                for api_version, kind in (*CHILD_KINDS, ("v1", "Event"))
+                for api_version, kind in (*CHILD_KINDS, POD_KIND, ("v1", "Event"))
             }
 
     @classmethod

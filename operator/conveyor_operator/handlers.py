@@ -21,7 +21,7 @@ from .cluster import Cluster
 from .config import OperatorConfig
 from .controller import PipelineController
 from .crd import PLURAL
-from .labels import MANAGED_BY
+from .labels import MANAGED_BY, PIPELINE_LABEL
 from .workqueue import Key, ReconcileQueue
 
 __all__ = ["RESOURCE", "build_registry", "configure_settings"]
@@ -125,5 +125,14 @@ def build_registry(config: OperatorConfig, cluster_factory: Callable[[], Cluster
 
     for resource in CHILD_RESOURCES:
         kopf.on.event(*resource, labels={"app.kubernetes.io/managed-by": MANAGED_BY}, registry=registry)(child_changed)
+
+    @kopf.on.event("v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY}, registry=registry)
+    async def pod_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """A step's or the gateway's pod changed (a container crashed, started, became ready): reconcile its pipeline
+        (named by its label; ReplicaSets own the pods), so that a step that cannot start turns it Degraded at once."""
+        pipeline = ((body.get("metadata") or {}).get("labels") or {}).get(PIPELINE_LABEL)
+        if type is not None and pipeline:
+            namespace, name = _key(body)
+            memo.queue.enqueue((namespace, str(pipeline)), f"Pod {name} {type}")
 
     return registry

@@ -20,9 +20,16 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from conveyor_runtime.errors import FieldError
-from conveyor_runtime.spec import BATCHING_ENV, PipelineSpec, graph_errors, validation_field_errors
+from conveyor_runtime.spec import (
+    BATCHING_ENV,
+    PipelineSpec,
+    gateway_resource_name,
+    graph_errors,
+    step_resource_name,
+    validation_field_errors,
+)
 
-from .cluster import CHILD_KINDS, ChildKey, ClusterError, child_key
+from .cluster import CHILD_KINDS, POD_KIND, ChildKey, ClusterError, child_key
 from .labels import COMPONENT_LABEL, DEFAULT_IMAGE, FIELD_MANAGER, STEP_LABEL, child_selector
 from .render import Owner, name_errors, render_children
 from .status import DeploymentState, PipelineStatus, compute_status, invalid_status
@@ -151,6 +158,7 @@ class Reconciler:
     def __init__(self, cluster: ClusterAPI, default_image: str = DEFAULT_IMAGE) -> None:
         self.cluster = cluster
         self.default_image = default_image
+        self._pods_unlisted = False  # warned once that pods cannot be listed
 
     def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         """Reconcile from the pipeline object as read from the API (`body`)."""
@@ -203,8 +211,9 @@ class Reconciler:
                 if deleted:
                     events.append(Event("Normal", "Deleted", f"deleted {_describe_child(obj)}: no longer in the spec"))
 
+        pods = self._pods(owner)
         deployments = {
-            key[1]: DeploymentState.from_object(obj) for key, obj in stored.items() if key[0] == "Deployment"
+            key[1]: DeploymentState.from_object(obj, pods.get(key[1], ())) for key, obj in stored.items() if key[0] == "Deployment"
         }
         status = compute_status(
             owner.name, owner.namespace, generation, spec, deployments, now=now, previous=previous, apply_failures=failures
@@ -255,6 +264,30 @@ class Reconciler:
                     raise
             before = self.cluster.get(str(obj["apiVersion"]), str(obj["kind"]), str(meta["namespace"]), str(meta["name"]))
         return self.cluster.apply(obj if before is None else _over(obj, before)), before
+
+    def _pods(self, owner: Owner) -> dict[str, list[dict[str, Any]]]:
+        """The pipeline's pods by the name of their Deployment (from their labels); none when they cannot be listed
+        (status then comes from the Deployments alone)."""
+        try:
+            pods = self.cluster.list(*POD_KIND, owner.namespace, child_selector(owner.name))
+        except ClusterError as exc:
+            logger.log(
+                logging.DEBUG if self._pods_unlisted else logging.WARNING,
+                "%s/%s: cannot list its pods (%s); a step that cannot start shows only as not ready",
+                owner.namespace,
+                owner.name,
+                exc,
+            )
+            self._pods_unlisted = True
+            return {}
+        found: dict[str, list[dict[str, Any]]] = {}
+        for pod in pods:
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            step = labels.get(STEP_LABEL)
+            deployment = step_resource_name(owner.name, step) if step else gateway_resource_name(owner.name)
+            if labels.get(COMPONENT_LABEL) in ("step", "gateway"):
+                found.setdefault(deployment, []).append(pod)
+        return found
 
     def _observe(self, owner: Owner) -> dict[ChildKey, dict[str, Any]]:
         """The pipeline's current children (by label, and owned by this very object)."""

@@ -2,7 +2,8 @@
 
 Conditions follow the usual Kubernetes shape: `Ready`, `Progressing` and `Degraded`, each with a reason and a
 message that names the step (or the child the API server refused, and why); `lastTransitionTime` moves only
-when a condition's status changes.
+when a condition's status changes. A step whose pods cannot start (a crashing container, an image that cannot be
+pulled, no node to run on) is Degraded with the container's own words: its termination message.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from conveyor_runtime.spec import PipelineSpec, gateway_resource_name, step_reso
 
 __all__ = [
     "CONDITION_TYPES",
+    "POD_MESSAGE_LIMIT",
     "Condition",
     "DeploymentState",
     "GatewayStatus",
@@ -27,11 +29,16 @@ __all__ = [
     "condition",
     "gateway_endpoint",
     "invalid_status",
+    "pod_failure",
 ]
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
 ConditionType = Literal["Ready", "Progressing", "Degraded"]
 ConditionStatus = Literal["True", "False", "Unknown"]
+#: Longest container message quoted in a condition (a termination message may be 4 KiB, or a log's tail).
+POD_MESSAGE_LIMIT = 512
+#: Waiting reasons of a container on its way up; any other waiting reason means it cannot start.
+_STARTING = frozenset({"ContainerCreating", "PodInitializing"})
 
 
 class _Status(BaseModel):
@@ -92,8 +99,9 @@ class DeploymentState:
     failure: str = ""
 
     @classmethod
-    def from_object(cls, obj: Mapping[str, Any] | None) -> DeploymentState:
-        """Read a Deployment as returned by the API server (a dict); None means it does not exist."""
+    def from_object(cls, obj: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]] = ()) -> DeploymentState:
+        """Read a Deployment as returned by the API server (a dict; None: it does not exist) and its `pods`, whose
+        failure to start (see `pod_failure`) is the Deployment's when it reports none of its own."""
         if obj is None:
             return cls()
         spec = obj.get("spec") or {}
@@ -111,12 +119,61 @@ class DeploymentState:
             ready=int(status.get("readyReplicas") or 0),
             updated=int(status.get("updatedReplicas") or 0),
             rolled_out_generation=int(status.get("observedGeneration") or 0) >= generation,
-            failure=failure,
+            failure=failure or _pods_failure(pods),
         )
 
     @property
     def rolled_out(self) -> bool:
         return self.exists and self.rolled_out_generation and self.ready >= self.desired and self.updated >= self.desired
+
+
+def _clip(text: str, limit: int = POD_MESSAGE_LIMIT) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _container_failure(container: Mapping[str, Any]) -> str:
+    state = container.get("state") or {}
+    waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+    if waiting and waiting.get("reason") not in _STARTING:
+        last = (container.get("lastState") or {}).get("terminated") or {}
+        if last:
+            said = last.get("message") or last.get("reason") or ""
+            return f"{waiting.get('reason')}, last exit code {last.get('exitCode')}" + (f": {_clip(said)}" if said else "")
+        said = waiting.get("message") or ""
+        return f"{waiting.get('reason') or 'waiting'}" + (f": {_clip(said)}" if said else "")
+    if terminated and terminated.get("exitCode") not in (None, 0):
+        said = terminated.get("message") or terminated.get("reason") or ""
+        return f"exit code {terminated.get('exitCode')}" + (f": {_clip(said)}" if said else "")
+    return ""
+
+
+def pod_failure(pod: Mapping[str, Any]) -> str:
+    """Why a pod cannot run, in its own words (a container's termination message, the kubelet's or the
+    scheduler's message), prefixed by the pod and container; "" for a pod that runs, starts or is stopping."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return ""
+    name = meta.get("name", "?")
+    if status.get("phase") == "Failed":
+        return f"pod {name}: {status.get('reason') or 'Failed'}: {_clip(status.get('message') or '')}".rstrip(": ")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            return f"pod {name}: Unschedulable: {_clip(cond.get('message') or '')}".rstrip(": ")
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        failure = _container_failure(container)
+        if failure:
+            return f"pod {name}: container {container.get('name')}: {failure}"
+    return ""
+
+
+def _pods_failure(pods: Sequence[Mapping[str, Any]]) -> str:
+    """The first failing pod's words, and how many more fail (replicas usually fail alike)."""
+    failures = [failure for failure in map(pod_failure, pods) if failure]
+    if not failures:
+        return ""
+    more = len(failures) - 1
+    return failures[0] + (f" (and {more} more pod{'s' if more > 1 else ''})" if more else "")
 
 
 def gateway_endpoint(pipeline: str, namespace: str, port: int) -> str:
