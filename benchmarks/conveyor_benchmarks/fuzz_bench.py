@@ -9,10 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +28,7 @@ from conveyor_runtime.protocol import SERVICE_NAME, pb
 from conveyor_runtime.spec import load_manifest
 
 from .fuzz_cases import GRPC_CASES, HTTP_CASES, Case, Context, HttpRequest, Valid, valid_requests
+from .local_pipeline import LocalPipeline
 from .pipeline_bench import make_payloads
 
 __all__ = ["FuzzReport", "register", "run"]
@@ -66,55 +64,6 @@ def register(modes: Any) -> None:
 
 
 # --- the pipeline under test ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Pipeline:
-    """A `conveyor run` process on free ports, and what its --addresses-json file says."""
-
-    process: subprocess.Popen[bytes]
-    addresses_path: Path
-    log_path: Path
-
-    @classmethod
-    def start(cls, manifest: Path, workdir: Path, ready_timeout_s: float = 900.0) -> Pipeline:
-        addresses, log_path = workdir / "addresses.json", workdir / "run.log"
-        command = [sys.executable, "-m", "conveyor_runtime.cli", "--log-level", "WARNING", "run", str(manifest)]
-        command += ["--grpc-port", "0", "--http-port", "0", "--addresses-json", str(addresses)]
-        print(f"starting: conveyor {' '.join(command[3:])} (log: {log_path})", flush=True)
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        pipeline = cls(process, addresses, log_path)
-        deadline = time.monotonic() + ready_timeout_s
-        while not (addresses.exists() and addresses.read_text().strip()):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pipeline.stop()
-                raise SystemExit(f"conveyor run did not get ready (exit {process.returncode}); see {log_path}")
-            time.sleep(0.5)
-        return pipeline
-
-    def addresses(self) -> dict[str, Any]:
-        return dict(json.loads(self.addresses_path.read_text()))
-
-    def pids(self) -> dict[str, int]:
-        """Process name -> pid: the gateway (inside the runner) and every step replica."""
-        pids = {"gateway": self.process.pid}
-        for step, replicas in self.addresses()["steps"].items():
-            for index, replica in enumerate(replicas):
-                pids[f"{step}[{index}]"] = replica["pid"]
-        return pids
-
-    def restarts(self) -> dict[str, int]:
-        return {f"{s}[{i}]": r["restarts"] for s, rs in self.addresses()["steps"].items() for i, r in enumerate(rs)}
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
 
 
 def rss_mb(pid: int) -> float | None:
@@ -309,7 +258,7 @@ def _pick(cases: list[Case], rng: random.Random, oversize: bool) -> Case:
     return rng.choices(chosen, weights=[c.weight for c in chosen])[0]
 
 
-async def _run(args: argparse.Namespace, pipeline: Pipeline, report: FuzzReport, memory: Memory) -> None:
+async def _run(args: argparse.Namespace, pipeline: LocalPipeline, report: FuzzReport, memory: Memory) -> None:
     manifest = load_manifest(Path(args.manifest))
     model = manifest.metadata.name
     queues = [s.batching.maxQueueSize for s in manifest.spec.steps if s.batching.maxBatchSize]
@@ -374,7 +323,7 @@ async def _run(args: argparse.Namespace, pipeline: Pipeline, report: FuzzReport,
     report.crashes = _crashes(pipeline, pids, restarts_before)
 
 
-def _crashes(pipeline: Pipeline, pids: dict[str, int], restarts_before: dict[str, int]) -> list[str]:
+def _crashes(pipeline: LocalPipeline, pids: dict[str, int], restarts_before: dict[str, int]) -> list[str]:
     """Processes that died or were restarted during the run."""
     crashes = []
     if pipeline.process.poll() is not None:
@@ -398,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
     args.manifest = str(manifest)
     report, memory = FuzzReport(), Memory()
     with tempfile.TemporaryDirectory(prefix="conveyor-fuzz-") as workdir:
-        pipeline = Pipeline.start(manifest, Path(workdir))
+        pipeline = LocalPipeline.start(manifest, Path(workdir))
         try:
             print(
                 f"fuzzing {pipeline.addresses()['grpc']} (gRPC) and {pipeline.addresses()['http']} (HTTP): "

@@ -26,7 +26,8 @@ from conveyor_runtime.protocol import InferenceStub, encode_tensors, pb
 from conveyor_runtime.spec import load_manifest
 
 from .load import closed_loop, percentile
-from .pipeline_bench import _fmt, _start_pipeline, _stop_pipeline, _table, add_payload_arguments, make_payloads
+from .local_pipeline import LocalPipeline
+from .pipeline_bench import _fmt, _table, add_payload_arguments, make_payloads
 
 __all__ = ["OpenLoopResult", "open_loop_by_code", "register", "rss_mb", "run", "with_queue_sizes"]
 
@@ -277,23 +278,22 @@ def run(args: argparse.Namespace) -> int:
         encode_tensors(request, [("image", payload)])
         requests.append(request)
     with tempfile.TemporaryDirectory(prefix="conveyor-overload-") as workdir:
-        process = None
+        pipeline = None
         if args.addresses:
             addresses = json.loads(Path(args.addresses).read_text())
+            pids = {f"{s}[{i}]": r["pid"] for s, rs in addresses["steps"].items() for i, r in enumerate(rs)}
         else:
             runnable = with_queue_sizes(manifest_path, args.max_queue_size, Path(workdir))
-            process, addresses = _start_pipeline(runnable, args.replicas, Path(workdir))
-        pids = {} if process is None else {"gateway (conveyor run)": process.pid}
-        for step, replicas in addresses["steps"].items():
-            for index, replica in enumerate(replicas):
-                pids[f"{step}[{index}]"] = replica["pid"]
+            pipeline = LocalPipeline.start(runnable, Path(workdir), replicas=args.replicas, http=False)
+            addresses = pipeline.addresses()
+            pids = {("gateway (conveyor run)" if k == "gateway" else k): v for k, v in pipeline.pids().items()}
         memory = _Memory(pids)
         try:
             print(f"load on {addresses['grpc']} ({args.rows} row(s)/request, deadline {args.timeout:g}s):", flush=True)
             capacity, results = asyncio.run(_measure(addresses, requests, memory, args))
         finally:
-            if process is not None:
-                _stop_pipeline(process)
+            if pipeline is not None:
+                pipeline.stop()
     _report(manifest.metadata.name, capacity, results, memory, args)
     return 0
 

@@ -10,10 +10,6 @@ import asyncio
 import io
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -28,6 +24,7 @@ from conveyor_runtime.protocol import encode_tensors, pb
 from conveyor_runtime.spec import ExecutionPlan, PipelineManifest, StepSpec, load_manifest, route_inputs
 
 from .load import LoadResult, closed_loop, open_loop
+from .local_pipeline import LocalPipeline
 
 __all__ = ["StepStats", "in_process_baseline", "make_payloads", "register", "run", "scrape", "step_stats"]
 
@@ -229,38 +226,6 @@ def in_process_baseline(
 # --- the command -----------------------------------------------------------------------------------------------
 
 
-def _start_pipeline(manifest: Path, replicas: list[str], workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    addresses = workdir / "addresses.json"
-    log_path = workdir / "run.log"
-    command = [sys.executable, "-m", "conveyor_runtime.cli", "--log-level", "WARNING", "run", str(manifest)]
-    command += ["--grpc-port", "0", "--http-port", "-1", "--addresses-json", str(addresses)]
-    for value in replicas:
-        command += ["--replicas", value]
-    print(f"starting the pipeline: {' '.join(command[3:])} (log: {log_path})", flush=True)
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    started = time.monotonic()
-    while not (addresses.exists() and addresses.read_text().strip()):
-        if process.poll() is not None:
-            raise SystemExit(f"conveyor run exited with {process.returncode}; see {log_path}:\n{log_path.read_text()[-3000:]}")
-        if time.monotonic() - started > 900:
-            _stop_pipeline(process)
-            raise SystemExit(f"the pipeline was not ready after 900s; see {log_path}")
-        time.sleep(0.5)
-    print(f"pipeline ready in {time.monotonic() - started:.1f}s", flush=True)
-    return process, json.loads(addresses.read_text())
-
-
-def _stop_pipeline(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-
-
 def _fmt(value: float, digits: int = 1) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
 
@@ -317,12 +282,13 @@ def run(args: argparse.Namespace) -> int:
     width, _, height = args.frame.partition("x")
     payloads = make_payloads(manifest, args.payload, args.rows, (int(width), int(height)))
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    process = None
+    pipeline = None
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as workdir:
         if args.addresses:
             addresses = json.loads(Path(args.addresses).read_text())
         else:
-            process, addresses = _start_pipeline(manifest_path, args.replicas, Path(workdir))
+            pipeline = LocalPipeline.start(manifest_path, Path(workdir), replicas=args.replicas, http=False)
+            addresses = pipeline.addresses()
         try:
             print(f"load on {addresses['grpc']} ({args.rows} row(s)/request, {args.duration:g}s per level):", flush=True)
             measured = asyncio.run(_measure(addresses, plan, [("closed", c) for c in concurrency], payloads, args))
@@ -335,8 +301,8 @@ def run(args: argparse.Namespace) -> int:
             rates = [r for r in rates if r > 0]
             measured += asyncio.run(_measure(addresses, plan, [("open", r) for r in rates], payloads, args))
         finally:
-            if process is not None:
-                _stop_pipeline(process)
+            if pipeline is not None:
+                pipeline.stop()
     baseline: dict[int, float] = {}
     if not args.no_baseline:
         model_steps = [plan.nodes[n].spec for n in plan.order if plan.nodes[n].spec.model is not None]
