@@ -115,6 +115,8 @@ async def test_gateway_grpc_request_over_max_request_bytes_is_invalid_argument(
 ) -> None:
     gateway, step, gate = gated
     gate.release.set()
+    trimmer = gateway.servicer.trimmer
+    trimmer.threshold_bytes, trimmer.delay_s = 4096, 0.0  # large, for this gateway
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         stub = InferenceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -124,6 +126,11 @@ async def test_gateway_grpc_request_over_max_request_bytes_is_invalid_argument(
         assert step.servicer.calls == 0
         answer = await stub.ModelInfer(_request(rows=2), timeout=10)
         assert decode_tensors(answer)["y"].shape == (2, 4)
+    for _ in range(500):  # the refused request's memory is given back: one trim after it
+        if trimmer.trims:
+            break
+        await asyncio.sleep(0.01)
+    assert trimmer.trims == 1
 
 
 async def test_gateway_http_body_over_max_request_bytes_is_413_even_when_compressed_small(

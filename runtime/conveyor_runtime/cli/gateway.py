@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..gateway import create_gateway
-from ..serving import parse_address, stop_on_signals
+from ..serving import parse_address, stop_on_signals, tune_malloc_for_large_requests
 from ..spec import STEP_GRPC_PORT, PipelineManifest, load_manifest
 
 __all__ = ["parse_endpoints", "register", "serve"]
@@ -72,6 +72,7 @@ def _main(args: argparse.Namespace) -> int:
     unknown = sorted(set(endpoints) - known)
     if unknown:
         raise UsageError(f"--endpoints: unknown step(s) {unknown}; known steps: {sorted(known)}")
+    tune_malloc_for_large_requests()  # before gRPC's threads start: see serving.memory
     asyncio.run(
         serve(
             manifest,

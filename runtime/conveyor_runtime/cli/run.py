@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..local import LocalRunner
-from ..serving import stop_on_signals
+from ..serving import stop_on_signals, tune_malloc_for_large_requests
 from ..spec import PipelineManifest, load_manifest
 
 __all__ = ["build_runner", "parse_replicas", "register"]
@@ -80,6 +80,7 @@ def build_runner(args: argparse.Namespace) -> LocalRunner:
 
 def _main(args: argparse.Namespace) -> int:
     runner = build_runner(args)
+    tune_malloc_for_large_requests()  # the gateway runs in this process: see serving.memory
     asyncio.run(_serve(runner, args.addresses_json))
     return 0
 

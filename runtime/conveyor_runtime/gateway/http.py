@@ -130,9 +130,11 @@ def create_http_app(model: GatewayServicer, serving: Callable[[], bool] = lambda
         )
 
     async def infer(request: web.Request) -> web.Response:
+        size = 0
         try:
             model.check_model(request.match_info["name"], request.match_info.get("version", ""))
             body = await _read_body(request, limit)
+            size = len(body)
             raw_length = request.headers.get(HEADER_LENGTH)
             if raw_length is not None and not raw_length.strip().isdigit():
                 raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got {raw_length!r}")
@@ -147,6 +149,8 @@ def create_http_app(model: GatewayServicer, serving: Callable[[], bool] = lambda
         except Exception as exc:
             log.exception("HTTP infer request failed unexpectedly")
             return _error(exc)
+        finally:
+            model.trimmer.note(size)  # the trim runs after this request is freed
         return web.Response(body=payload, headers=headers)
 
     app = web.Application(client_max_size=limit)

@@ -157,6 +157,7 @@ class Gateway:
         for balancer in self.balancers.values():
             await balancer.aclose()
         await self._tasks.aclose()
+        self.servicer.trimmer.cancel()
         self._stopped.set()
 
     async def wait_for_termination(self) -> None:

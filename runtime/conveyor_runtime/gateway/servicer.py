@@ -9,6 +9,7 @@ import grpc.aio
 
 from ..errors import InvalidRequest, QueueFull, RequestError, StepCallError
 from ..protocol import MODEL_VERSION, ModelServicerBase, TensorInfo, WireTensor, add_wire_tensors, fail_with, pb, wire_tensors
+from ..serving import LargeRequestTrimmer
 from .admission import Admission
 from .executor import PipelineExecutor
 
@@ -30,6 +31,8 @@ class GatewayServicer(ModelServicerBase):
         self.executor = executor
         self.admission = admission
         self.max_request_bytes = max_request_bytes
+        #: gives the memory of very large requests back to the OS once they are handled (see serving.memory)
+        self.trimmer = LargeRequestTrimmer()
 
     @property
     def model_name(self) -> str:
@@ -60,9 +63,17 @@ class GatewayServicer(ModelServicerBase):
             return await self.executor.infer(inputs, deadline=deadline, outputs=outputs, request_id=request_id)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        size = request.ByteSize()
+        try:
+            return await self._model_infer(request, size, context)
+        finally:
+            self.trimmer.note(size)  # the trim runs after this request is freed
+
+    async def _model_infer(
+        self, request: pb.ModelInferRequest, size: int, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
         try:
             self.check_model(request.model_name, request.model_version)
-            size = request.ByteSize()
             if size > self.max_request_bytes:
                 raise InvalidRequest(
                     f"the request is {size} bytes, over the gateway's limit of {self.max_request_bytes} "

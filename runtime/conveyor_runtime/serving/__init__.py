@@ -1,9 +1,10 @@
 """What every server process shares: owned background tasks, gRPC health, the metrics endpoint, HTTP sites,
-addresses, signals."""
+addresses, signals, giving large requests' memory back."""
 
 from .addresses import format_address, free_port, parse_address
 from .health import NOT_SERVING, SERVING, HealthService
 from .http_site import HttpSite
+from .memory import LargeRequestTrimmer, malloc_trim, tune_malloc_for_large_requests
 from .metrics_endpoint import MetricsEndpoint
 from .signals import stop_on_signals
 from .tasks import TaskSet
@@ -13,10 +14,13 @@ __all__ = [
     "SERVING",
     "HealthService",
     "HttpSite",
+    "LargeRequestTrimmer",
     "MetricsEndpoint",
     "TaskSet",
     "format_address",
     "free_port",
+    "malloc_trim",
     "parse_address",
     "stop_on_signals",
+    "tune_malloc_for_large_requests",
 ]
