@@ -22,6 +22,9 @@ RUN apt-get update \
 FROM base-${VARIANT}
 ARG VARIANT
 ARG ONNXRUNTIME_GPU
+# Build-time only, and unset unless given: scripts/build-image.sh points it at a pip.conf (this machine's index and CA
+# bundle) that it mounts for the RUN steps; neither the file nor the setting is in the image.
+ARG PIP_CONFIG_FILE
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -30,17 +33,26 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 
-# Sources only (see .dockerignore); a regular (non-editable) install, then the sources go.
+# Dependencies first, in layers that depend on pyproject.toml alone, so a source change reuses them: the build
+# backend, [project].dependencies and the `examples` extra, read from pyproject.toml.
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY runtime runtime
-COPY operator operator
-COPY benchmarks benchmarks
-RUN pip install ".[examples]" \
+COPY pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); \
+print('\n'.join(p['build-system']['requires'] + p['project']['dependencies'] + p['project']['optional-dependencies']['examples']))" \
+      > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt \
  && if [ "$VARIANT" = "gpu" ]; then \
       pip uninstall -y onnxruntime && pip install "$ONNXRUNTIME_GPU" "onnxconverter-common>=1.14"; \
     fi \
- && python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())" \
+ && python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
+
+# Sources only (see .dockerignore); a regular (non-editable) install of the project alone, then the sources go.
+COPY README.md ./
+COPY runtime runtime
+COPY operator operator
+COPY benchmarks benchmarks
+RUN pip install --no-deps --no-build-isolation . \
  && rm -rf /src
 
 # The examples' manifests (models are built at first run, never shipped).
