@@ -21,6 +21,7 @@ from conveyor_runtime.spec import (
     KIND,
     METRICS_PORT,
     STEP_GRPC_PORT,
+    BatchingSpec,
     PipelineSpec,
     ResourcesSpec,
     StepSpec,
@@ -270,11 +271,24 @@ def pipeline_manifest(owner: Owner, spec: PipelineSpec) -> str:
     return yaml.safe_dump(document, sort_keys=False)
 
 
-def _without_replicas(spec: PipelineSpec) -> PipelineSpec:
-    """`spec` with every replica count at 1: scaling a step or the gateway must not roll the gateway's pods."""
+def _gateway_view(spec: PipelineSpec) -> PipelineSpec:
+    """`spec` as far as the gateway's pods care: replica counts, and each step's batching, resources and placement
+    (which only that step's pods use) at their defaults. Editing those must not roll the gateway; the graph, the
+    gateway's settings and each step's op, config and model (whose tensor names the gateway caches) do."""
     return spec.model_copy(
         update={
-            "steps": [step.model_copy(update={"replicas": 1}) for step in spec.steps],
+            "steps": [
+                step.model_copy(
+                    update={
+                        "replicas": 1,
+                        "batching": BatchingSpec(),
+                        "resources": ResourcesSpec(),
+                        "nodeSelector": {},
+                        "tolerations": [],
+                    }
+                )
+                for step in spec.steps
+            ],
             "gateway": spec.gateway.model_copy(update={"replicas": 1}),
         }
     )
@@ -291,13 +305,13 @@ def render_graph_configmap(owner: Owner, spec: PipelineSpec) -> dict[str, Any]:
 
 
 def render_gateway_deployment(owner: Owner, spec: PipelineSpec, image: str) -> dict[str, Any]:
-    """The gateway's Deployment; its pods roll when the graph changes (a hash of the manifest, replica counts
-    left out, is annotated), never when a replica count does."""
+    """The gateway's Deployment; its pods roll when the graph changes (a hash of the manifest as the gateway sees
+    it is annotated: see `_gateway_view`), never when a replica count or a step's batching does."""
     gateway = spec.gateway
     volumes, mounts = _scratch_volumes()
     volumes.append({"name": "graph", "configMap": {"name": graph_configmap_name(owner.name)}})
     mounts.append({"name": "graph", "mountPath": MANIFEST_DIR, "readOnly": True})
-    manifest_hash = hashlib.sha256(pipeline_manifest(owner, _without_replicas(spec)).encode()).hexdigest()[:16]
+    manifest_hash = hashlib.sha256(pipeline_manifest(owner, _gateway_view(spec)).encode()).hexdigest()[:16]
     # Ready while the gateway serves, whatever its steps do: one step's outage then reaches clients as UNAVAILABLE
     # naming the step, not as a refused connection (/v2/health/ready keeps meaning "every step ready").
     http_probe = {"httpGet": {"path": "/gateway/ready", "port": "http"}}

@@ -23,3 +23,34 @@ def test_render_containers_report_their_own_error_as_the_termination_message() -
         # The step writes its startup error to the default path; anything else that kills it falls back to the log's tail.
         assert container.get("terminationMessagePolicy") == "FallbackToLogsOnError", name
         assert container.get("terminationMessagePath", "/dev/termination-log") == "/dev/termination-log", name
+
+
+def _gateway_template(spec: PipelineSpec) -> dict[str, Any]:
+    (gateway,) = [c for c in render_children(OWNER, spec) if c["kind"] == "Deployment" and c["metadata"]["name"] == "demo-gateway"]
+    template: dict[str, Any] = gateway["spec"]["template"]
+    return template
+
+
+def test_render_a_steps_batching_resources_or_placement_leave_the_gateway_pods_alone() -> None:
+    # The gateway reads only the graph (names, inputs, output) and its own settings: editing a step's batching must
+    # roll that step's pods only (issue 13 item 5), not the gateway's.
+    before = _gateway_template(SPEC)
+    edits = {
+        "batching": {"maxBatchSize": 4, "maxQueueDelayMicroseconds": 900},
+        "resources": {"cpu": "500m", "memory": "256Mi"},
+        "nodeSelector": {"disk": "ssd"},
+        "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    for field, value in edits.items():
+        steps = [SPEC.steps[0].model_dump(), {**SPEC.steps[1].model_dump(), field: value}]
+        edited = PipelineSpec.model_validate({"steps": steps})
+        assert _gateway_template(edited) == before, field
+
+
+def test_render_a_change_of_the_graph_or_a_steps_model_rolls_the_gateway() -> None:
+    # it caches each step's tensor names: a new op or config may change them
+    before = _gateway_template(SPEC)
+    steps = [SPEC.steps[0].model_dump(), {**SPEC.steps[1].model_dump(), "config": {"k": 3}}]
+    assert _gateway_template(PipelineSpec.model_validate({"steps": steps})) != before
+    steps = [SPEC.steps[0].model_dump(), {**SPEC.steps[1].model_dump(), "inputs": []}]
+    assert _gateway_template(PipelineSpec.model_validate({"steps": steps, "output": "top"})) != before
