@@ -113,9 +113,9 @@ build_in_namespace() {  # rebuild_base no_cache load
             log "writing ${ARCHIVE} as ${CLUSTER_REF}"
             mkdir -p "${ARCHIVE_DIR}"
             rm -f "${ARCHIVE}" "${ARCHIVE}.id"
-            bah push --quiet "${IMAGE}" "docker-archive:${ARCHIVE}:${CLUSTER_REF}" >&2
+            bah push --quiet "${id}" "docker-archive:${ARCHIVE}:${CLUSTER_REF}" >&2  # by id: one name
             echo "${id}" >"${ARCHIVE}.id"
-            log "archive written in $((SECONDS - t2)) s ($(du -h "${ARCHIVE}" | cut -f1))"
+            log "archive written in $((SECONDS - t2)) s ($(($(stat -c %s "${ARCHIVE}") / 1048576)) MiB)"
         fi
     fi
     rm -rf "${WORK}"
@@ -137,9 +137,23 @@ check_cluster_up() {
         "sudo CONVEYOR_CLUSTER_NAME=${CLUSTER} scripts/cluster.sh up (or build only: $0 --no-load)"
 }
 
+# The config digest (= buildah's image id) of CLUSTER_REF in the cluster's containerd, if it has that image.
+loaded_image_id() {
+    local digest
+    digest="$(cluster_sh exec ctr -n k8s.io images ls "name==${CLUSTER_REF}" 2>/dev/null |
+        awk -v ref="${CLUSTER_REF}" '$1 == ref {print $3}')"
+    [[ -n "${digest}" ]] || return 0
+    cluster_sh exec ctr -n k8s.io content get "${digest}" 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["config"]["digest"].removeprefix("sha256:"))' 2>/dev/null || true
+}
+
 load_into_cluster() {
     local t0=${SECONDS}
     check_cluster_up
+    if [[ "$(loaded_image_id)" == "$(cat "${ARCHIVE}.id")" ]]; then
+        log "cluster ${CLUSTER} already has this image as ${CLUSTER_REF}: nothing to load"
+        return 0
+    fi
     log "importing ${ARCHIVE} into cluster ${CLUSTER}'s containerd as ${CLUSTER_REF}"
     cluster_sh exec ctr -n k8s.io images import "${ARCHIVE}" >&2 ||
         die "ctr images import failed in cluster ${CLUSTER} (output above)"
