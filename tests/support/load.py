@@ -69,6 +69,7 @@ class Load:
         timeout_s: float = 10.0,
         max_in_flight: int = 64,
         check: Check | None = None,
+        reconnect_backoff_s: float | None = None,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0 requests per second, got {rate}")
@@ -79,6 +80,13 @@ class Load:
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self.check = check
+        # gRPC waits up to 120 s between reconnects by default; a test that asks "when does the client see the
+        # server again" caps it (a client's own choice, like any other channel option)
+        self.options: list[tuple[str, int]] = []
+        if reconnect_backoff_s is not None:
+            millis = int(reconnect_backoff_s * 1000)
+            self.options = [("grpc.initial_reconnect_backoff_ms", millis), ("grpc.max_reconnect_backoff_ms", millis),
+                            ("grpc.min_reconnect_backoff_ms", millis)]
         self.skipped = 0  # sends skipped because max_in_flight requests were still unanswered
         self._outcomes: list[Outcome] = []
         self._lock = threading.Lock()
@@ -157,7 +165,7 @@ class Load:
         request = pb.ModelInferRequest(model_name=self.model)
         encode_tensors(request, self.inputs.items())
         in_flight: set[asyncio.Task[None]] = set()
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with grpc.aio.insecure_channel(self.address, options=self.options) as channel:
             stub = InferenceStub(channel)
             self._started_at = time.monotonic()
             self._running.set()
