@@ -2,7 +2,11 @@
 # One image for the operator, the gateway and the steps (`conveyor operator|gateway|step`).
 #   CPU:  docker build -t conveyor:0.1.0 .
 #   GPU:  docker build --build-arg VARIANT=gpu -t conveyor:0.1.0-gpu .   (onnxruntime-gpu on a CUDA + cuDNN base)
+#   No Docker engine: sudo scripts/build-image.sh   (buildah, a local Debian base as CPU_BASE; loads it into a node of
+#         scripts/cluster.sh as conveyor:dev)
 # Both meet requires-python >= 3.11 (tests/packaging/test_python_floor.py checks the bases named here).
+# Dependencies are installed from pyproject.toml before the sources are copied: a source change rebuilds only the layers
+# from `COPY README.md` on.
 ARG VARIANT=cpu
 ARG CPU_BASE=python:3.11-slim-bookworm
 # CUDA 12 + cuDNN 9 (runs on drivers >= 525): onnxruntime-gpu 1.19-1.26 on PyPI are built for exactly that; from 1.27

@@ -20,7 +20,8 @@
 # Everything runs in a private mount namespace (with its own /run): no mount outlives the script.
 #
 # Environment:
-#   CONVEYOR_IMAGE_STORE      [~/.cache/conveyor/buildah]  buildah's storage (layers and images; removed by `clean`)
+#   CONVEYOR_IMAGE_STORE      [~/.cache/conveyor/buildah]  buildah's storage and the archive loaded into clusters
+#                                                          (removed by `clean`); concurrent runs on one store queue
 #   CONVEYOR_IMAGE_STORAGE_DRIVER [overlay]                overlay (needs root, kernel overlayfs) or vfs (slower, more disk)
 #   CONVEYOR_IMAGE_NO_APT=1   never run apt-get; say what to install instead
 #   CONVEYOR_CLUSTER_NAME     [conveyor]                   the cluster to load into (unless --no-load)
@@ -33,7 +34,8 @@ STORE="${CONVEYOR_IMAGE_STORE:-${CACHE}/buildah}"
 DRIVER="${CONVEYOR_IMAGE_STORAGE_DRIVER:-overlay}"
 IMAGE="localhost/conveyor:dev"
 CLUSTER_REF="docker.io/library/conveyor:dev"  # what `image: conveyor:dev` in a pod resolves to
-ARCHIVE_DIR="${CACHE}/image"
+ARCHIVE_DIR="${STORE}/archive"
+LOCK="${STORE}.lock"  # one build-image.sh at a time per store (builds, archive, import, clean)
 ARCHIVE="${ARCHIVE_DIR}/conveyor-dev.docker.tar"
 PIP_BUILD_DIR=/mnt  # where RUN steps see the build-only pip.conf and CA bundle
 
@@ -104,6 +106,11 @@ build_in_namespace() {  # rebuild_base no_cache load
         --tag "${IMAGE}" --file "${ROOT}/Dockerfile" "${ROOT}" >&2 ||
         die "buildah bud failed (output above)"
     log "built ${IMAGE} in $((SECONDS - t1)) s ($(bah images --format '{{.Size}}' "${IMAGE}"))"
+    # What earlier builds left: buildah 1.28 keeps a working container for the (instruction-less) base stage on every
+    # build, and a rebuild leaves the replaced images untagged. The cache of this build stays (its images are tagged
+    # or have children).
+    bah rm --all >/dev/null
+    bah rmi --prune >/dev/null 2>&1 || true
     if [[ "${load}" == 1 ]]; then
         local id; id="$(bah inspect --type image --format '{{.FromImageID}}' "${IMAGE}")"
         if [[ -s "${ARCHIVE}" && "$(cat "${ARCHIVE}.id" 2>/dev/null)" == "${id}" ]]; then
@@ -162,12 +169,22 @@ load_into_cluster() {
     log "loaded in $((SECONDS - t0)) s: pods in cluster ${CLUSTER} can use image: conveyor:dev (imagePullPolicy: Never)"
 }
 
+lock() {
+    mkdir -p "$(dirname "${LOCK}")"
+    exec 9>"${LOCK}"
+    if ! flock -n 9; then
+        log "another scripts/build-image.sh is using ${STORE}; waiting for it"
+        flock 9
+    fi
+}
+
 clean() {
     local held
+    lock
     held="$(findmnt -rn -o TARGET | grep -F "${STORE}" || true)"
     [[ -z "${held}" ]] || die "something is mounted under ${STORE} (${held}); is a build running?"
-    log "removing ${STORE} ($(du -sh "${STORE}" 2>/dev/null | cut -f1 || echo 0)) and ${ARCHIVE_DIR}"
-    rm -rf "${STORE}" "${ARCHIVE_DIR}"
+    log "removing ${STORE} ($(du -sh "${STORE}" 2>/dev/null | cut -f1 || echo 0): layers, base image, archive)"
+    rm -rf "${STORE}" "${LOCK}"
 }
 
 main() {
@@ -191,6 +208,7 @@ main() {
         shift
     done
     need_root "${argv[@]}"
+    lock
     [[ "${load}" == 1 ]] && check_cluster_up  # before the build, not after it
     apt_install_missing "${CONVEYOR_IMAGE_NO_APT:-0}" buildah runc debootstrap
     unshare --mount --propagation private -- bash "$0" __in-namespace "${rebuild_base}" "${no_cache}" "${load}"
