@@ -47,6 +47,8 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler container
 
 log() { echo "[cluster ${NAME} $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
+# shellcheck source=lib/apt-install.sh
+source "${HERE}/lib/apt-install.sh"
 
 # --- addresses --------------------------------------------------------------
 ip2int() { local IFS=.; read -r a b c d <<<"$1"; echo $(((a << 24) | (b << 16) | (c << 8) | d)); }
@@ -122,18 +124,7 @@ check_packages() {
     dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
     [[ ${#missing[@]} -eq 0 ]] && return 0
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-    local how="apt-get install -y --no-install-recommends ${missing[*]}"
-    if [[ "${CONVEYOR_CLUSTER_NO_APT:-0}" == 1 ]] || ! command -v apt-get >/dev/null 2>&1; then
-        die "missing Debian packages: ${missing[*]}; install them: ${how}"
-    fi
-    log "installing missing Debian packages: ${missing[*]} (apt-get, ~30 s)"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
-        log "apt-get install failed; refreshing the package lists and retrying"
-        if ! { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }; then
-            die "could not install ${missing[*]}; run: apt-get update && ${how}"
-        fi
-    fi
+    apt_install "${CONVEYOR_CLUSTER_NO_APT:-0}" "${missing[@]}"
 }
 
 check_kernel() {
@@ -785,7 +776,8 @@ cmd_env() {
     [[ -f "${KUBECONFIG_PATH}" ]] || die "cluster ${NAME} is not up (no ${KUBECONFIG_PATH}); run: $0 up"
     echo "export KUBECONFIG=${KUBECONFIG_PATH}"
     echo "export KUBECACHEDIR=${KUBECACHEDIR}"
-    echo "export PATH=${NODE_BIN}:\${PATH}"
+    # helm (scripts/install-helm.sh) is cached beside the node binaries' directory
+    echo "export PATH=${NODE_BIN}:${CONVEYOR_BIN_DIR:-${HOME}/.cache/conveyor/bin}:\${PATH}"
 }
 
 case "${1:-}" in

@@ -3,7 +3,7 @@
 # apt-get) stop and print the line to run instead. Needs die() and log() from the sourcing script.
 #   apt_install NO_APT PACKAGE...           install these (all missing)
 #   apt_install_missing NO_APT PACKAGE...   install those of these that are not installed
-# scripts/cluster.sh does the same by hand (its check_packages); it could call apt_install.
+# Used by scripts/cluster.sh and scripts/build-image.sh.
 apt_install() {
     local no_apt="$1"; shift
     [[ $# -eq 0 ]] && return 0

@@ -17,8 +17,26 @@ from tests.support.cluster import Cluster, ClusterConfig, missing_prerequisites
 
 E2E_DIR = Path(__file__).resolve().parent
 
-#: The shared cluster of this tier: its own name and subnets, apart from a developer's default cluster.
-E2E_CLUSTER = ClusterConfig(name="e2e", link_cidr="10.243.10.0/30", pod_cidr="10.244.10.0/24", service_cidr="10.245.10.0/24")
+
+
+def _e2e_cluster() -> ClusterConfig:
+    """The shared cluster of this tier: its own name and subnets, apart from a developer's default cluster.
+
+    CONVEYOR_E2E_CLUSTER (name, default e2e) and CONVEYOR_E2E_NET (N in 10.243.N.0/30, 10.244.N.0/24,
+    10.245.N.0/24; default 10) let two people run the tier side by side; 20 is taken by test_cluster_down.
+    """
+    net = int(os.environ.get("CONVEYOR_E2E_NET", "10"))
+    if not 0 <= net <= 255 or net == 20:
+        raise pytest.UsageError(f"CONVEYOR_E2E_NET must be 0-255 and not 20 (test_cluster_down's), got {net}")
+    return ClusterConfig(
+        name=os.environ.get("CONVEYOR_E2E_CLUSTER", "e2e"),
+        link_cidr=f"10.243.{net}.0/30",
+        pod_cidr=f"10.244.{net}.0/24",
+        service_cidr=f"10.245.{net}.0/24",
+    )
+
+
+E2E_CLUSTER = _e2e_cluster()
 
 
 def _asked_for(config: pytest.Config) -> bool:
@@ -47,10 +65,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    """The tier's shared cluster: up once per session, down at the end."""
+    """The tier's shared cluster: up once per session (or reused when up), down at the end unless
+    CONVEYOR_E2E_KEEP=1 keeps it for the next run."""
     shared = Cluster(E2E_CLUSTER)
+    keep = os.environ.get("CONVEYOR_E2E_KEEP") == "1"
     try:
         shared.up()
         yield shared
     finally:
-        shared.down()
+        if not keep:
+            shared.down()

@@ -9,6 +9,7 @@ import pytest
 
 from conveyor_runtime.cli import build_parser
 from conveyor_runtime.cli.main import requested_command
+from conveyor_runtime.version import __version__
 
 PROBE = """
 import sys
@@ -54,3 +55,10 @@ def test_cli_lists_every_command_when_none_is_named() -> None:
     for command in ("step", "gateway", "run", "infer", "bench", "operator", "crd"):
         assert command in help_text
     assert "bench" in build_parser(["nosuch"]).format_help()  # an unknown name still lists them all
+
+
+def test_cli_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser(["--version"]).parse_args(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"conveyor {__version__}"

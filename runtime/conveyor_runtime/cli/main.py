@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from ..errors import ConveyorError, InvalidManifest, UsageError
+from ..version import __version__
 
 __all__ = ["build_parser", "main"]
 
@@ -44,6 +45,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         wanted = requested_command(argv)
         entries = [e for e in entries if e.name == wanted] or entries
     parser = argparse.ArgumentParser(prog="conveyor", description="Multi-step inference pipelines with dynamic batching.")
+    parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for entry in entries:
