@@ -89,9 +89,17 @@ def test_helm_template_validates_against_the_kubernetes_schemas(helm: str, value
         assert {g for rule in cluster_role["rules"] for g in rule["apiGroups"]} == {"apiextensions.k8s.io", ""}
 
 
-def test_helm_chart_installs_the_committed_crd(helm: str) -> None:
+def test_helm_chart_installs_the_committed_crd_kept_on_uninstall(helm: str) -> None:
     crd = next(d for d in _template(helm) if d["kind"] == "CustomResourceDefinition")
+    # A template (so `helm upgrade` upgrades it), kept by `helm uninstall`; Helm's labels on top of the committed file.
+    assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    labels = crd["metadata"]["labels"]
+    assert labels.pop("app.kubernetes.io/managed-by") == "Helm" and labels.pop("helm.sh/chart").startswith("conveyor-")
     assert crd == yaml.safe_load((REPO_ROOT / "crds" / "inferencepipelines.conveyor.dev.yaml").read_text())
+
+
+def test_helm_chart_can_leave_the_crd_out(helm: str) -> None:
+    assert "CustomResourceDefinition" not in {d["kind"] for d in _template(helm, "crds.install=false")}
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from conveyor_runtime.spec import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REGENERATE = f"conveyor crd -o crds/{CRD_FILENAME} -o charts/conveyor/crds/{CRD_FILENAME}"
+REGENERATE = f"conveyor crd -o crds/{CRD_FILENAME} -o charts/conveyor/files/{CRD_FILENAME}"
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -43,7 +43,7 @@ def test_crd_committed_file_matches_the_model() -> None:
 
 
 def test_crd_chart_copy_matches_the_model() -> None:
-    chart_copy = (REPO_ROOT / "charts" / "conveyor" / "crds" / CRD_FILENAME).read_text()
+    chart_copy = (REPO_ROOT / "charts" / "conveyor" / "files" / CRD_FILENAME).read_text()
     assert chart_copy == crd_yaml(), f"the chart's CRD is stale; regenerate with: {REGENERATE}"
 
 
