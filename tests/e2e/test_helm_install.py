@@ -42,7 +42,8 @@ def _can_i(release: Release, verb: str, resource: str, namespace: str) -> bool:
 def test_helm_install_runs_the_operator_as_a_ready_pod_of_the_local_image(conveyor: Release) -> None:
     pod = conveyor.operator_pod()
     obj = kubectl_json(conveyor.cluster, "get", "pod", pod.name, "-n", conveyor.namespace)
-    assert pod.ready and pod.restarts == 0, obj["status"]
+    # Ready (its restart count is not asserted: the fault tests kill the operator's container on purpose).
+    assert pod.ready, obj["status"]
     container = obj["spec"]["containers"][0]
     assert container["image"] == IMAGE and container["imagePullPolicy"] == "Never"
     releases = json.loads(conveyor.helm("list", "-n", conveyor.namespace, "-o", "json"))
