@@ -23,7 +23,7 @@ fi
 
 mkdir -p "${BIN_DIR}"
 echo "install-helm: building helm ${HELM_VERSION} with $(go version) (several minutes on 2 cores)..." >&2
-GOFLAGS=-mod=mod GOBIN="${BIN_DIR}" CGO_ENABLED=0 \
+GOWORK=off GOFLAGS=-mod=mod GOBIN="${BIN_DIR}" CGO_ENABLED=0 \
   go install -ldflags "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} \
     -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=${K8S_MAJOR} -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${K8S_MINOR} \
     -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=${K8S_MAJOR} -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${K8S_MINOR}" \

@@ -20,6 +20,15 @@ if [ -f scripts/install-helm.sh ]; then
   bash scripts/install-helm.sh
 fi
 
+# The e2e tier (tests/e2e: a real one-node cluster, the image built from the Dockerfile, the chart, real pods)
+# runs as root where namespaces can be made; CONVEYOR_E2E=0 leaves it out. Its cluster and image are set up by
+# its fixtures; the node binaries are built here so that their progress shows (~20 min once, then cached).
+if [ "${CONVEYOR_E2E:-}" != 0 ] && [ "$(id -u)" = 0 ]; then
+  echo "==> real-node binaries for the e2e tier: kubelet, kube-proxy, kube-scheduler, kubectl, CoreDNS (built once, then cached)"
+  bash scripts/build-node-binaries.sh
+  export CONVEYOR_E2E=1
+fi
+
 echo "==> ruff, mypy --strict (runtime, operator, benchmarks) and the import layers (lint-imports)"
 .venv/bin/ruff check --quiet
 .venv/bin/mypy

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -82,6 +83,14 @@ def _ready(cluster: Cluster, pod: str) -> str:
     return cluster.kubectl("-n", NAMESPACE, "get", "pod", pod, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
 
 
+def _poll(condition: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout_s:.0f}s")
+        time.sleep(1)
+
+
 def test_node_is_ready(cluster: Cluster) -> None:
     node = json.loads(cluster.kubectl("get", "node", cluster.config.name, "-o", "json"))
     conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
@@ -94,11 +103,16 @@ def test_readiness_probe_decides_when_the_local_image_pod_is_ready(pods: Cluster
         pods.kubectl(
             "-n", NAMESPACE, "wait", "--for=jsonpath={.status.phase}=Running", "pod/probed", f"--timeout={WAIT}"
         )  # fmt: skip
-        # The kubelet's own probe fails (404) while /www/ready is missing ...
-        pods.kubectl(
-            "-n", NAMESPACE, "wait", "--for=jsonpath={.reason}=Unhealthy", "event",
-            "--field-selector=involvedObject.name=probed,reason=Unhealthy", f"--timeout={WAIT}",
-        )  # fmt: skip
+        # The kubelet's own probe fails (404) while /www/ready is missing ... (`kubectl wait` on events fails at
+        # once when none matches yet, so poll for the kubelet's Unhealthy event)
+        def unhealthy() -> bool:
+            listed = pods.kubectl(
+                "-n", NAMESPACE, "get", "event", "-o", "name",
+                "--field-selector=involvedObject.name=probed,reason=Unhealthy",
+            )  # fmt: skip
+            return bool(listed.strip())
+
+        _poll(unhealthy, "the kubelet's Unhealthy event for pod/probed")
         assert _ready(pods, "probed") == "False"
         # ... and passes once it exists.
         _exec(pods, "probed", "touch", "/www/ready")
