@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.support.cluster import Cluster, local_images
+from tests.support.pods import wait_for
 
 NAMESPACE = "e2e-cluster"
 WAIT = "120s"
@@ -83,14 +83,6 @@ def _ready(cluster: Cluster, pod: str) -> str:
     return cluster.kubectl("-n", NAMESPACE, "get", "pod", pod, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
 
 
-def _poll(condition: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout_s:.0f}s")
-        time.sleep(1)
-
-
 def test_node_is_ready(cluster: Cluster) -> None:
     node = json.loads(cluster.kubectl("get", "node", cluster.config.name, "-o", "json"))
     conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
@@ -112,7 +104,7 @@ def test_readiness_probe_decides_when_the_local_image_pod_is_ready(pods: Cluster
             )  # fmt: skip
             return bool(listed.strip())
 
-        _poll(unhealthy, "the kubelet's Unhealthy event for pod/probed")
+        wait_for(lambda: unhealthy() or None, 120, "the kubelet's Unhealthy event for pod/probed")
         assert _ready(pods, "probed") == "False"
         # ... and passes once it exists.
         _exec(pods, "probed", "touch", "/www/ready")
