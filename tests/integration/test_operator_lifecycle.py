@@ -21,6 +21,7 @@ from conveyor_operator.reconciler import Reconciler
 from conveyor_operator.workqueue import Retry
 from conveyor_runtime.spec import API_GROUP
 from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
+    NO_RESYNC_S,
     TEST_IMAGE,
     WAIT_TIMEOUT,
     Kube,
@@ -33,8 +34,6 @@ from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
 )
 
 pytestmark = pytest.mark.controlplane
-
-NO_RESYNC_S = 3600.0
 
 
 def _observed(kube: Kube, namespace: str, name: str) -> int:

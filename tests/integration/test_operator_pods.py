@@ -14,6 +14,8 @@ from kopf.testing import KopfRunner
 
 from conveyor_operator.labels import child_selector
 from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
+    NO_RESYNC_S,
+    WATCH_TIMEOUT_S,
     Kube,
     kube,
     namespace,
@@ -25,8 +27,6 @@ from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.controlplane
 
-NO_RESYNC_S = 3600.0
-WATCH_TIMEOUT_S = 20.0
 ERROR = "ModelLoadError: model file /var/lib/conveyor/absent.onnx does not exist; check `model.path` or add `model.build`"
 
 

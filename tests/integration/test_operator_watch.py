@@ -10,6 +10,8 @@ from kopf.testing import KopfRunner
 
 from conveyor_operator.labels import child_selector
 from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
+    NO_RESYNC_S,
+    WATCH_TIMEOUT_S,
     Kube,
     kube,
     namespace,
@@ -20,10 +22,6 @@ from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
 )
 
 pytestmark = pytest.mark.controlplane
-
-#: Far longer than any wait below, so only the child watches can explain what the tests see.
-NO_RESYNC_S = 3600.0
-WATCH_TIMEOUT_S = 20.0
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,10 @@ TEST_IMAGE = "conveyor:test"
 #: Short, so that repairs and status updates show within a few seconds.
 RECONCILE_INTERVAL = 1.0
 WAIT_TIMEOUT = 45.0
+#: A resync interval far longer than any wait in the tests, so only the watches can explain what they see.
+NO_RESYNC_S = 3600.0
+#: How long a watch-driven change may take to show.
+WATCH_TIMEOUT_S = 20.0
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = WAIT_TIMEOUT, interval: float = 0.25) -> T:
