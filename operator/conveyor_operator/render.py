@@ -21,7 +21,6 @@ from conveyor_runtime.spec import (
     KIND,
     METRICS_PORT,
     STEP_GRPC_PORT,
-    BatchingSpec,
     PipelineSpec,
     ResourcesSpec,
     StepSpec,
@@ -272,23 +271,13 @@ def pipeline_manifest(owner: Owner, spec: PipelineSpec) -> str:
 
 
 def _gateway_view(spec: PipelineSpec) -> PipelineSpec:
-    """`spec` as far as the gateway's pods care: replica counts, and each step's batching, resources and placement
-    (which only that step's pods use) at their defaults. Editing those must not roll the gateway; the graph, the
-    gateway's settings and each step's op, config and model (whose tensor names the gateway caches) do."""
+    """`spec` as far as the gateway's pods care: the graph (step names, inputs, output) and the gateway's own
+    settings. Everything else belongs to one step's pods: a step's model, op and config (the gateway asks the step
+    for its tensor names, again whenever the step's replicas change), its batching, resources, placement and replica
+    count. Editing those must not roll the gateway."""
     return spec.model_copy(
         update={
-            "steps": [
-                step.model_copy(
-                    update={
-                        "replicas": 1,
-                        "batching": BatchingSpec(),
-                        "resources": ResourcesSpec(),
-                        "nodeSelector": {},
-                        "tolerations": [],
-                    }
-                )
-                for step in spec.steps
-            ],
+            "steps": [StepSpec(name=step.name, inputs=step.inputs, op="identity") for step in spec.steps],
             "gateway": spec.gateway.model_copy(update={"replicas": 1}),
         }
     )

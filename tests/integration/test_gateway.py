@@ -198,6 +198,41 @@ async def test_gateway_retries_unavailable_on_another_replica() -> None:
         await healthy.stop()
 
 
+async def test_gateway_follows_a_step_restarted_with_new_input_names_without_a_restart() -> None:
+    """A step's model changes in a rollout (its replica comes back with another input name): the gateway asks the
+    step's metadata again and routes the upstream tensor under the new name."""
+
+    def named(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        (name,) = arrays
+        return {"y": arrays[name] + (100 if name == "pixels" else 10)}
+
+    pre = await start_fake_step(FakeStep("pre", _add(1), [("image", "FP32")], [("y", "FP32")]))
+    post = await start_fake_step(FakeStep("post", named, [("x", "FP32"), ("unused", "FP32")], [("y", "FP32")]))
+    m = manifest("roll", [{"name": "pre", "op": "identity"}, {"name": "post", "op": "identity"}])
+    gateway = await _gateway(m, {"pre": [pre], "post": [post]})
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+            stub = InferenceStub(channel)
+            request = _request("roll", image=np.array([1.0], np.float32))
+            # two declared inputs, neither named like pre's output: the tensor goes on under its own name, `y`
+            before = await stub.ModelInfer(request, timeout=10)
+            np.testing.assert_allclose(decode_tensors(before)["y"], [12.0])
+            await post.set_serving(False)
+            post.servicer.inputs = [("pixels", "FP32")]
+            for _ in range(1000):
+                if not gateway.executor.ready:
+                    break
+                await asyncio.sleep(0.01)
+            await post.set_serving(True)
+            assert await gateway.wait_ready(10)
+            response = await stub.ModelInfer(request, timeout=10)
+            np.testing.assert_allclose(decode_tensors(response)["y"], [102.0])
+    finally:
+        await gateway.stop(0)
+        await pre.stop()
+        await post.stop()
+
+
 async def test_gateway_health_is_not_serving_until_every_step_is_ready() -> None:
     step = await start_fake_step(FakeStep("only", _add(1)), serving=False)
     gateway = create_gateway(

@@ -93,6 +93,7 @@ class Balancer:
         self._tasks = TaskSet(f"balancer of step {step}")
         self._retiring: set[Replica] = set()
         self._metadata: pb.ModelMetadataResponse | None = None
+        self.metadata_epoch = 0
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -120,6 +121,7 @@ class Balancer:
         wanted = set(addresses)
         for address in [a for a in self.replicas if a not in wanted]:
             self._retire(self.replicas.pop(address))
+            self._forget_metadata()  # the answer may have come from the replica that left
         for address in addresses:
             if address not in self.replicas:
                 channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -176,6 +178,8 @@ class Balancer:
             log.info("step %s replica %s is %s", self.step, replica.address, "ready" if serving else "not ready")
             replica.serving = serving
             replica.limit = None  # a replica that (re)starts has an empty queue
+            if serving:
+                self._forget_metadata()  # a replica that (re)starts may serve a new model
             self._update_ready()
 
     def _suspect(self, replica: Replica) -> None:
@@ -384,8 +388,18 @@ class Balancer:
             f"every replica's queue is full ({ready} ready); retry later, send smaller requests or add replicas",
         )
 
+    def _forget_metadata(self) -> None:
+        if self._metadata is not None:
+            self._metadata = None
+            self.metadata_epoch += 1
+
     async def metadata(self, timeout: float = 5.0) -> pb.ModelMetadataResponse | None:
-        """The step's ModelMetadata from a ready replica (cached once fetched); None if none answers in `timeout`."""
+        """The step's ModelMetadata from a ready replica; None if none answers in `timeout`.
+
+        Cached until the replica set changes (one leaves, or one turns ready): a rollout of a step's model, op or
+        config then reaches the gateway without restarting it. `metadata_epoch` counts the changes, for callers
+        that derive facts from the answer.
+        """
         if self._metadata is not None:
             return self._metadata
         until = time.monotonic() + timeout

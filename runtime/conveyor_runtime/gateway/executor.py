@@ -34,7 +34,8 @@ class PipelineExecutor:
         self.plan = plan
         self.name = plan.pipeline
         self.balancers = dict(balancers)
-        self._expected: dict[str, list[str] | None] = {}
+        # per step: (the balancer's metadata_epoch it was read at, the step's input names)
+        self._expected: dict[str, tuple[int, list[str] | None]] = {}
         self.registry = registry or CollectorRegistry()
         self._requests = Counter(
             "conveyor_gateway_requests", "Pipeline requests by final status", ["pipeline", "code"], registry=self.registry
@@ -70,13 +71,16 @@ class PipelineExecutor:
         return (_infos(entry.inputs) if entry else [], _infos(output.outputs) if output else [])
 
     async def _expected_inputs(self, step: str, deadline: float | None) -> list[str] | None:
-        if step in self._expected:
-            return self._expected[step]
+        balancer = self.balancers[step]
+        epoch = balancer.metadata_epoch
+        known = self._expected.get(step)
+        if known is not None and known[0] == epoch:
+            return known[1]
         timeout = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
-        meta = await self.balancers[step].metadata(timeout) if timeout > 0 else None
+        meta = await balancer.metadata(timeout) if timeout > 0 else None
         names = [t.name for t in meta.inputs] if meta is not None and meta.inputs else None
         if meta is not None:
-            self._expected[step] = names
+            self._expected[step] = (epoch, names)
         return names
 
     # --- inference ----------------------------------------------------------------------------------------
