@@ -1,10 +1,12 @@
 """Issue 13 items 4 and 5 on real pods, under steady load through the gateway Service: editing a step's replicas
-changes only that Deployment's replica count and restarts no pod; changing a step's batching rolls only that step;
-neither loses a request."""
+changes only that Deployment's replica count and restarts no pod; changing a step's batching or config rolls only
+that step; neither loses a request."""
 
 from __future__ import annotations
 
 import time
+
+import pytest
 
 from tests.e2e.fixtures_pods import conveyor, conveyor_image, helm  # noqa: F401 - fixtures
 from tests.e2e.served import ranked, serving, snapshot, step_pods, templates  # noqa: F401 - fixtures
@@ -74,13 +76,24 @@ def test_scaling_a_step_under_load_changes_only_its_replica_count_restarts_no_po
     assert not load.failures(down_at, end), f"scaling down lost requests: {load.summary(down_at, end)}"
 
 
-def test_changing_a_steps_batching_under_load_rolls_only_that_step_and_loses_no_request(ranked: Pipeline) -> None:
+@pytest.mark.parametrize(
+    ("what", "path", "value"),
+    [
+        ("batching", "/spec/steps/1/batching/maxBatchSize", 4),
+        # the op's config (softmax changes the scores, not the indices the load checks); the gateway asks the new
+        # pods for their tensor names instead of rolling
+        ("config", "/spec/steps/1/config/softmax", True),
+    ],
+)
+def test_changing_a_steps_settings_under_load_rolls_only_that_step_and_loses_no_request(
+    ranked: Pipeline, what: str, path: str, value: object
+) -> None:
     before, shapes = snapshot(ranked), templates(ranked)
     old_rank = {p.name for p in step_pods(ranked, "rank")}
     load = serving(ranked)
     try:
         start = load.now()
-        ranked.patch([{"op": "replace", "path": "/spec/steps/1/batching/maxBatchSize", "value": 4}])
+        ranked.patch([{"op": "replace", "path": path, "value": value}])
         ranked.wait_ready(timeout=WAIT_S)
         wait_for(lambda: ((pods := step_pods(ranked, "rank")) and not {p.name for p in pods} & old_rank
                  and len(ranked.pods(component="step", step="rank")) == len(old_rank)) or None,
@@ -95,5 +108,5 @@ def test_changing_a_steps_batching_under_load_rolls_only_that_step_and_loses_no_
     now = templates(ranked)
     assert {n: v for n, v in now.items() if n != "ranked-rank"} == {n: v for n, v in shapes.items() if n != "ranked-rank"}
     assert now["ranked-rank"] != shapes["ranked-rank"]
-    print(f"batching change: {load.summary(start, end)}")
+    print(f"{what} change: {load.summary(start, end)}")
     assert not load.failures(start, end), f"the roll lost requests: {load.summary(start, end)}"
