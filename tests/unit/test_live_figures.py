@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conveyor_runtime.live import (
+    LiveTracker,
     PodSample,
+    Scrape,
     StepCapacity,
     bottleneck,
     histogram_quantile,
@@ -162,3 +164,39 @@ def test_render_table_lists_each_step_and_the_bottleneck() -> None:
     ]  # fmt: skip
     assert lines[1].split()[:6] == ["enc", "1", "20", "20", "20", "0"]
     assert lines[-1] == "bottleneck: enc: 10% busy (1 model instance(s) over 1 pod(s)); queue 0 rows"
+
+
+def _gateway_traffic(registry_metrics: StepMetrics, requests: int, seconds: float) -> None:
+    for _ in range(requests):
+        registry_metrics.request_done("OK", seconds)
+
+
+def test_live_tracker_reports_nothing_until_it_has_two_scrapes_then_the_pipeline_figures() -> None:
+    enc = StepMetrics("enc")
+    gateway = StepMetrics("gateway")  # the same series shape as the gateway's: requests by code and a latency histogram
+    tracker = LiveTracker({"enc": StepCapacity(max_batch_size=0, instances=1)})
+
+    assert tracker.update(Scrape(at=100.0, steps={"enc": {"p": _sample(enc)}}, gateway={"g": _sample(gateway)})) is None
+    _traffic(enc, batches=50, rows=1, compute_s=0.1, queue_s=0.0)
+    _gateway_traffic(gateway, 50, 0.3)
+    live = tracker.update(Scrape(at=110.0, steps={"enc": {"p": _sample(enc)}}, gateway={"g": _sample(gateway)}))
+
+    assert live is not None
+    assert live.window_s == 10.0
+    assert live.throughput_per_s == pytest.approx(5.0)
+    assert live.p99_s is not None and 0.25 < live.p99_s <= 0.5
+    assert [f.name for f in live.steps] == ["enc"]
+    assert live.bottleneck == "enc"
+    assert live.saturated == {}
+
+
+def test_live_tracker_calls_a_step_saturated_once_its_queue_grew_for_three_windows() -> None:
+    enc = StepMetrics("enc")
+    tracker = LiveTracker({"enc": StepCapacity(max_batch_size=0, instances=1)}, windows=3)
+    found = []
+    for at, depth in enumerate([0, 5, 10, 20]):
+        enc.queue_depth.set(depth)
+        live = tracker.update(Scrape(at=float(at * 10), steps={"enc": {"p": _sample(enc)}}, gateway={}))
+        found.append(None if live is None else live.saturated)
+    assert found[:3] == [None, {}, {}]
+    assert found[3] == {"enc": "step 'enc': its queue grew in each of the last 3 windows (0 -> 20 rows)"}

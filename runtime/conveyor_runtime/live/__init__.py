@@ -3,16 +3,23 @@
 
 from .figures import REJECTED_CODE, StepCapacity, StepFigures, bottleneck, histogram_quantile, saturated_steps, step_figures
 from .samples import Buckets, HistogramSample, PodSample, parse_metrics
+from .scrape import SCRAPE_TIMEOUT_S, fetch_samples
 from .table import format_rate, format_seconds, render_table
+from .tracker import LiveTracker, PipelineFigures, Scrape
 
 __all__ = [
     "REJECTED_CODE",
+    "SCRAPE_TIMEOUT_S",
     "Buckets",
     "HistogramSample",
+    "LiveTracker",
+    "PipelineFigures",
     "PodSample",
+    "Scrape",
     "StepCapacity",
     "StepFigures",
     "bottleneck",
+    "fetch_samples",
     "format_rate",
     "format_seconds",
     "histogram_quantile",

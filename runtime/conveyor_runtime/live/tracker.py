@@ -1,0 +1,104 @@
+"""Figures of a whole pipeline from successive scrapes: keeps the previous scrape and each step's queue depths."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .figures import REJECTED_CODE, StepCapacity, StepFigures, bottleneck, histogram_quantile, saturated_steps, step_figures
+from .samples import HistogramSample, PodSample
+
+__all__ = ["LiveTracker", "PipelineFigures", "Scrape"]
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """Every pod's sample at one moment (`at`: monotonic seconds): step -> pod -> sample, and the gateway's pods."""
+
+    at: float
+    steps: Mapping[str, Mapping[str, PodSample]]
+    gateway: Mapping[str, PodSample] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineFigures:
+    """One window of the pipeline: the gateway's answers (throughput, latency), each step's figures, the busiest step
+    and the steps that cannot keep up (step -> why)."""
+
+    window_s: float
+    steps: list[StepFigures]
+    throughput_per_s: float
+    p50_s: float | None
+    p99_s: float | None
+    errors_per_s: Mapping[str, float]
+    bottleneck: str
+    bottleneck_reason: str
+    saturated: Mapping[str, str]
+
+
+def _gateway(
+    before: Mapping[str, PodSample], after: Mapping[str, PodSample], seconds: float
+) -> tuple[float, HistogramSample, dict[str, float]]:
+    ok = 0.0
+    latency = HistogramSample()
+    errors: dict[str, float] = {}
+    for pod in sorted(set(before) & set(after)):
+        old, new = before[pod], after[pod]
+        restarted = any(new.requests.get(code, 0.0) < count for code, count in old.requests.items())
+        for code, count in new.requests.items():
+            delta = count - (0.0 if restarted else old.requests.get(code, 0.0))
+            if code == "OK":
+                ok += delta
+            elif delta > 0:
+                errors[code] = errors.get(code, 0.0) + delta / seconds
+        latency = latency.plus(new.latency.minus(old.latency))
+    return ok / seconds, latency, errors
+
+
+class LiveTracker:
+    """Feed it scrapes in order; each `update` after the first gives the figures of the window since the previous one."""
+
+    def __init__(self, capacities: Mapping[str, StepCapacity], *, windows: int = 3) -> None:
+        if windows < 1:
+            raise ValueError(f"windows must be >= 1, got {windows}")
+        self.capacities = dict(capacities)
+        self.windows = windows
+        self._previous: Scrape | None = None
+        self._depths: dict[str, deque[float]] = {}
+
+    def update(self, scrape: Scrape) -> PipelineFigures | None:
+        previous, self._previous = self._previous, scrape
+        for name in self.capacities:
+            pods = scrape.steps.get(name, {})
+            if pods:
+                self._depths.setdefault(name, deque(maxlen=self.windows + 1)).append(sum(p.queue_depth for p in pods.values()))
+            else:
+                self._depths.pop(name, None)  # no pod answered: its history says nothing now
+        if previous is None or scrape.at <= previous.at:
+            return None
+        seconds = scrape.at - previous.at
+        steps = [
+            step_figures(
+                name,
+                previous.steps.get(name, {}),
+                scrape.steps.get(name, {}),
+                seconds=seconds,
+                capacity=self.capacities.get(name, StepCapacity()),
+            )
+            for name in self.capacities
+        ]
+        throughput, latency, errors = _gateway(previous.gateway, scrape.gateway, seconds)
+        name, reason = bottleneck(steps)
+        rejected = {f.name: f.errors_per_s[REJECTED_CODE] for f in steps if REJECTED_CODE in f.errors_per_s}
+        return PipelineFigures(
+            window_s=seconds,
+            steps=steps,
+            throughput_per_s=throughput,
+            p50_s=histogram_quantile(0.5, latency.buckets),
+            p99_s=histogram_quantile(0.99, latency.buckets),
+            errors_per_s=errors,
+            bottleneck=name,
+            bottleneck_reason=reason,
+            saturated=saturated_steps(self._depths, rejected, windows=self.windows),
+        )
