@@ -37,12 +37,16 @@ def _queue(spec: list[tuple[int, str, float | None]]) -> list[Fake]:
     return [Fake(i, rows, key, enqueued=i * 0.01, deadline=deadline) for i, (rows, key, deadline) in enumerate(spec)]
 
 
+def _fitting(spec: list[tuple[int, str, float | None]], max_rows: int, preferred: list[int]) -> tuple[list[Fake], list[int]]:
+    """The queue's items and the preferred sizes that fit in `max_rows`."""
+    return [f for f in _queue(spec) if f.rows <= max_rows], [p for p in preferred if p <= max_rows]
+
+
 @given(fakes, st.integers(1, 12), st.lists(st.integers(1, 12), max_size=3), st.floats(0, 3))
 def test_form_batch_takes_a_fifo_prefix_of_the_leaders_key_within_the_limit(
     spec: list[tuple[int, str, float | None]], max_rows: int, preferred: list[int], now: float
 ) -> None:
-    queue = [f for f in _queue(spec) if f.rows <= max_rows]
-    preferred = [p for p in preferred if p <= max_rows]
+    queue, preferred = _fitting(spec, max_rows, preferred)
     plan = form_batch(queue, max_rows=max_rows, max_delay=0.5, preferred=preferred, now=now)
     expired = {i for i, f in enumerate(queue) if f.deadline is not None and f.deadline <= now}
     assert set(plan.expired) == expired
@@ -69,8 +73,7 @@ def test_form_batch_takes_a_fifo_prefix_of_the_leaders_key_within_the_limit(
 def test_form_batch_drains_every_item_exactly_once_in_order(
     spec: list[tuple[int, str, float | None]], max_rows: int, preferred: list[int]
 ) -> None:
-    queue = [f for f in _queue(spec) if f.rows <= max_rows]
-    preferred = [p for p in preferred if p <= max_rows]
+    queue, preferred = _fitting(spec, max_rows, preferred)
     now = 10.0  # every leader has waited past max_delay and every deadline (<= 2) has passed
     seen: list[int] = []
     dropped: list[int] = []
@@ -433,3 +436,97 @@ async def test_batcher_death_fails_queued_requests_retryably_and_reports_it(monk
             await batcher.submit(_request(1, 1, 2))
     finally:
         await batcher.aclose()
+
+
+# --- policy: work-conserving (default) vs fill -----------------------------------------------------------
+
+
+def test_form_batch_work_conserving_takes_what_is_queued_at_once() -> None:
+    queue = [Fake(0, 2, "a", enqueued=1.0), Fake(1, 1, "b", enqueued=1.0), Fake(2, 1, "a", enqueued=1.1)]
+    plan = form_batch(queue, max_rows=8, max_delay=3600, preferred=[], now=1.1, work_conserving=True)
+    assert plan.take == [0, 2] and plan.reason == "idle" and plan.wake_at is None
+
+
+def test_form_batch_work_conserving_still_sends_full_and_preferred_batches_as_such() -> None:
+    full = [Fake(i, 2, "a", enqueued=0.0) for i in range(5)]
+    plan = form_batch(full, max_rows=8, max_delay=3600, preferred=[], now=0.0, work_conserving=True)
+    assert plan.take == [0, 1, 2, 3] and plan.reason == "full"
+    three = [Fake(i, 1, "a", enqueued=0.0) for i in range(3)]
+    plan = form_batch(three, max_rows=8, max_delay=3600, preferred=[2], now=0.0, work_conserving=True)
+    assert plan.take == [0, 1] and plan.reason == "preferred"
+
+
+def test_form_batch_work_conserving_waits_only_for_an_item() -> None:
+    plan = form_batch([], max_rows=8, max_delay=3600, preferred=[], now=0.0, work_conserving=True)
+    assert plan.take == [] and plan.wake_at is None
+    expired = [Fake(0, 1, "a", enqueued=0.0, deadline=0.5)]
+    plan = form_batch(expired, max_rows=8, max_delay=3600, preferred=[], now=1.0, work_conserving=True)
+    assert plan.take == [] and plan.expired == [0] and plan.wake_at is None
+
+
+async def test_batcher_work_conserving_sends_a_lone_request_without_waiting_out_the_delay() -> None:
+    compute = Recorder()
+    batcher = Batcher(compute, max_batch_size=8, max_queue_delay_s=3600, policy="workConserving")
+    await batcher.start()
+    try:
+        result = await asyncio.wait_for(batcher.submit(_request(3, 1, 2)), 30)  # fill would hold it for an hour
+    finally:
+        await batcher.aclose()
+    assert result["y"][0, 0] == 30000
+    assert [rows for rows, _ in compute.batches] == [1] and batcher.stats.reasons == {"idle": 1}
+
+
+async def test_batcher_work_conserving_fills_batches_while_every_instance_is_busy() -> None:
+    gate = asyncio.Event()
+    compute = Recorder(gate)
+    batcher = Batcher(compute, max_batch_size=8, max_queue_delay_s=3600, policy="workConserving", concurrency=1)
+    await batcher.start()
+    try:
+        first = asyncio.ensure_future(batcher.submit(_request(0, 1, 2)))
+        await compute.entered.wait()  # the only instance is busy: what arrives now queues up
+        rest = [asyncio.ensure_future(batcher.submit(_request(i, 1, 2))) for i in range(1, 11)]
+        await asyncio.sleep(0)
+        assert batcher.queued_rows == 10
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *rest), 30)
+    finally:
+        await batcher.aclose()
+    assert [rows for rows, _ in compute.batches] == [1, 8, 2]
+    assert batcher.stats.reasons == {"idle": 2, "full": 1}
+
+
+async def test_batcher_fill_policy_holds_a_batch_for_more_despite_an_idle_instance() -> None:
+    compute = Recorder()
+    batcher = Batcher(compute, max_batch_size=4, max_queue_delay_s=3600, policy="fill")
+    await batcher.start()
+    try:
+        first = asyncio.ensure_future(batcher.submit(_request(0, 1, 2)))
+        for _ in range(5):  # let the driver see the lone item (work-conserving would send it here)
+            await asyncio.sleep(0)
+        assert compute.batches == [] and batcher.queued_rows == 1
+        rest = [asyncio.ensure_future(batcher.submit(_request(i, 1, 2))) for i in range(1, 4)]
+        await asyncio.wait_for(asyncio.gather(first, *rest), 30)
+    finally:
+        await batcher.aclose()
+    assert [rows for rows, _ in compute.batches] == [4] and batcher.stats.reasons == {"full": 1}
+
+
+def test_batcher_checks_the_policy_eagerly() -> None:
+    with pytest.raises(ValueError, match="policy must be 'workConserving' or 'fill', got 'eager'"):
+        Batcher(Recorder(), policy="eager")
+
+
+@given(fakes, st.integers(1, 12), st.lists(st.integers(1, 12), max_size=3), st.floats(0, 3))
+def test_form_batch_work_conserving_never_leaves_a_free_instance_idle_with_live_items(
+    spec: list[tuple[int, str, float | None]], max_rows: int, preferred: list[int], now: float
+) -> None:
+    queue, preferred = _fitting(spec, max_rows, preferred)
+    plan = form_batch(queue, max_rows=max_rows, max_delay=3600, preferred=preferred, now=now, work_conserving=True)
+    filling = form_batch(queue, max_rows=max_rows, max_delay=3600, preferred=preferred, now=now)
+    live = [i for i, f in enumerate(queue) if f.deadline is None or f.deadline > now]
+    assert bool(plan.take) == bool(live) and plan.wake_at is None
+    assert plan.expired == filling.expired
+    if filling.take:  # full or preferred: the same batch either way
+        assert (plan.take, plan.reason) == (filling.take, filling.reason)
+    elif plan.take:
+        assert plan.reason == "idle" and plan.take[0] == live[0]

@@ -82,13 +82,21 @@ class BatchingSpec(_Spec):
 
     maxBatchSize: int = Field(8, ge=0, le=4096, description="Largest batch in rows; 0 = never batch (fixed batch dimension).")
     maxQueueDelayMicroseconds: int = Field(
-        1000, ge=0, le=10_000_000, description="How long the first queued item may wait for others."
+        1000, ge=0, le=10_000_000, description="policy fill: how long the first queued item may wait for others."
     )
     preferredBatchSizes: list[int] = Field(
         default_factory=list, description="Batch sizes to send as soon as they are reached (and to warm up)."
     )
     maxQueueSize: int = Field(1024, ge=1, le=1_000_000, description="Queued rows beyond which requests get RESOURCE_EXHAUSTED.")
     maxConcurrentBatches: int = Field(0, ge=0, le=64, description="Batches computed at once; 0 = one per model instance.")
+    policy: Literal["workConserving", "fill"] = Field(
+        "workConserving",
+        description=(
+            "When a batch leaves. workConserving: an idle model instance takes what is queued at once (batches grow "
+            "while every instance is busy; maxQueueDelayMicroseconds is not used). fill: a batch waits up to "
+            "maxQueueDelayMicroseconds for maxBatchSize or a preferred size, even with an idle instance."
+        ),
+    )
 
     @model_validator(mode="after")
     def _preferred_within_max(self) -> BatchingSpec:

@@ -1,6 +1,8 @@
 """Dynamic batching for one step: requests queue up as rows and leave as batches (after Ray Serve's batch queue).
 
-`form_batch` is the pure decision (which queued items leave now, and why); `Batcher` drives it with asyncio.
+`form_batch` is the pure decision (which queued items leave now, and why); `Batcher` drives it with asyncio, asking
+only while a model instance is free. Work-conserving (the default): a free instance takes what is queued at once, so
+batches grow only while every instance is busy. Fill: a batch waits up to the queue delay for more, as Triton does.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from ..errors import DeadlineExceeded, InvalidRequest, ModelNotReady, QueueFull,
 from ..serving import TaskSet
 from .metrics import StepMetrics
 
-__all__ = ["BatchPlan", "Batcher", "Queued", "batch_key", "form_batch", "split_rows"]
+__all__ = ["POLICIES", "BatchPlan", "Batcher", "Queued", "batch_key", "form_batch", "split_rows"]
 
 log = logging.getLogger(__name__)
 
 Process = Callable[[Arrays], Awaitable[Arrays]]
 #: Called once if the batcher's driver dies (the replica can no longer compute anything).
 OnFailure = Callable[[BaseException], None]
+#: `BatchingSpec.policy` values.
+POLICIES = ("workConserving", "fill")
 
 
 class Queued(Protocol):
@@ -47,7 +51,7 @@ class BatchPlan:
     """The decision for the queue at one instant.
 
     ``take``: indices (ascending) of the items that form the batch now; empty means wait. ``expired``: indices
-    whose deadline has passed (fail them). ``reason``: full | preferred | timeout | single. ``wake_at``: when
+    whose deadline has passed (fail them). ``reason``: full | preferred | timeout | idle | single. ``wake_at``: when
     to decide again if nothing new arrives (None: wait for an item).
     """
 
@@ -58,14 +62,21 @@ class BatchPlan:
 
 
 def form_batch(
-    queue: Sequence[Queued], *, max_rows: int, max_delay: float, preferred: Sequence[int], now: float
+    queue: Sequence[Queued],
+    *,
+    max_rows: int,
+    max_delay: float,
+    preferred: Sequence[int],
+    now: float,
+    work_conserving: bool = False,
 ) -> BatchPlan:
-    """Pick the next batch from a FIFO queue.
+    """Pick the next batch from a FIFO queue for a free model instance.
 
     The oldest live item leads; only items with its key (same non-batch shape and dtype) join, in queue order,
     while the rows fit in `max_rows` (an item that does not fit stops the batch, so order is kept). The batch
     leaves when full, when its size is the largest preferred size reachable, or when `max_delay` has passed
-    since the leader was queued. ``max_rows == 0`` means no batching: the leader leaves alone at once.
+    since the leader was queued; `work_conserving`: at once with what is queued (reason ``idle``).
+    ``max_rows == 0`` means no batching: the leader leaves alone at once.
     """
     expired = [i for i, item in enumerate(queue) if item.deadline is not None and item.deadline <= now]
     dead = set(expired)
@@ -96,6 +107,8 @@ def form_batch(
     reachable = [n for n, size in enumerate(sizes) if size in preferred]
     if reachable:
         return BatchPlan(take[: reachable[-1] + 1], expired, "preferred", None)
+    if work_conserving:
+        return BatchPlan(take, expired, "idle", None)
     timeout_at = head.enqueued + max_delay
     if now >= timeout_at:
         return BatchPlan(take, expired, "timeout", None)
@@ -130,7 +143,7 @@ class _Stats:
 
 
 class Batcher:
-    """Queues requests' rows and runs `process` on batches, at most `concurrency` batches at once.
+    """Queues requests' rows and runs `process` on batches, at most `concurrency` batches at once (one per instance).
 
     `submit` splits a request larger than ``max_batch_size`` into chunks and reassembles the answer in order.
     Every submitted request is answered exactly once: with its rows, or with one `RequestError`.
@@ -146,6 +159,7 @@ class Batcher:
         preferred_batch_sizes: Sequence[int] = (),
         max_queue_size: int = 1024,
         concurrency: int = 1,
+        policy: str = "workConserving",
         metrics: StepMetrics | None = None,
     ) -> None:
         if max_batch_size < 0:
@@ -156,6 +170,8 @@ class Batcher:
             raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be {' or '.join(map(repr, POLICIES))}, got {policy!r}")
         for size in preferred_batch_sizes:
             if size < 1 or (max_batch_size and size > max_batch_size):
                 raise ValueError(f"preferred batch sizes must be in 1..{max_batch_size}, got {size}")
@@ -166,6 +182,7 @@ class Batcher:
         self.preferred = tuple(sorted(set(preferred_batch_sizes)))
         self.max_queue_size = max_queue_size
         self.concurrency = concurrency
+        self.policy = policy
         self._metrics = metrics
         self._queue: deque[_Item] = deque()
         self._queued_rows = 0
@@ -275,6 +292,7 @@ class Batcher:
                 max_delay=self.max_queue_delay_s,
                 preferred=self.preferred,
                 now=now,
+                work_conserving=self.policy == "workConserving",
             )
             if plan.expired or plan.take:
                 taken = set(plan.take)

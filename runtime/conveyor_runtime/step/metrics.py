@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 __all__ = ["BATCH_REASONS", "StepMetrics"]
 
 #: Why a batch left the queue.
-BATCH_REASONS = ("full", "preferred", "timeout", "single")
+BATCH_REASONS = ("full", "preferred", "timeout", "idle", "single")
 
 _SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 _BATCHING_DEFAULTS = BatchingSpec()
 #: Settings that only a batching op uses; the queue (`maxQueueSize`, `maxConcurrentBatches`) serves any `process`.
-_BATCH_ONLY = ("maxBatchSize", "maxQueueDelayMicroseconds", "preferredBatchSizes")
+_BATCH_ONLY = ("maxBatchSize", "maxQueueDelayMicroseconds", "preferredBatchSizes", "policy")
 
 
 def load_step_op(spec: StepSpec, base_dir: Path, *, cpus: CpuBudget | None = None) -> Op:
@@ -122,6 +122,7 @@ class OpLoop:
                 preferred_batch_sizes=spec.batching.preferredBatchSizes if batched else (),
                 max_queue_size=spec.batching.maxQueueSize,
                 concurrency=self.concurrency,
+                policy=spec.batching.policy,
                 metrics=metrics,
             )
         self._output_names = {o.name for o in op.outputs}
