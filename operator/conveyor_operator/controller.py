@@ -14,7 +14,9 @@ from conveyor_runtime.spec import API_GROUP, API_VERSION, KIND
 
 from .cluster import Cluster, ClusterError
 from .labels import DEFAULT_IMAGE
-from .reconciler import Event, Outcome, Reconciler
+from .live import LIVE_INTERVAL_S, LiveSampler, live_changed, live_status, saturated_condition, seconds_between
+from .reconciler import Event, Outcome, Reconciler, utc_now, validate_spec
+from .status import Condition
 from .workqueue import Key, Retry
 
 __all__ = ["PIPELINE_API_VERSION", "PipelineController", "status_changes"]
@@ -24,18 +26,32 @@ logger = logging.getLogger(__name__)
 PIPELINE_API_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 
-def status_changes(outcome: Outcome, current: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of status that change (None deletes a field in a merge patch); {} when nothing does."""
+def status_changes(
+    outcome: Outcome,
+    current: Mapping[str, Any],
+    live: Mapping[str, Any] | None = None,
+    saturated: Condition | None = None,
+) -> dict[str, Any]:
+    """The fields of status that change (None deletes a field in a merge patch); {} when nothing does.
+
+    A reconcile does not compute `live` and the `Saturated` condition: without new ones, the current ones are kept.
+    """
     new = outcome.status.model_dump(mode="json")
+    new["live"] = live if live is not None else current.get("live")
+    kept = next((c for c in current.get("conditions") or [] if c.get("type") == "Saturated"), None)
+    extra = saturated.model_dump(mode="json") if saturated is not None else kept
+    if extra is not None:
+        new["conditions"] = [*new["conditions"], extra]
     return {key: value for key, value in new.items() if current.get(key) != value}
 
 
 class PipelineController:
     """Reconciles pipelines by key; status is patched with the resourceVersion it was computed from."""
 
-    def __init__(self, cluster: Cluster, default_image: str = DEFAULT_IMAGE) -> None:
+    def __init__(self, cluster: Cluster, default_image: str = DEFAULT_IMAGE, *, live_interval_s: float = LIVE_INTERVAL_S) -> None:
         self.cluster = cluster
         self.reconciler = Reconciler(cluster, default_image=default_image)
+        self.live = LiveSampler(cluster, interval_s=live_interval_s)
 
     def sync(self, key: Key) -> None:
         """Reconcile one pipeline; raises Retry when it should run again (at once when its status write was refused
@@ -44,6 +60,7 @@ class PipelineController:
         try:
             pipeline = self.cluster.get(PIPELINE_API_VERSION, KIND, namespace, name)
             if pipeline is None or (pipeline.get("metadata") or {}).get("deletionTimestamp"):
+                self.live.forget(namespace, name)
                 return  # its children go with it (owner references)
             outcome = self.reconciler.reconcile(pipeline)
         except ClusterError as exc:
@@ -53,7 +70,8 @@ class PipelineController:
         if outcome.retry:  # status would describe some children as they were before; the next run tells
             self._post(pipeline, actions)
             raise Retry("; ".join(outcome.retry))
-        changes = status_changes(outcome, pipeline.get("status") or {})
+        live, saturated, live_events = self._live(pipeline, outcome)
+        changes = status_changes(outcome, pipeline.get("status") or {}, live, saturated)
         if changes:
             try:
                 self.cluster.patch_status(
@@ -65,11 +83,35 @@ class PipelineController:
                     raise Retry("changed while it was reconciled; again from a fresh read", delay=0) from None
                 self._failed(key, exc)
                 return
-        self._post(pipeline, outcome.events)
+        self._post(pipeline, [*outcome.events, *live_events])
         if outcome.errors:
             logger.debug("%s/%s: invalid spec, nothing applied", namespace, name)
         else:
             logger.debug("%s/%s: reconciled: %s", namespace, name, outcome.status.conditions[0].message)
+
+    def _live(self, pipeline: Mapping[str, Any], outcome: Outcome) -> tuple[dict[str, Any] | None, Condition | None, list[Event]]:
+        """status.live (None: keep the current one) and the Saturated condition from a read of the pods, when one is
+        due; an Event when Saturated turns True or back to False."""
+        meta, current = pipeline["metadata"], pipeline.get("status") or {}
+        spec, _ = validate_spec(str(meta["name"]), pipeline.get("spec") or {})
+        if outcome.errors or spec is None:
+            return None, None, []
+        figures = self.live.sample(str(meta.get("namespace") or "default"), str(meta["name"]), spec)
+        if figures is None:
+            return None, None, []
+        now = utc_now()
+        previous = current.get("conditions") or []
+        saturated = saturated_condition(figures, now=now, generation=outcome.status.observedGeneration, previous=previous)
+        events = []
+        was: Mapping[str, Any] = next((c for c in previous if c.get("type") == "Saturated"), {})
+        if saturated.status == "True" and (was.get("status") != "True" or was.get("message") != saturated.message):
+            events.append(Event("Warning", "Saturated", saturated.message, transition=True))
+        elif saturated.status == "False" and was.get("status") == "True":
+            events.append(Event("Normal", "Unsaturated", saturated.message, transition=True))
+        new = live_status(figures, now=now).model_dump(mode="json", exclude_none=True)
+        old = current.get("live")
+        age = seconds_between(str(old.get("sampledAt")), now) if isinstance(old, Mapping) else float("inf")
+        return (new if live_changed(old, new, age_s=age) else None), saturated, events
 
     @staticmethod
     def _failed(key: Key, exc: ClusterError) -> None:
@@ -89,4 +131,6 @@ class PipelineController:
                 self.cluster.post_event(pipeline, event.type, event.reason, event.message)
             except ClusterError as exc:
                 level = logging.DEBUG if exc.namespace_terminating else logging.WARNING
-                logger.log(level, "%s/%s: could not post the %s event: %s", meta.get("namespace"), meta["name"], event.reason, exc)
+                logger.log(
+                    level, "%s/%s: could not post the %s event: %s", meta.get("namespace"), meta["name"], event.reason, exc
+                )

@@ -267,6 +267,10 @@ def build_crd() -> dict[str, Any]:
                         {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
                         {"name": "Steps", "type": "integer", "jsonPath": ".status.stepCount"},
                         {"name": "Replicas", "type": "string", "jsonPath": ".status.replicas"},
+                        # Live figures (status.live, from the pods' metrics): read at a glance which step to scale.
+                        {"name": "Throughput", "type": "string", "jsonPath": ".status.live.throughput"},
+                        {"name": "P99", "type": "string", "jsonPath": ".status.live.p99"},
+                        {"name": "Bottleneck", "type": "string", "jsonPath": ".status.live.bottleneck"},
                         {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                         {
@@ -274,6 +278,12 @@ def build_crd() -> dict[str, Any]:
                             "type": "string",
                             "priority": 1,
                             "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                        },
+                        {
+                            "name": "Saturated",
+                            "type": "string",
+                            "priority": 1,
+                            "jsonPath": '.status.conditions[?(@.type=="Saturated")].message',
                         },
                     ],
                     "schema": {"openAPIV3Schema": root},

@@ -23,6 +23,8 @@ __all__ = [
     "Condition",
     "DeploymentState",
     "GatewayStatus",
+    "LiveStatus",
+    "LiveStepStatus",
     "PipelineStatus",
     "StepStatus",
     "compute_status",
@@ -32,8 +34,8 @@ __all__ = [
     "pod_failure",
 ]
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
-ConditionType = Literal["Ready", "Progressing", "Degraded"]
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Saturated")
+ConditionType = Literal["Ready", "Progressing", "Degraded", "Saturated"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 #: Longest container message quoted in a condition (a termination message may be 4 KiB, or a log's tail).
 POD_MESSAGE_LIMIT = 512
@@ -74,6 +76,44 @@ class GatewayStatus(_Status):
     ready: int = Field(0, ge=0)
 
 
+class LiveStepStatus(_Status):
+    """One step over the last window, from its pods' metrics (summed over the pods scraped at both ends of it)."""
+
+    name: str
+    pods: int = Field(0, ge=0, description="Pods whose metrics were read at both ends of the window.")
+    arrivalItemsPerSecond: float = Field(0.0, ge=0, description="Rows (items) arriving: computed plus the queue's growth.")
+    arrivalRequestsPerSecond: float = Field(0.0, ge=0, description="Requests answered with any code, refusals included.")
+    completedItemsPerSecond: float = Field(0.0, ge=0, description="Rows computed.")
+    completedRequestsPerSecond: float = Field(0.0, ge=0, description="Requests answered OK.")
+    queueP50Ms: float | None = Field(None, ge=0, description="Median time a request waited in the batch queue.")
+    queueP99Ms: float | None = Field(None, ge=0, description="99th percentile of the time waited in the batch queue.")
+    computeP50Ms: float | None = Field(None, ge=0, description="Median time to compute one batch.")
+    computeP99Ms: float | None = Field(None, ge=0, description="99th percentile of the time to compute one batch.")
+    meanBatchSize: float | None = Field(None, ge=0, description="Mean rows per batch computed.")
+    batchFill: float | None = Field(None, ge=0, description="Mean batch size over batching.maxBatchSize (0..1).")
+    utilization: float = Field(
+        0.0, ge=0, le=1, description="Share of the step's model instances busy computing (compute time over window x instances)."
+    )
+    queueDepth: int = Field(0, ge=0, description="Rows waiting in the batch queues when last read.")
+    errorsPerSecond: dict[str, float] = Field(default_factory=dict, description="Requests failed per second, by gRPC code.")
+
+
+class LiveStatus(_Status):
+    """Live figures read from the pods' metrics endpoints every resync (rewritten only when they change
+    meaningfully): what `kubectl get ipl` shows as THROUGHPUT, P99 and BOTTLENECK."""
+
+    sampledAt: str = Field(..., description="When the pods were read (RFC 3339).")
+    windowSeconds: float = Field(..., ge=0, description="Seconds between the two reads the figures come from.")
+    throughput: str = Field("", description="Requests answered OK per second by the gateway, e.g. `812/s`.")
+    p99: str = Field("", description="The gateway's 99th percentile request latency, e.g. `41ms`; `-` when idle.")
+    bottleneck: str = Field("", description="The step whose model instances are busiest; empty while idle.")
+    bottleneckReason: str = Field("", description="Why that step: its utilization, instances and queue.")
+    throughputPerSecond: float = Field(0.0, ge=0, description="Requests answered OK per second by the gateway.")
+    p50Ms: float | None = Field(None, ge=0, description="The gateway's median request latency.")
+    p99Ms: float | None = Field(None, ge=0, description="The gateway's 99th percentile request latency.")
+    steps: list[LiveStepStatus] = Field(default_factory=list, max_length=64)
+
+
 class PipelineStatus(_Status):
     """What `kubectl get ipl` and `kubectl describe ipl` show."""
 
@@ -84,6 +124,7 @@ class PipelineStatus(_Status):
     httpEndpoint: str = Field("", description="The gateway's HTTP base URL inside the cluster.")
     steps: list[StepStatus] = Field(default_factory=list, max_length=64)
     gateway: GatewayStatus | None = None
+    live: LiveStatus | None = Field(None, description="Live figures from the pods' metrics; absent until two reads.")
     conditions: list[Condition] = Field(default_factory=list)
 
 
