@@ -4,7 +4,7 @@
 from .figures import REJECTED_CODE, StepCapacity, StepFigures, bottleneck, histogram_quantile, saturated_steps, step_figures
 from .samples import Buckets, HistogramSample, PodSample, parse_metrics
 from .scrape import SCRAPE_TIMEOUT_S, fetch_samples
-from .table import format_rate, format_seconds, render_table
+from .table import format_rate, format_seconds, render_report, render_table
 from .tracker import LiveTracker, PipelineFigures, Scrape
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "format_seconds",
     "histogram_quantile",
     "parse_metrics",
+    "render_report",
     "render_table",
     "saturated_steps",
     "step_figures",

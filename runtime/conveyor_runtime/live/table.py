@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .figures import StepFigures, bottleneck
+from .tracker import PipelineFigures
 
-__all__ = ["format_rate", "format_seconds", "render_table"]
+__all__ = ["format_rate", "format_seconds", "render_report", "render_table"]
 
 _HEADER = ("STEP", "PODS", "IN/s", "OUT/s", "REQ/s", "QUEUE", "WAIT-P50", "WAIT-P99", "RUN-P50", "RUN-P99", "BATCH", "FILL", "BUSY", "ERR/s")  # fmt: skip
 
@@ -54,4 +55,16 @@ def render_table(figures: Sequence[StepFigures]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     name, reason = bottleneck(figures)
     lines.append(f"bottleneck: {reason}" if name else f"bottleneck: none ({reason})")
+    return "\n".join(lines)
+
+
+def render_report(pipeline: str, figures: PipelineFigures) -> str:
+    """The pipeline's line (gateway throughput and latency), the per-step table, then each saturated step."""
+    errors = sum(figures.errors_per_s.values())
+    head = (
+        f"pipeline {pipeline} over {figures.window_s:.1f}s: {format_rate(figures.throughput_per_s)} requests/s answered OK, "
+        f"p50 {format_seconds(figures.p50_s)}, p99 {format_seconds(figures.p99_s)}, {format_rate(errors)} errors/s"
+    )
+    lines = [head, render_table(figures.steps)]
+    lines.extend(f"saturated: {why}" for why in figures.saturated.values())
     return "\n".join(lines)
