@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 
 import pytest
 
-from conveyor_runtime.serving import LargeRequestTrimmer, malloc_trim, tune_malloc_for_large_requests
+from conveyor_runtime.serving import LargeRequestTrimmer, freeze_startup_objects, malloc_trim, tune_malloc_for_large_requests
 
 
 class CountingTrim:
@@ -97,3 +98,13 @@ def test_glibc_calls_are_made_here() -> None:
     # glibc's own starting values (8 arenas a core, a 128 KiB threshold), so the test process is left much as it was
     assert tune_malloc_for_large_requests(arenas=8 * (os.cpu_count() or 1), mmap_threshold=128 * 1024) is True
     assert isinstance(malloc_trim(), bool)
+
+
+def test_freeze_startup_objects_takes_live_objects_out_of_the_collectors_scans() -> None:
+    started: list[list[int]] = [[]]  # an object alive at start-up, tracked by the collector
+    assert any(o is started for o in gc.get_objects())
+    try:
+        assert freeze_startup_objects() > 0
+        assert not any(o is started for o in gc.get_objects())
+    finally:
+        gc.unfreeze()

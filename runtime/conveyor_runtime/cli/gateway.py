@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..gateway import create_gateway
-from ..serving import parse_address, stop_on_signals, tune_malloc_for_large_requests
+from ..serving import freeze_startup_objects, parse_address, stop_on_signals, tune_malloc_for_large_requests
 from ..spec import STEP_GRPC_PORT, PipelineManifest, load_manifest
 
 __all__ = ["parse_endpoints", "register", "serve"]
@@ -73,6 +73,7 @@ def _main(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--endpoints: unknown step(s) {unknown}; known steps: {sorted(known)}")
     tune_malloc_for_large_requests()  # before gRPC's threads start: see serving.memory
+    freeze_startup_objects()  # see serving.heap
     asyncio.run(
         serve(
             manifest,

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..local import LocalRunner
-from ..serving import stop_on_signals, tune_malloc_for_large_requests
+from ..serving import freeze_startup_objects, stop_on_signals, tune_malloc_for_large_requests
 from ..spec import PipelineManifest, load_manifest
 
 __all__ = ["build_runner", "parse_replicas", "register"]
@@ -81,6 +81,7 @@ def build_runner(args: argparse.Namespace) -> LocalRunner:
 def _main(args: argparse.Namespace) -> int:
     runner = build_runner(args)
     tune_malloc_for_large_requests()  # the gateway runs in this process: see serving.memory
+    freeze_startup_objects()  # see serving.heap
     asyncio.run(_serve(runner, args.addresses_json))
     return 0
 

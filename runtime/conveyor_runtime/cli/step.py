@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConveyorError, UsageError
-from ..serving import stop_on_signals
+from ..serving import freeze_startup_objects, stop_on_signals
 from ..spec import METRICS_PORT, STEP_GRPC_PORT, StepSpec, load_manifest, step_from_env
 from ..step import DEFAULT_GRACE_S, DEFAULT_PRE_STOP_S, TERMINATION_LOG, create_step_server, write_termination_message
 
@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec, base_dir, where = _load_step(args.manifest, args.step_name)
         pre_stop = pre_stop_delay(args)
+        freeze_startup_objects()  # see serving.heap
         asyncio.run(_serve(spec, args, base_dir, pre_stop, where))
     except Exception as exc:  # the step's own words where `kubectl describe` and the operator read them
         write_termination_message(exc, args.termination_log)

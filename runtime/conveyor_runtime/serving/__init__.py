@@ -1,8 +1,9 @@
 """What every server process shares: owned background tasks, gRPC health, the metrics endpoint, HTTP sites,
-addresses, signals, giving large requests' memory back."""
+addresses, signals, giving large requests' memory back, short garbage-collector passes."""
 
 from .addresses import format_address, free_port, parse_address
 from .health import NOT_SERVING, SERVING, HealthService
+from .heap import freeze_startup_objects
 from .http_site import HttpSite
 from .memory import LargeRequestTrimmer, malloc_trim, tune_malloc_for_large_requests
 from .metrics_endpoint import MetricsEndpoint
@@ -19,6 +20,7 @@ __all__ = [
     "TaskSet",
     "format_address",
     "free_port",
+    "freeze_startup_objects",
     "malloc_trim",
     "parse_address",
     "stop_on_signals",
