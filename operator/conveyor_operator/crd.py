@@ -26,6 +26,13 @@ from conveyor_runtime.spec import (
     OP_RULE,
     PipelineSpec,
 )
+from conveyor_runtime.spec.model import (
+    MODEL_CACHE_DIR,
+    PVC_ROOT,
+    RESERVED_ENV,
+    RESERVED_MOUNT_PATHS,
+    RESERVED_VOLUMES,
+)
 
 from .status import PipelineStatus
 
@@ -93,6 +100,38 @@ _SPEC_RULES: dict[str, list[dict[str, str]]] = {
         }
     ],
 }
+
+def _pod_rules(where: str) -> dict[str, list[dict[str, str]]]:
+    """`pod:` settings may not reuse what the operator renders (PodSettings' validators say the same)."""
+    volumes = ", ".join(map(_cel_string, RESERVED_VOLUMES))
+    paths = ", ".join(_cel_string(p + end) for p in RESERVED_MOUNT_PATHS for end in ("", "/"))
+    below = " || ".join(f"m.mountPath.startsWith({_cel_string(p + '/')})" for p in (MODEL_CACHE_DIR, PVC_ROOT))
+    env = ", ".join(map(_cel_string, RESERVED_ENV))
+    return {
+        f"{where}.pod.volumes": [
+            {
+                "rule": f"self.all(v, !(v.name in [{volumes}]))",
+                "message": f"volume names {', '.join(RESERVED_VOLUMES)} are the operator's: rename yours",
+            }
+        ],
+        f"{where}.pod.volumeMounts": [
+            {
+                "rule": f"self.all(m, !(m.mountPath in [{paths}]) && !({below}))",
+                "message": f"mount paths {', '.join(RESERVED_MOUNT_PATHS)} and below {MODEL_CACHE_DIR} and {PVC_ROOT} "
+                "are the operator's: mount yours elsewhere",
+            }
+        ],
+        f"{where}.pod.env": [
+            {
+                "rule": f"self.all(e, !e.name.startsWith('CONVEYOR_') && !(e.name in [{env}]))",
+                "message": f"CONVEYOR_* and {', '.join(RESERVED_ENV)} are set by the operator: name yours otherwise",
+            }
+        ],
+    }
+
+
+_SPEC_RULES.update(_pod_rules("steps.items"))
+_SPEC_RULES.update(_pod_rules("gateway"))
 
 _ROOT_RULES = [
     {

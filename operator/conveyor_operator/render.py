@@ -29,6 +29,7 @@ from conveyor_runtime.spec import (
     step_resource_name,
     step_to_env,
 )
+from conveyor_runtime.spec.model import PodSettings
 
 from .labels import DEFAULT_IMAGE, labels, selector_labels
 
@@ -198,6 +199,38 @@ def _deployment(
     }
 
 
+def _with_pod_settings(deployment: dict[str, Any], settings: PodSettings) -> dict[str, Any]:
+    """`deployment` with the user's `pod:` settings merged in: lists after the operator's own entries, pod-level
+    fields set when given. Clashes with what the operator renders are refused earlier (PodSettings, the CRD)."""
+    pod = deployment["spec"]["template"]["spec"]
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        _with_container_settings(container, settings)
+    pod["volumes"] = [*pod["volumes"], *settings.volumes]
+    for key in _POD_LEVEL_SETTINGS:
+        value = getattr(settings, key)
+        if value:
+            pod[key] = value
+    return deployment
+
+
+#: `pod:` settings that go on the pod itself (the others go on its containers).
+_POD_LEVEL_SETTINGS = (
+    "imagePullSecrets",
+    "serviceAccountName",
+    "affinity",
+    "topologySpreadConstraints",
+    "priorityClassName",
+    "runtimeClassName",
+)
+
+
+def _with_container_settings(container: dict[str, Any], settings: PodSettings) -> None:
+    container["env"] = [*container.get("env", []), *settings.env]
+    if settings.envFrom:
+        container["envFrom"] = [*container.get("envFrom", []), *settings.envFrom]
+    container["volumeMounts"] = [*container.get("volumeMounts", []), *settings.volumeMounts]
+
+
 def _metrics_annotations() -> dict[str, str]:
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT), "prometheus.io/path": "/metrics"}
 
@@ -208,7 +241,7 @@ def render_step_deployment(owner: Owner, step: StepSpec, image: str) -> dict[str
     grpc_probe = {"grpc": {"port": STEP_GRPC_PORT}}
     container: dict[str, Any] = {
         "name": "step",
-        "image": image,
+        "image": step.image or image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["conveyor", "step", "--port", str(STEP_GRPC_PORT), "--metrics-port", str(METRICS_PORT)],
         "workingDir": WORK_DIR,
@@ -231,7 +264,7 @@ def render_step_deployment(owner: Owner, step: StepSpec, image: str) -> dict[str
         pod_extra["nodeSelector"] = dict(step.nodeSelector)
     if step.tolerations:
         pod_extra["tolerations"] = [dict(t) for t in step.tolerations]
-    return _deployment(
+    deployment = _deployment(
         owner,
         step_resource_name(owner.name, step.name),
         "step",
@@ -242,6 +275,7 @@ def render_step_deployment(owner: Owner, step: StepSpec, image: str) -> dict[str
         pod_extra,
         _metrics_annotations(),
     )
+    return _with_pod_settings(deployment, step.pod)
 
 
 def render_step_service(owner: Owner, step: StepSpec) -> dict[str, Any]:
@@ -306,7 +340,7 @@ def render_gateway_deployment(owner: Owner, spec: PipelineSpec, image: str) -> d
     http_probe = {"httpGet": {"path": "/gateway/ready", "port": "http"}}
     container: dict[str, Any] = {
         "name": "gateway",
-        "image": image,
+        "image": gateway.image or image,
         "imagePullPolicy": "IfNotPresent",
         "command": [
             "conveyor",
@@ -341,7 +375,7 @@ def render_gateway_deployment(owner: Owner, spec: PipelineSpec, image: str) -> d
         **_termination_message(),
     }
     annotations = {**_metrics_annotations(), f"{API_GROUP}/manifest-sha256": manifest_hash}
-    return _deployment(
+    deployment = _deployment(
         owner,
         gateway_resource_name(owner.name),
         "gateway",
@@ -352,6 +386,7 @@ def render_gateway_deployment(owner: Owner, spec: PipelineSpec, image: str) -> d
         {},
         annotations,
     )
+    return _with_pod_settings(deployment, gateway.pod)
 
 
 def render_gateway_service(owner: Owner, spec: PipelineSpec) -> dict[str, Any]:
@@ -374,7 +409,8 @@ def render_gateway_service(owner: Owner, spec: PipelineSpec) -> dict[str, Any]:
 def render_children(owner: Owner, spec: PipelineSpec, default_image: str = DEFAULT_IMAGE) -> list[dict[str, Any]]:
     """Every child, in apply order: the graph ConfigMap, each step's Service and Deployment, then the gateway.
 
-    The image is `spec.image`, else `default_image` (the operator's CONVEYOR_IMAGE).
+    The image is the step's or the gateway's own `image`, else `spec.image`, else `default_image` (the operator's
+    CONVEYOR_IMAGE).
     """
     image = spec.image or default_image
     children = [render_graph_configmap(owner, spec)]

@@ -227,3 +227,78 @@ def test_render_gateway_keeps_answering_while_its_endpoints_drop_it() -> None:
     pre_stop, grace = (float(command[command.index(flag) + 1]) for flag in ("--pre-stop", "--grace"))
     assert pre_stop > 0
     assert pre_stop + grace < deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+
+def _deployments(spec: PipelineSpec, default_image: str = DEFAULT_IMAGE) -> dict[str, dict[str, Any]]:
+    return {c["metadata"]["name"]: c for c in render_children(OWNER, spec, default_image) if c["kind"] == "Deployment"}
+
+
+def test_render_a_steps_image_wins_over_the_pipelines_and_the_operators() -> None:
+    spec = PipelineSpec.model_validate(
+        {
+            "steps": [{"name": "pre", "op": "identity", "image": "me/custom-ops:2"}, {"name": "cls", "op": "topk"}],
+            "gateway": {"image": "me/gateway:3"},
+        }
+    )
+    images = {name: _container(d)["image"] for name, d in _deployments(spec, "operator/conveyor:1").items()}
+    assert images == {"demo-pre": "me/custom-ops:2", "demo-cls": "operator/conveyor:1", "demo-gateway": "me/gateway:3"}
+    with_pipeline_image = spec.model_copy(update={"image": "pipeline/conveyor:9"})
+    images = {name: _container(d)["image"] for name, d in _deployments(with_pipeline_image, "operator/conveyor:1").items()}
+    assert images == {"demo-pre": "me/custom-ops:2", "demo-cls": "pipeline/conveyor:9", "demo-gateway": "me/gateway:3"}
+
+
+POD_SETTINGS: dict[str, Any] = {
+    "env": [{"name": "LOG_LEVEL", "value": "debug"}, {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "t"}}}],
+    "envFrom": [{"configMapRef": {"name": "settings"}}],
+    "volumes": [{"name": "labels", "configMap": {"name": "labels"}}],
+    "volumeMounts": [{"name": "labels", "mountPath": "/etc/labels", "readOnly": True}],
+    "imagePullSecrets": [{"name": "registry"}],
+    "serviceAccountName": "inference",
+    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 50, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}},
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}],
+    "priorityClassName": "high",
+    "runtimeClassName": "nvidia",
+}
+POD_LEVEL = ("imagePullSecrets", "serviceAccountName", "affinity", "topologySpreadConstraints", "priorityClassName", "runtimeClassName")
+
+
+@pytest.mark.parametrize("where", ["step", "gateway"])
+def test_render_pod_settings_are_merged_into_only_those_pods_after_the_operators_own(where: str) -> None:
+    plain = _spec()
+    data = plain.model_dump()
+    if where == "step":
+        data["steps"][1]["pod"] = POD_SETTINGS
+    else:
+        data["gateway"]["pod"] = POD_SETTINGS
+    target = "demo-cls" if where == "step" else "demo-gateway"
+    before, after = _deployments(plain), _deployments(PipelineSpec.model_validate(data))
+    for name in before:
+        if name != target and where == "step":
+            assert after[name] == before[name], name  # no other pod changes
+    pod, old_pod = after[target]["spec"]["template"]["spec"], before[target]["spec"]["template"]["spec"]
+    container, old_container = pod["containers"][0], old_pod["containers"][0]
+    # ours first (the step's spec in CONVEYOR_STEP_SPEC now holds its `pod:` too), then the user's
+    n = len(old_container["env"])
+    assert [e["name"] for e in container["env"][:n]] == [e["name"] for e in old_container["env"]]
+    assert container["env"][n:] == POD_SETTINGS["env"]
+    assert container["envFrom"] == POD_SETTINGS["envFrom"]
+    assert container["volumeMounts"] == old_container["volumeMounts"] + POD_SETTINGS["volumeMounts"]
+    assert pod["volumes"] == old_pod["volumes"] + POD_SETTINGS["volumes"]
+    for key in POD_LEVEL:
+        assert pod[key] == POD_SETTINGS[key], key
+    # the operator's own settings are untouched by the merge
+    assert {k: v for k, v in pod.items() if k not in {*POD_LEVEL, "volumes", "containers"}} == {
+        k: v for k, v in old_pod.items() if k not in {"volumes", "containers"}
+    }
+    assert {k: v for k, v in container.items() if k not in {"env", "envFrom", "volumeMounts"}} == {
+        k: v for k, v in old_container.items() if k not in {"env", "volumeMounts"}
+    }
+    kubernetes_validate.validate(after[target], "1.36.0", strict=True)
+
+
+def test_render_without_pod_settings_sets_none_of_their_pod_fields() -> None:
+    for name, deployment in _deployments(_spec()).items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert not set(POD_LEVEL) & pod.keys(), name
+        assert "envFrom" not in pod["containers"][0], name

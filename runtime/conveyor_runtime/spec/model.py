@@ -5,6 +5,7 @@ Field names are the manifest's camelCase names; `crds/` is generated from these 
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from .pod_schemas import POD_FIELD_SCHEMAS
+
 __all__ = [
     "API_GROUP",
     "API_VERSION",
@@ -32,12 +35,16 @@ __all__ = [
     "KIND",
     "MAX_NAME",
     "OP_RULE",
+    "RESERVED_ENV",
+    "RESERVED_MOUNT_PATHS",
+    "RESERVED_VOLUMES",
     "BatchingSpec",
     "GatewaySpec",
     "Metadata",
     "ModelSpec",
     "PipelineManifest",
     "PipelineSpec",
+    "PodSettings",
     "ResourcesSpec",
     "StepSpec",
 ]
@@ -135,6 +142,110 @@ class ResourcesSpec(_Spec):
     )
 
 
+#: Volumes and mount paths the operator gives every pod (work dir, /tmp, the gateway's manifest, fetched models,
+#: a model's claim): a `pod:` setting may not reuse them.
+RESERVED_VOLUMES: tuple[str, ...] = ("work", "tmp", "graph", "models", "model-pvc")
+WORK_DIR = "/var/lib/conveyor"
+MODEL_CACHE_DIR = f"{WORK_DIR}/models"
+PVC_ROOT = f"{WORK_DIR}/pvc"
+RESERVED_MOUNT_PATHS: tuple[str, ...] = (WORK_DIR, "/tmp", "/etc/conveyor", MODEL_CACHE_DIR, PVC_ROOT)
+#: Environment the operator sets: `CONVEYOR_*` (the step's spec, the model cache, ...) and these.
+RESERVED_ENV: tuple[str, ...] = ("HOME", "PYTHONUNBUFFERED")
+#: Bounds on the `pod:` lists, so that the CRD's rules over them have a bounded cost.
+MAX_POD_LIST = 64
+
+
+def _kubernetes(field: str, max_items: int | None = None) -> Any:
+    """The CRD schema of a `pod:` field: Kubernetes' own (see pod_schemas.py), bounded, and never defaulted.
+
+    `default: None` marks every object node so that the CRD generator gives none of them its `{}` default: an empty
+    `nodeAffinity` (say) would fail its own required fields, and an unset setting should stay unset.
+    """
+
+    def replace(schema: dict[str, Any]) -> None:
+        kubernetes = copy.deepcopy(POD_FIELD_SCHEMAS[field])
+        if max_items is not None:
+            kubernetes["maxItems"] = max_items
+        schema.clear()
+        schema.update(_undefaulted(kubernetes))
+
+    return replace
+
+
+def _undefaulted(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_undefaulted(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: (value if key in {"enum", "required"} else _undefaulted(value)) for key, value in node.items()}
+    if out.get("type") == "object":
+        out["default"] = None
+    return out
+
+
+def _names(items: list[dict[str, Any]], key: str = "name") -> list[str]:
+    return [str(item.get(key, "")) for item in items]
+
+
+class PodSettings(_Spec):
+    """Kubernetes pod settings for one step's pods or the gateway's, merged into what the operator renders.
+
+    Each key takes what a Pod (or its container) takes under the same name, and the CRD carries Kubernetes' own schema
+    for it, so the API server checks it at `kubectl apply`. `conveyor run` ignores them.
+    """
+
+    env: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra=_kubernetes("env", 256))
+    envFrom: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra=_kubernetes("envFrom", MAX_POD_LIST))
+    volumes: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra=_kubernetes("volumes", MAX_POD_LIST))
+    volumeMounts: list[dict[str, Any]] = Field(
+        default_factory=list, json_schema_extra=_kubernetes("volumeMounts", MAX_POD_LIST)
+    )
+    imagePullSecrets: list[dict[str, Any]] = Field(
+        default_factory=list, json_schema_extra=_kubernetes("imagePullSecrets", MAX_POD_LIST)
+    )
+    serviceAccountName: str | None = Field(None, json_schema_extra=_kubernetes("serviceAccountName"))
+    affinity: dict[str, Any] | None = Field(None, json_schema_extra=_kubernetes("affinity"))
+    topologySpreadConstraints: list[dict[str, Any]] = Field(
+        default_factory=list, json_schema_extra=_kubernetes("topologySpreadConstraints", MAX_POD_LIST)
+    )
+    priorityClassName: str | None = Field(None, json_schema_extra=_kubernetes("priorityClassName"))
+    runtimeClassName: str | None = Field(None, json_schema_extra=_kubernetes("runtimeClassName"))
+
+    @field_validator("volumes")
+    @classmethod
+    def _own_volume_names(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, name in enumerate(_names(value)):
+            if name in RESERVED_VOLUMES:
+                raise ValueError(f"[{index}].name {name!r} is the operator's; reserved: {', '.join(RESERVED_VOLUMES)}")
+        return value
+
+    @field_validator("volumeMounts")
+    @classmethod
+    def _own_mount_paths(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, path in enumerate(_names(value, "mountPath")):
+            clean = path.rstrip("/") or "/"
+            if clean in RESERVED_MOUNT_PATHS or clean.startswith((f"{MODEL_CACHE_DIR}/", f"{PVC_ROOT}/")):
+                raise ValueError(
+                    f"[{index}].mountPath {path!r} is the operator's; reserved: {', '.join(RESERVED_MOUNT_PATHS)} "
+                    f"and below {MODEL_CACHE_DIR} and {PVC_ROOT}"
+                )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _own_env(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, name in enumerate(_names(value)):
+            if name.startswith("CONVEYOR_") or name in RESERVED_ENV:
+                raise ValueError(f"[{index}].name {name!r} is set by the operator (CONVEYOR_*, {', '.join(RESERVED_ENV)})")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _dump_set_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the settings given, so that a step's dump (its env, the gateway's manifest) stays short."""
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value not in (None, [], {})}
+
+
 class StepSpec(_Spec):
     """One node of the pipeline's DAG: an ONNX model or an op, served with its own replicas and batching."""
 
@@ -150,6 +261,8 @@ class StepSpec(_Spec):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     nodeSelector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    image: str | None = Field(None, min_length=1, description="Image of this step's pods; default: the pipeline's `image`.")
+    pod: PodSettings = Field(default_factory=PodSettings, description="Pod settings of this step's pods.")
 
     @field_validator("name")
     @classmethod
@@ -192,6 +305,8 @@ class GatewaySpec(_Spec):
     grpcPort: int = Field(8001, ge=1, le=65535)
     httpPort: int = Field(8000, ge=1, le=65535)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    image: str | None = Field(None, min_length=1, description="Image of the gateway's pods; default: the pipeline's `image`.")
+    pod: PodSettings = Field(default_factory=PodSettings, description="Pod settings of the gateway's pods.")
     maxRequestBytes: int = Field(
         64 * 1024 * 1024,
         ge=1024,
@@ -213,7 +328,9 @@ class PipelineSpec(_Spec):
     steps: list[StepSpec] = Field(..., min_length=1, max_length=64)
     output: str | None = Field(None, description="Step whose outputs answer the request; default: the last step.")
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
-    image: str | None = Field(None, description="Runtime image for the pods; default: the operator's.")
+    image: str | None = Field(
+        None, description="Runtime image for the pods (a step's or the gateway's own `image` wins); default: the operator's."
+    )
 
 
 class Metadata(BaseModel):
