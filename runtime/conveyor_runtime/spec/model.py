@@ -140,6 +140,13 @@ class ResourcesSpec(_Spec):
     memory: str | None = Field(
         None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?|[numk])?$", description="Memory request and limit, e.g. `1Gi`."
     )
+    gpuMemory: str | None = Field(
+        None,
+        pattern=r"^[0-9]+(\.[0-9]+)?(k|[MGTPE]|[KMGTPE]i)?$",
+        description="GPU memory one replica's model may take, e.g. `4Gi` (ONNX Runtime's CUDA arena cap and TensorRT's "
+        "workspace, split evenly over the instances on a GPU): lets several steps share one GPU. Model steps on "
+        "`cuda` or `tensorrt` only.",
+    )
 
 
 #: Volumes and mount paths the operator gives every pod (work dir, /tmp, the gateway's manifest, fetched models,

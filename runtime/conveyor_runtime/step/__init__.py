@@ -23,7 +23,15 @@ from .model_op import ModelOp
 from .op_loop import OpLoop, ignored_batching, load_step_op
 from .server import DEFAULT_GRACE_S, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PRE_STOP_S, StepServer, create_step_server
 from .servicer import SERVER_NAME, StepServicer
-from .session import ORT_DATATYPES, ModelSession, plan_devices, plan_precision, plan_providers, plan_threads
+from .session import (
+    ORT_DATATYPES,
+    ModelSession,
+    plan_devices,
+    plan_memory_limits,
+    plan_precision,
+    plan_providers,
+    plan_threads,
+)
 from .termination import TERMINATION_LOG, TERMINATION_MESSAGE_LIMIT, termination_message, write_termination_message
 
 __all__ = [
@@ -57,6 +65,7 @@ __all__ = [
     "parse_cpu_max",
     "parse_cpu_quantity",
     "plan_devices",
+    "plan_memory_limits",
     "plan_precision",
     "plan_providers",
     "plan_threads",

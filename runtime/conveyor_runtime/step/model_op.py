@@ -9,6 +9,7 @@ from ..arrays import Arrays
 from ..ops import Op
 from ..spec import BatchingSpec, ModelSpec
 from .cpus import CpuBudget
+from .gpu_options import BatchRange, parse_bytes
 from .session import ModelSession
 
 __all__ = ["ModelOp"]
@@ -20,9 +21,24 @@ class ModelOp(Op):
     platform: ClassVar[str] = "onnxruntime_onnx"
 
     def __init__(
-        self, path: Path, model: ModelSpec, batching: BatchingSpec, *, cpus: CpuBudget | None = None, gpus: int = 0
+        self,
+        path: Path,
+        model: ModelSpec,
+        batching: BatchingSpec,
+        *,
+        cpus: CpuBudget | None = None,
+        gpus: int = 0,
+        gpu_memory: str | None = None,
     ) -> None:
-        self.session = ModelSession(path, model, cpus=cpus, gpus=gpus)
+        """`gpus`, `gpu_memory`: the step's ``resources.gpu`` and ``resources.gpuMemory``."""
+        self.session = ModelSession(
+            path,
+            model,
+            cpus=cpus,
+            gpus=gpus,
+            batch=BatchRange.for_batching(batching.maxBatchSize, batching.preferredBatchSizes),
+            gpu_memory=None if gpu_memory is None else parse_bytes(gpu_memory),
+        )
         self.session.check_batching(batching.maxBatchSize)
         self.inputs = list(self.session.inputs)
         self.outputs = list(self.session.outputs)

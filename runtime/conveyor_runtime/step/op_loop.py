@@ -39,7 +39,9 @@ def load_step_op(spec: StepSpec, base_dir: Path, *, cpus: CpuBudget | None = Non
     """Build the step's op: the ONNX model (built first if missing) or the op class with its config."""
     if spec.model is not None:
         path = ensure_model(spec.model, base_dir)
-        return ModelOp(path, spec.model, spec.batching, cpus=cpus, gpus=spec.resources.gpu)
+        return ModelOp(
+            path, spec.model, spec.batching, cpus=cpus, gpus=spec.resources.gpu, gpu_memory=spec.resources.gpuMemory
+        )
     assert spec.op is not None
     try:
         cls = load_op(spec.op)

@@ -27,12 +27,21 @@ from ..ops import TensorSpec
 from ..protocol import DATATYPES
 from ..spec import ModelSpec
 from .cpus import CpuBudget, step_cpu_budget
+from .gpu_options import (
+    BatchRange,
+    cuda_memory_options,
+    model_input_shapes,
+    tensorrt_cache_dir,
+    tensorrt_memory_options,
+    tensorrt_profile_options,
+)
 
 __all__ = [
     "ORT_DATATYPES",
     "ModelSession",
     "ProviderPlan",
     "plan_devices",
+    "plan_memory_limits",
     "plan_precision",
     "plan_providers",
     "plan_threads",
@@ -65,23 +74,45 @@ ProviderPlan = list[tuple[str, dict[str, Any]]]
 
 
 def plan_providers(
-    model: ModelSpec, available: Sequence[str], *, cache_dir: Path | None = None, device_id: int = 0
+    model: ModelSpec,
+    available: Sequence[str],
+    *,
+    cache_dir: Path | None = None,
+    device_id: int = 0,
+    profile: dict[str, str] | None = None,
+    memory_limit: int | None = None,
 ) -> ProviderPlan:
     """Execution providers to ask for, best first, always ending with CPU; skips those not `available`.
 
     ``tensorrt`` asks for TensorRT, then CUDA, then CPU; ``cuda`` asks for CUDA then CPU, both on GPU `device_id`.
     fp16 on TensorRT is TensorRT's own option; on CUDA the model is converted instead (see `plan_precision`).
+    `profile`: TensorRT optimization-profile options (`gpu_options.tensorrt_profile_options`); `memory_limit`: bytes
+    of GPU memory this session may take (the CUDA arena's cap, TensorRT's workspace).
     """
     plan: ProviderPlan = []
     if model.device == "tensorrt" and TENSORRT in available:
         options: dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": model.precision == "fp16"}
         if cache_dir is not None:
-            options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
+            options.update(
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=str(cache_dir),
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=str(cache_dir),
+            )
+        options.update(profile or {})
+        options.update(tensorrt_memory_options(memory_limit))
         plan.append((TENSORRT, options))
     if model.device in ("cuda", "tensorrt") and CUDA in available:
-        plan.append((CUDA, {"device_id": device_id}))
+        plan.append((CUDA, {"device_id": device_id, **cuda_memory_options(memory_limit)}))
     plan.append((CPU, {}))
     return plan
+
+
+def plan_memory_limits(devices: Sequence[int], gpu_memory: int | None) -> list[int | None]:
+    """Each instance's share of the replica's GPU memory: the instances on one GPU split it evenly."""
+    if gpu_memory is None:
+        return [None] * len(devices)
+    return [gpu_memory // devices.count(d) for d in devices]
 
 
 def plan_devices(instances: int, gpus: int) -> list[int]:
@@ -130,15 +161,23 @@ class ModelSession:
         available: Sequence[str] | None = None,
         cpus: CpuBudget | None = None,
         gpus: int = 0,
+        batch: BatchRange | None = None,
+        gpu_memory: int | None = None,
+        trt_cache: Path | None = None,
     ) -> None:
-        """`cpus`: the step's CPU budget (default: this process's); `gpus`: the step's ``resources.gpu``."""
+        """`cpus`: the step's CPU budget (default: this process's); `gpus`: the step's ``resources.gpu``;
+        `batch`: the batch sizes the step sends (TensorRT's profile); `gpu_memory`: bytes of GPU memory per replica
+        (``resources.gpuMemory``); `trt_cache`: TensorRT's engine cache (default `gpu_options.tensorrt_cache_dir`)."""
         self.path = path
         self.model = model
         available = list(ort.get_available_providers() if available is None else available)
         devices = plan_devices(model.instances, gpus)
+        profile = self._tensorrt_profile(batch) if model.device == "tensorrt" and TENSORRT in available else None
+        cache_dir = (trt_cache or tensorrt_cache_dir()) if profile is not None else None
         #: The providers and options each instance asks for (ONNX Runtime drops those this build lacks).
         self.plans = [
-            plan_providers(model, available, cache_dir=path.parent / ".trt-cache", device_id=d) for d in devices
+            plan_providers(model, available, cache_dir=cache_dir, device_id=d, profile=profile, memory_limit=limit)
+            for d, limit in zip(devices, plan_memory_limits(devices, gpu_memory))
         ]
         wanted = self.plans[0]
         if model.device != "cpu" and wanted[0][0] == CPU:
@@ -160,16 +199,19 @@ class ModelSession:
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._sessions: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
         source: str | bytes = str(path)
+        # fp16 on CUDA: convert before the first session, so no fp32 copy of the model is ever put on the GPU
+        if plan_precision(model, wanted[0][0]) == "fp16-convert":
+            source = _to_fp16(path) or source
         first = self._open(source, options, wanted)
         self.provider = str(first.get_providers()[0])
         self.precision = plan_precision(model, self.provider)
-        if self.precision == "fp16-convert":
-            converted = _to_fp16(path)
-            if converted is not None:
-                source = converted
-                first = self._open(source, options, wanted)
-            else:
-                self.precision = "fp32"
+        if self.precision == "fp16-convert" and isinstance(source, str):
+            self.precision = "fp32"  # no converter installed (`_to_fp16` said so)
+        elif isinstance(source, bytes) and self.precision != "fp16-convert":
+            # CUDA was asked for but did not start (no device?): run the original fp32 model where it runs
+            log.warning("model %s: CUDA did not start, so fp16 is off; running fp32 on %s", path.name, self.provider)
+            source = str(path)
+            first = self._open(source, options, wanted)
         elif model.precision == "fp16" and self.precision == "fp32":
             log.warning("model %s: precision fp16 applies on GPU only; running fp32 on %s", path.name, self.provider)
         self._sessions.put(first)
@@ -201,6 +243,21 @@ class ModelSession:
         )
         if wanted[0][0] != CPU:
             self._log_gpus(devices, gpus)
+
+    def _tensorrt_profile(self, batch: BatchRange | None) -> dict[str, str]:
+        """One optimization profile over the step's batch range, or none (logged: TensorRT then builds an engine
+        for each new shape it meets, at request time)."""
+        try:
+            inputs = model_input_shapes(self.path)
+        except Exception as exc:  # onnx raises its own for unreadable files; the session's load says it better
+            log.warning("model %s: cannot read its inputs for a TensorRT profile: %s", self.path.name, exc)
+            return {}
+        profile, why_not = tensorrt_profile_options(inputs, batch)
+        if profile:
+            log.info("model %s: TensorRT profile %s", self.path.name, profile)
+        else:
+            log.warning("model %s: no TensorRT optimization profile: %s", self.path.name, why_not)
+        return profile
 
     def _log_gpus(self, devices: list[int], gpus: int) -> None:
         if gpus <= 1:
