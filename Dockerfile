@@ -13,6 +13,9 @@ ARG CPU_BASE=python:3.11-slim-bookworm
 # on they are CUDA 13 builds (drivers >= 580), which would fall back to the CPU here. Move both together.
 ARG GPU_BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 ARG ONNXRUNTIME_GPU="onnxruntime-gpu>=1.19,<1.27"
+# TensorRT 10 for CUDA 12, the major those onnxruntime-gpu builds link against (`device: tensorrt`; without it the
+# TensorRT provider cannot load and the step runs CUDA, saying so in its log).
+ARG TENSORRT_LIBS="tensorrt-cu12-libs>=10,<11"
 
 FROM ${CPU_BASE} AS base-cpu
 
@@ -26,6 +29,7 @@ RUN apt-get update \
 FROM base-${VARIANT}
 ARG VARIANT
 ARG ONNXRUNTIME_GPU
+ARG TENSORRT_LIBS
 # Build-time only, and unset unless given: scripts/build-image.sh points it at a pip.conf (this machine's index and CA
 # bundle) that it mounts for the RUN steps; neither the file nor the setting is in the image.
 ARG PIP_CONFIG_FILE
@@ -47,7 +51,9 @@ print('\n'.join(p['build-system']['requires'] + p['project']['dependencies'] + p
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt \
  && if [ "$VARIANT" = "gpu" ]; then \
-      pip uninstall -y onnxruntime && pip install "$ONNXRUNTIME_GPU" "onnxconverter-common>=1.14"; \
+      pip uninstall -y onnxruntime && pip install "$ONNXRUNTIME_GPU" "onnxconverter-common>=1.14" "$TENSORRT_LIBS" \
+      && find /opt/venv -name 'libnvinfer.so.*' -printf '%h\n' | sort -u > /etc/ld.so.conf.d/conveyor-tensorrt.conf \
+      && ldconfig && python -c "import ctypes; ctypes.CDLL('libnvinfer.so.10')"; \
     fi \
  && python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
 
