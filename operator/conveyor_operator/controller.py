@@ -97,8 +97,8 @@ class PipelineController:
         if outcome.errors or spec is None:
             return None, None, []
         figures = self.live.sample(str(meta.get("namespace") or "default"), str(meta["name"]), spec)
-        if figures is None:
-            return None, None, []
+        if figures is None or not any(f.pods for f in figures.steps):
+            return None, None, []  # not due, a first read, or no step pod answered twice: nothing measured
         now = utc_now()
         previous = current.get("conditions") or []
         saturated = saturated_condition(figures, now=now, generation=outcome.status.observedGeneration, previous=previous)

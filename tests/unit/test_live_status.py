@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conveyor_operator.controller import status_changes
+from conveyor_operator.controller import PipelineController, status_changes
 from conveyor_operator.live import live_changed, live_status, pod_metrics_url, saturated_condition
 from conveyor_operator.reconciler import Outcome
 from conveyor_operator.status import Condition, PipelineStatus
@@ -128,3 +128,20 @@ def test_status_changes_keep_the_live_block_and_the_saturated_condition_a_reconc
     changes = status_changes(outcome, current)
 
     assert "live" not in changes and "conditions" not in changes
+
+
+class _NoPods:
+    """The API as a pipeline whose pods have not started: listing its pods finds none."""
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        return []
+
+
+def test_controller_leaves_live_status_alone_while_no_step_pod_answers() -> None:
+    controller = PipelineController(_NoPods(), live_interval_s=0)  # type: ignore[arg-type]
+    pipeline = {"metadata": {"name": "demo", "namespace": "ns"}, "spec": {"steps": [{"name": "enc", "op": "identity"}]}}
+    outcome = Outcome(status=PipelineStatus(observedGeneration=1))
+
+    reads = [controller._live(pipeline, outcome) for _ in range(3)]
+
+    assert reads == [(None, None, [])] * 3
