@@ -1,0 +1,29 @@
+"""`conveyor bench pipeline --policies`: the manifest each policy runs, and the in-process layouts it is held to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conveyor_benchmarks.in_process import layouts_for
+from conveyor_benchmarks.pipeline_bench import policy_manifest
+from conveyor_runtime.spec import load_manifest
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "defect-detection" / "pipeline-resnet18.yaml"
+
+
+def test_bench_policy_manifest_sets_the_policy_of_model_steps_only_and_sits_beside_the_original(tmp_path: Path) -> None:
+    original = tmp_path / "pipeline.yaml"
+    original.write_text(EXAMPLE.read_text())
+    path = policy_manifest(original, "fill")
+    assert path.parent == original.parent  # relative model paths resolve as in the original
+    steps = load_manifest(path).spec.steps
+    before = load_manifest(original).spec.steps
+    assert [s.batching.policy for s in steps] == ["workConserving", "fill", "workConserving"]
+    assert steps[1].batching.model_copy(update={"policy": "workConserving"}) == before[1].batching
+    assert [s.model_dump(exclude={"batching"}) for s in steps] == [s.model_dump(exclude={"batching"}) for s in before]
+
+
+def test_bench_in_process_layouts_give_one_thread_per_core_except_sequential() -> None:
+    layouts = layouts_for(2)
+    assert [(x.name, x.threads, x.intra) for x in layouts] == [("sequential", 1, 2), ("parallel", 2, 1), ("pipelined", 2, 1)]
+    assert [x.name for x in layouts_for(1)] == ["sequential", "pipelined"]
