@@ -27,7 +27,9 @@ from conveyor_runtime.spec import (
     PipelineSpec,
 )
 from conveyor_runtime.spec.model import (
+    BUILD_RULE,
     MODEL_CACHE_DIR,
+    MODEL_SOURCE_RULE,
     PVC_ROOT,
     RESERVED_ENV,
     RESERVED_MOUNT_PATHS,
@@ -87,6 +89,10 @@ _SPEC_RULES: dict[str, list[dict[str, str]]] = {
             "message": CONFIG_RULE,
         },
     ],
+    "steps.items.model": [
+        {"rule": "has(self.path) != has(self.uri)", "message": MODEL_SOURCE_RULE},
+        {"rule": "!has(self.build) || !has(self.uri)", "fieldPath": ".build", "message": BUILD_RULE},
+    ],
     "steps.items.name": [
         {
             "rule": f"self != {_cel_string(GATEWAY_STEP_NAME)}",
@@ -100,6 +106,7 @@ _SPEC_RULES: dict[str, list[dict[str, str]]] = {
         }
     ],
 }
+
 
 def _pod_rules(where: str) -> dict[str, list[dict[str, str]]]:
     """`pod:` settings may not reuse what the operator renders (PodSettings' validators say the same)."""

@@ -17,12 +17,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import FieldError, InvalidManifest, RunnerFailed
 from ..gateway import Gateway, StaticEndpoints
 from ..serving import TaskSet, free_port
+from ..sources import local_file, remote_values
 from ..spec import ExecutionPlan, load_manifest
 from ..step import ensure_model
 from .output import forward_lines
@@ -105,12 +107,20 @@ class LocalRunner:
     # --- start ------------------------------------------------------------------------------------------------
 
     async def build_models(self) -> None:
-        """Build every missing model file once, before any replica starts (so replicas never race to build it)."""
+        """Fetch or build every missing model and op file once, before any replica starts (so replicas never race for
+        it); the replicas then find them in place (built) or in the model cache (fetched)."""
         base = self.manifest_path.parent
         for name in self.plan.order:
-            model = self.plan.nodes[name].spec.model
+            spec = self.plan.nodes[name].spec
+            for uri in remote_values(spec.config):
+                await self._timed(f"op file for step {name}: {uri}", partial(local_file, uri, base_dir=base))
+            model = spec.model
             if model is None:
                 continue
+            if model.uri is not None:
+                await self._timed(f"model for step {name}: {model.uri}", partial(ensure_model, model, base))
+                continue
+            assert model.path is not None
             path = Path(model.path) if Path(model.path).is_absolute() else base / model.path
             if not path.exists() and model.build:
                 self._say(f"building model for step {name}: {path} ({model.build}, first run only) ...")
@@ -118,6 +128,13 @@ class LocalRunner:
             await asyncio.to_thread(ensure_model, model, base)
             if time.monotonic() - started > 0.5:
                 self._say(f"  built {path.name} in {time.monotonic() - started:.1f}s")
+
+    async def _timed(self, what: str, fetch: Callable[[], Path]) -> None:
+        """Fetch one file (a cache hit when an earlier run or `conveyor fetch` got it), saying so when it downloads."""
+        started = time.monotonic()
+        path = await asyncio.to_thread(fetch)
+        if time.monotonic() - started > 0.5:
+            self._say(f"  fetched {what} in {time.monotonic() - started:.1f}s -> {path}")
 
     async def _launch(self, replica: ReplicaProcess) -> None:
         env = dict(os.environ)
@@ -274,7 +291,8 @@ class LocalRunner:
             providers = sorted({r.provider for r in mine if r.provider})
             runs = spec.op or ""
             if spec.model is not None:
-                runs = f"{Path(spec.model.path).name} [{', '.join(providers) or spec.model.device}]"
+                source = spec.model.path or spec.model.uri or ""
+                runs = f"{source.rsplit('/', 1)[-1]} [{', '.join(providers) or spec.model.device}]"
             rows.append((name, f"{ready}/{len(mine)}", ports, runs, "ready" if ready == len(mine) else "degraded"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

@@ -21,10 +21,12 @@ from pydantic import (
 )
 
 from .pod_schemas import POD_FIELD_SCHEMAS
+from .uris import URI_FORMS, uri_problem
 
 __all__ = [
     "API_GROUP",
     "API_VERSION",
+    "BUILD_RULE",
     "BUILTIN_OP_NAMES",
     "CONFIG_RULE",
     "DNS1035_LABEL",
@@ -34,6 +36,7 @@ __all__ = [
     "IMPORT_REF",
     "KIND",
     "MAX_NAME",
+    "MODEL_SOURCE_RULE",
     "OP_RULE",
     "RESERVED_ENV",
     "RESERVED_MOUNT_PATHS",
@@ -72,6 +75,22 @@ BUILTIN_OP_NAMES: tuple[str, ...] = ("identity", "image-preprocess", "preprocess
 OP_RULE = f"must be a built-in op (built-ins: {', '.join(BUILTIN_OP_NAMES)}) or `package.module:Class`"
 #: `config` on a model step would be ignored.
 CONFIG_RULE = "only op steps take `config`; a model step's settings go under `model`"
+#: A model's one source, in words (the model's and the CRD's errors say the same).
+MODEL_SOURCE_RULE = "a model needs exactly one of `path` or `uri`"
+#: `build` writes a local file.
+BUILD_RULE = "writes the local file at `path` when it is missing: use it with `path`, not `uri`"
+#: A sha256 digest as `sha256sum` prints it.
+SHA256_HEX = r"^[0-9a-f]{64}$"
+#: A DNS-1123 subdomain: what a Secret's name must be.
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A Kubernetes quantity in the forms a size limit takes (`8Gi`, `500M`, `1.5Gi`).
+QUANTITY = r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?|[numk])?$"
+#: ModelSpec's source fields: the pattern each must match and the rule in words.
+_SOURCE_FIELD_RULES = {
+    "sha256": (SHA256_HEX, "must be 64 lower-case hex digits (what `sha256sum FILE` prints)"),
+    "credentialsSecret": (DNS1123_SUBDOMAIN, "must be a Secret name (lower-case letters, digits, '-' and '.')"),
+    "cacheSizeLimit": (QUANTITY, "must be a Kubernetes quantity such as 8Gi or 500Mi"),
+}
 
 
 def _checked(value: str, pattern: str, rule: str) -> str:
@@ -116,9 +135,29 @@ class BatchingSpec(_Spec):
 
 
 class ModelSpec(_Spec):
-    """An ONNX model run by ONNX Runtime."""
+    """An ONNX model run by ONNX Runtime, read from `path` or fetched from `uri` (exactly one of the two)."""
 
-    path: str = Field(..., min_length=1, description="ONNX file; relative paths are relative to the manifest.")
+    path: str | None = Field(None, min_length=1, description="ONNX file; relative paths are relative to the manifest.")
+    uri: str | None = Field(
+        None,
+        description="Where the ONNX file comes from: a path, file://, http(s)://, s3://, gs://, az:// (downloaded once into "
+        "the model cache) or pvc://CLAIM/PATH (the claim mounted read-only). Exactly one of `path` or `uri`.",
+    )
+    sha256: str | None = Field(
+        None,
+        json_schema_extra={"pattern": SHA256_HEX},
+        description="Digest the fetched file must have (64 lower-case hex digits); a mismatch fails the step.",
+    )
+    credentialsSecret: str | None = Field(
+        None,
+        max_length=253,
+        json_schema_extra={"pattern": DNS1123_SUBDOMAIN},
+        description="Secret in the pipeline's namespace whose keys (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) are the "
+        "fetch's environment.",
+    )
+    cacheSizeLimit: str = Field(
+        "8Gi", json_schema_extra={"pattern": QUANTITY}, description="Size limit of the pod's volume the model is fetched into."
+    )
     device: Literal["cpu", "cuda", "tensorrt"] = Field("cpu", description="Preferred execution provider; CPU is the fallback.")
     precision: Literal["fp32", "fp16"] = Field("fp32", description="fp16 applies on GPU providers only.")
     instances: int = Field(1, ge=1, le=64, description="Model instances (sessions) in one process.")
@@ -127,9 +166,39 @@ class ModelSpec(_Spec):
     build: str | None = Field(
         None,
         pattern=IMPORT_REF,
-        description="`module:function` that writes the ONNX file when it is missing (used by the examples).",
+        description="`module:function` that writes the ONNX file at `path` when it is missing (used by the examples).",
     )
     buildArgs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for `build`.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_form(cls, value: str | None) -> str | None:
+        problem = None if value is None else uri_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("sha256", "credentialsSecret", "cacheSizeLimit")
+    @classmethod
+    def _matches(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or info.field_name is None:
+            return value
+        pattern, rule = _SOURCE_FIELD_RULES[info.field_name]
+        return _checked(value, pattern, f"{rule}, got {value!r}")
+
+    @field_validator("build")
+    @classmethod
+    def _build_with_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("uri") is not None:
+            raise ValueError(BUILD_RULE)
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.uri is None):
+            got = "neither" if self.path is None else "both"
+            raise ValueError(f"{MODEL_SOURCE_RULE} (got {got}): `path` for a local file, `uri` for {URI_FORMS}")
+        return self
 
 
 class ResourcesSpec(_Spec):

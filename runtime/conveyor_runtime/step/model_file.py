@@ -1,4 +1,5 @@
-"""Where a step's ONNX file is; built on first use when its spec names a builder (`model.build: module:function`)."""
+"""Where a step's ONNX file is: `model.uri` made a local file (fetched into the cache once), or `model.path`, built on
+first use when its spec names a builder (`model.build: module:function`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ModelLoadError
+from ..sources import local_file
 from ..spec import ModelSpec
 
 __all__ = ["ensure_model", "resolve_builder"]
@@ -25,10 +27,14 @@ def resolve_builder(reference: str) -> object:
 
 
 def ensure_model(model: ModelSpec, base_dir: Path | None = None) -> Path:
-    """The model's absolute path; builds the file first when it is missing and a builder is named.
+    """The model's local path: `uri` fetched (or found in the cache, where `conveyor fetch` may have put it), or
+    `path`, built first when it is missing and a builder is named.
 
     The file is written to a temporary name and renamed, so concurrent replicas never load half a file.
     """
+    if model.uri is not None:
+        return local_file(model.uri, sha256=model.sha256, base_dir=base_dir)
+    assert model.path is not None  # ModelSpec: exactly one of path and uri
     path = Path(model.path)
     if not path.is_absolute():
         path = (base_dir or Path.cwd()) / path

@@ -18,6 +18,7 @@ from ..arrays import Arrays, shared_rows
 from ..errors import DeadlineExceeded, FieldError, InvalidManifest, InvalidRequest, ModelLoadError, RequestError, StepFailed
 from ..ops import Op, OpContext, RequestContext, Skip, TensorSpec, load_op
 from ..protocol import decode_tensors, encode_tensors, pb
+from ..sources import localize_config
 from ..spec import BatchingSpec, StepSpec
 from .batcher import Batcher, OnFailure
 from .cpus import CpuBudget, step_cpu_budget
@@ -36,7 +37,7 @@ _BATCH_ONLY = ("maxBatchSize", "maxQueueDelayMicroseconds", "preferredBatchSizes
 
 
 def load_step_op(spec: StepSpec, base_dir: Path, *, cpus: CpuBudget | None = None) -> Op:
-    """Build the step's op: the ONNX model (built first if missing) or the op class with its config."""
+    """Build the step's op: the ONNX model (fetched or built first if missing) or the op class with its config."""
     if spec.model is not None:
         path = ensure_model(spec.model, base_dir)
         return ModelOp(
@@ -46,7 +47,8 @@ def load_step_op(spec: StepSpec, base_dir: Path, *, cpus: CpuBudget | None = Non
     try:
         cls = load_op(spec.op)
         op = cls()
-        op.init(dict(spec.config), OpContext(step=spec.name, base_dir=base_dir))
+        # Remote URIs among the config's values (label files, ...) are fetched first: the op gets local paths.
+        op.init(localize_config(spec.config), OpContext(step=spec.name, base_dir=base_dir))
     except ValueError as exc:
         raise ModelLoadError(f"step {spec.name!r}: op {spec.op!r}: {exc}") from exc
     return op
