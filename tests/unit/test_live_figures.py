@@ -12,6 +12,7 @@ from conveyor_runtime.live import (
     bottleneck,
     histogram_quantile,
     parse_metrics,
+    render_report,
     render_table,
     saturated_steps,
     step_figures,
@@ -200,3 +201,15 @@ def test_live_tracker_calls_a_step_saturated_once_its_queue_grew_for_three_windo
         found.append(None if live is None else live.saturated)
     assert found[:3] == [None, {}, {}]
     assert found[3] == {"enc": "step 'enc': its queue grew in each of the last 3 windows (0 -> 20 rows)"}
+
+
+def test_render_report_says_when_the_gateway_was_not_read() -> None:
+    enc = StepMetrics("enc")
+    tracker = LiveTracker({"enc": StepCapacity(max_batch_size=0, instances=1)})
+    tracker.update(Scrape(at=0.0, steps={"enc": {"p": _sample(enc)}}))
+    live = tracker.update(Scrape(at=5.0, steps={"enc": {"p": _sample(enc)}}))
+    assert live is not None and live.gateway_pods == 0
+
+    head = render_report("demo", live).splitlines()[0]
+
+    assert head == "pipeline demo over 5.0s: gateway metrics not read (start `conveyor run` with --metrics-port 0)"

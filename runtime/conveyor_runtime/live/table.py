@@ -61,10 +61,14 @@ def render_table(figures: Sequence[StepFigures]) -> str:
 def render_report(pipeline: str, figures: PipelineFigures) -> str:
     """The pipeline's line (gateway throughput and latency), the per-step table, then each saturated step."""
     errors = sum(figures.errors_per_s.values())
-    head = (
-        f"pipeline {pipeline} over {figures.window_s:.1f}s: {format_rate(figures.throughput_per_s)} requests/s answered OK, "
-        f"p50 {format_seconds(figures.p50_s)}, p99 {format_seconds(figures.p99_s)}, {format_rate(errors)} errors/s"
-    )
+    head = f"pipeline {pipeline} over {figures.window_s:.1f}s: "
+    if figures.gateway_pods:
+        head += (
+            f"{format_rate(figures.throughput_per_s)} requests/s answered OK, p50 {format_seconds(figures.p50_s)}, "
+            f"p99 {format_seconds(figures.p99_s)}, {format_rate(errors)} errors/s"
+        )
+    else:
+        head += "gateway metrics not read (start `conveyor run` with --metrics-port 0)"
     lines = [head, render_table(figures.steps)]
     lines.extend(f"saturated: {why}" for why in figures.saturated.values())
     return "\n".join(lines)

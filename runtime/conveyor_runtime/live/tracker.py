@@ -35,6 +35,7 @@ class PipelineFigures:
     bottleneck: str
     bottleneck_reason: str
     saturated: Mapping[str, str]
+    gateway_pods: int = 0  # gateway pods read at both ends of the window (0: throughput and latency unknown)
 
 
 def _gateway(
@@ -101,4 +102,5 @@ class LiveTracker:
             bottleneck=name,
             bottleneck_reason=reason,
             saturated=saturated_steps(self._depths, rejected, windows=self.windows),
+            gateway_pods=len(set(previous.gateway) & set(scrape.gateway)),
         )
