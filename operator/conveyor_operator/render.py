@@ -6,6 +6,7 @@ ConfigMap holding the manifest the gateway reads.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Mapping
@@ -29,7 +30,8 @@ from conveyor_runtime.spec import (
     step_resource_name,
     step_to_env,
 )
-from conveyor_runtime.spec.model import PodSettings
+from conveyor_runtime.spec.model import MODEL_CACHE_DIR, PVC_ROOT, ModelSpec, PodSettings
+from conveyor_runtime.spec.uris import is_remote_uri, uri_scheme
 
 from .labels import DEFAULT_IMAGE, labels, selector_labels
 
@@ -235,8 +237,50 @@ def _metrics_annotations() -> dict[str, str]:
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT), "prometheus.io/path": "/metrics"}
 
 
+def _has_remote_uri(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(_has_remote_uri(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_remote_uri(item) for item in value)
+    return is_remote_uri(value)
+
+
+def _model_sources(step: StepSpec, container: dict[str, Any], volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mount what the step's model or config come from; the init containers that fetch them, if any.
+
+    A remote model (or a remote URI in an op's config) is fetched by `conveyor fetch` into a size-limited emptyDir
+    before the step starts, with the Secret's keys as its environment; the step finds the file there. A `pvc://`
+    model's claim is mounted read-only where the step resolves it.
+    """
+    model = step.model
+    uri = model.uri if model is not None else None
+    if uri is not None and uri_scheme(uri) == "pvc":
+        claim = uri.split("://", 1)[1].split("/", 1)[0]
+        volumes.append({"name": "model-pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        container["volumeMounts"].append({"name": "model-pvc", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+        container["env"].extend(_env({"CONVEYOR_PVC_ROOT": PVC_ROOT}))
+    if not (is_remote_uri(uri) or _has_remote_uri(step.config)):
+        return []
+    size = model.cacheSizeLimit if model is not None else ModelSpec.model_fields["cacheSizeLimit"].default
+    volumes.append({"name": "models", "emptyDir": {"sizeLimit": size}})
+    container["volumeMounts"].append({"name": "models", "mountPath": MODEL_CACHE_DIR})
+    container["env"].extend(_env({"CONVEYOR_MODEL_CACHE": MODEL_CACHE_DIR}))
+    resources = _resources(step.resources.model_copy(update={"gpu": 0}))
+    fetch = {
+        **copy.deepcopy({key: container[key] for key in ("image", "imagePullPolicy", "workingDir", "env", "securityContext", "volumeMounts")}),
+        "name": "fetch",
+        "command": ["conveyor", "fetch"],
+        "resources": resources,
+        **_termination_message(),
+    }
+    if model is not None and model.credentialsSecret:
+        fetch["envFrom"] = [{"secretRef": {"name": model.credentialsSecret}}]
+    return [fetch]
+
+
 def render_step_deployment(owner: Owner, step: StepSpec, image: str) -> dict[str, Any]:
-    """A step's Deployment: `conveyor step` with the step spec in its environment, probed over grpc.health.v1."""
+    """A step's Deployment: `conveyor step` with the step spec in its environment, probed over grpc.health.v1;
+    a remote model is fetched first by an init container (see `_model_sources`)."""
     volumes, mounts = _scratch_volumes()
     grpc_probe = {"grpc": {"port": STEP_GRPC_PORT}}
     container: dict[str, Any] = {
@@ -260,6 +304,9 @@ def render_step_deployment(owner: Owner, step: StepSpec, image: str) -> dict[str
         **_termination_message(),
     }
     pod_extra: dict[str, Any] = {}
+    init_containers = _model_sources(step, container, volumes)
+    if init_containers:
+        pod_extra["initContainers"] = init_containers
     if step.nodeSelector:
         pod_extra["nodeSelector"] = dict(step.nodeSelector)
     if step.tolerations:

@@ -302,3 +302,85 @@ def test_render_without_pod_settings_sets_none_of_their_pod_fields() -> None:
         pod = deployment["spec"]["template"]["spec"]
         assert not set(POD_LEVEL) & pod.keys(), name
         assert "envFrom" not in pod["containers"][0], name
+
+
+def _step_pod(model: dict[str, Any] | None = None, config: dict[str, Any] | None = None, **step: Any) -> dict[str, Any]:
+    kind: dict[str, Any] = {"model": model} if model is not None else {"op": "identity", "config": config or {}}
+    spec = PipelineSpec.model_validate({"steps": [{"name": "cls", **kind, **step}]})
+    pod: dict[str, Any] = _deployments(spec, "registry/conveyor:1")["demo-cls"]["spec"]["template"]["spec"]
+    return pod
+
+
+S3_MODEL = {"uri": "s3://models/resnet.onnx", "sha256": "a" * 64, "credentialsSecret": "s3-creds", "cacheSizeLimit": "2Gi"}
+
+
+def test_render_a_remote_model_is_fetched_by_an_init_container_into_a_size_limited_volume() -> None:
+    pod = _step_pod(S3_MODEL, image="me/custom:1", resources={"cpu": "1", "memory": "1Gi", "gpu": 1})
+    (fetch,) = pod["initContainers"]
+    step = pod["containers"][0]
+    assert fetch["name"] == "fetch" and fetch["command"] == ["conveyor", "fetch"]
+    assert fetch["image"] == step["image"] == "me/custom:1" and fetch["imagePullPolicy"] == step["imagePullPolicy"]
+    env = {e["name"]: e.get("value") for e in fetch["env"]}
+    step_env = {e["name"]: e.get("value") for e in step["env"]}
+    assert env["CONVEYOR_STEP_SPEC"] == step_env["CONVEYOR_STEP_SPEC"]
+    assert env["CONVEYOR_MODEL_CACHE"] == step_env["CONVEYOR_MODEL_CACHE"] == "/var/lib/conveyor/models"
+    assert fetch["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert "envFrom" not in step  # the credentials stay with the fetch
+    assert fetch["securityContext"] == step["securityContext"]
+    assert fetch["terminationMessagePolicy"] == step["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert fetch["resources"] == {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}  # no GPU
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"] == {"name": "models", "emptyDir": {"sizeLimit": "2Gi"}}
+    for container in (fetch, step):
+        assert {"name": "models", "mountPath": "/var/lib/conveyor/models"} in container["volumeMounts"]
+
+
+def test_render_a_remote_uri_in_an_op_config_is_fetched_too_without_credentials() -> None:
+    pod = _step_pod(config={"labels": {"file": "https://example.com/labels.txt"}, "k": 5})
+    (fetch,) = pod["initContainers"]
+    assert "envFrom" not in fetch
+    assert {v["name"]: v for v in pod["volumes"]}["models"]["emptyDir"] == {"sizeLimit": "8Gi"}
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [{"model": {"path": "models/m.onnx"}}, {"model": {"uri": "file:///m.onnx"}}, {"model": {"uri": "pvc://claim/m.onnx"}},
+     {"config": {"labels": "/etc/labels.txt", "url": "not a uri"}}],
+    ids=["path", "file-uri", "pvc", "local-config"],
+)
+def test_render_a_local_model_or_config_needs_no_fetch(kind: dict[str, Any]) -> None:
+    pod = _step_pod(**kind)
+    assert "initContainers" not in pod
+    assert "models" not in {v["name"] for v in pod["volumes"]}
+    assert "CONVEYOR_MODEL_CACHE" not in {e["name"] for e in pod["containers"][0]["env"]}
+
+
+def test_render_a_pvc_model_mounts_its_claim_read_only_where_the_step_looks() -> None:
+    pod = _step_pod({"uri": "pvc://trained-models/resnet/v3/model.onnx"})
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model-pvc"] == {"name": "model-pvc", "persistentVolumeClaim": {"claimName": "trained-models", "readOnly": True}}
+    step = pod["containers"][0]
+    assert {"name": "model-pvc", "mountPath": "/var/lib/conveyor/pvc/trained-models", "readOnly": True} in step["volumeMounts"]
+    assert {"name": "CONVEYOR_PVC_ROOT", "value": "/var/lib/conveyor/pvc"} in step["env"]
+
+
+@pytest.mark.parametrize("model", [S3_MODEL, {"uri": "pvc://trained-models/m.onnx"}], ids=["s3", "pvc"])
+def test_render_model_sources_are_valid_kubernetes_objects_with_pod_settings(model: dict[str, Any]) -> None:
+    spec = PipelineSpec.model_validate({"steps": [{"name": "cls", "model": model, "pod": POD_SETTINGS}]})
+    deployment = _deployments(spec)["demo-cls"]
+    kubernetes_validate.validate(deployment, "1.36.0", strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        assert container["env"][-2:] == POD_SETTINGS["env"] and container["volumeMounts"][-1] == POD_SETTINGS["volumeMounts"][0]
+
+
+def test_render_a_change_of_model_uri_or_digest_changes_only_that_steps_pods() -> None:
+    def templates(model: dict[str, Any]) -> dict[str, Any]:
+        spec = PipelineSpec.model_validate({"steps": [{"name": "pre", "op": "identity"}, {"name": "cls", "model": model}]})
+        return {name: d["spec"]["template"] for name, d in _deployments(spec).items()}
+
+    base = templates(S3_MODEL)
+    for change in ({"uri": "s3://models/resnet-v2.onnx"}, {"sha256": "b" * 64}):
+        changed = templates({**S3_MODEL, **change})
+        assert changed["demo-cls"] != base["demo-cls"], change
+        assert changed["demo-pre"] == base["demo-pre"] and changed["demo-gateway"] == base["demo-gateway"], change
