@@ -7,10 +7,14 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conveyor_runtime.sources import FetchError, RetryPolicy, local_file
+from conveyor_runtime.ops import Op, OpContext
+from conveyor_runtime.sources import CACHE_ENV, FetchError, RetryPolicy, cached_path, local_file
+from conveyor_runtime.spec import StepSpec
+from conveyor_runtime.step import load_step_op
 from tests.support.http_server import HttpFileServer, http_server
 
 DATA = os.urandom(2 * 1024 * 1024 + 5)
@@ -74,3 +78,25 @@ def test_fetch_http_a_server_that_stalls_times_out_clearly(tmp_path: Path) -> No
             local_file(uri, cache=tmp_path, policy=stalling)
     assert str(caught.value).startswith(f"{uri}: ") and str(caught.value).endswith("(after 2 attempts)")
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+class ReadsLabels(Op):
+    """Keeps what `init` got: the config (with `labels` made a local path) and the labels file's text."""
+
+    def init(self, config: dict[str, Any], context: OpContext) -> None:
+        self.config = config
+        self.text = Path(config["files"][0]["labels"]).read_text()
+
+
+def test_op_config_uri_reaches_the_op_as_a_local_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    with http_server({"labels.txt": b"cat\ndog\n"}) as http:
+        uri = http.url("files/labels.txt")
+        spec = StepSpec.model_validate(
+            {"name": "labels", "op": "tests.integration.test_sources_http:ReadsLabels", "config": {"k": 2, "files": [{"labels": uri}]}}
+        )
+        op = load_step_op(spec, tmp_path)
+    assert type(op).__name__ == "ReadsLabels"  # (loaded by its reference: another copy of this module)
+    assert op.text == "cat\ndog\n"  # type: ignore[attr-defined]
+    assert op.config == {"k": 2, "files": [{"labels": str(cached_path(uri, None, tmp_path))}]}
+    assert spec.config["files"][0]["labels"] == uri  # the spec itself is left as it was

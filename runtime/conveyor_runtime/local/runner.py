@@ -24,8 +24,9 @@ from typing import Any, TextIO
 from ..errors import FieldError, InvalidManifest, RunnerFailed
 from ..gateway import Gateway, StaticEndpoints
 from ..serving import TaskSet, free_port
-from ..sources import local_file, remote_values
+from ..sources import cache_dir, cached_path, local_file, remote_values
 from ..spec import ExecutionPlan, load_manifest
+from ..spec.uris import is_remote_uri
 from ..step import ensure_model
 from .output import forward_lines
 from .replica import MAX_STARTUP_CRASHES, ReplicaProcess
@@ -113,12 +114,12 @@ class LocalRunner:
         for name in self.plan.order:
             spec = self.plan.nodes[name].spec
             for uri in remote_values(spec.config):
-                await self._timed(f"op file for step {name}: {uri}", partial(local_file, uri, base_dir=base))
+                await self._fetch(f"op file for step {name}", uri, None, partial(local_file, uri, base_dir=base))
             model = spec.model
             if model is None:
                 continue
             if model.uri is not None:
-                await self._timed(f"model for step {name}: {model.uri}", partial(ensure_model, model, base))
+                await self._fetch(f"model for step {name}", model.uri, model.sha256, partial(ensure_model, model, base))
                 continue
             assert model.path is not None
             path = Path(model.path) if Path(model.path).is_absolute() else base / model.path
@@ -129,12 +130,15 @@ class LocalRunner:
             if time.monotonic() - started > 0.5:
                 self._say(f"  built {path.name} in {time.monotonic() - started:.1f}s")
 
-    async def _timed(self, what: str, fetch: Callable[[], Path]) -> None:
-        """Fetch one file (a cache hit when an earlier run or `conveyor fetch` got it), saying so when it downloads."""
+    async def _fetch(self, what: str, uri: str, sha256: str | None, fetch: Callable[[], Path]) -> None:
+        """Make one source a local file, saying so when it downloads (not when an earlier run or `conveyor fetch` did)."""
+        downloads = is_remote_uri(uri) and not cached_path(uri, sha256, cache_dir()).is_file()
+        if downloads:
+            self._say(f"fetching {what}: {uri} ...")
         started = time.monotonic()
         path = await asyncio.to_thread(fetch)
-        if time.monotonic() - started > 0.5:
-            self._say(f"  fetched {what} in {time.monotonic() - started:.1f}s -> {path}")
+        if downloads:
+            self._say(f"  fetched {path.name} in {time.monotonic() - started:.1f}s -> {path}")
 
     async def _launch(self, replica: ReplicaProcess) -> None:
         env = dict(os.environ)
