@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import TensorProto, helper
 
 from tests.e2e.fixtures_pods import conveyor, conveyor_image, helm, make_pipeline  # noqa: F401 - fixtures
 from tests.support.cluster import Cluster
+from tests.support.pipeline_fixtures import start_run
 from tests.support.pods import EXAMPLES, REPO_ROOT, Pipeline, fresh_namespace, kubectl_json, wait_for
 
 X = np.array([[1.0, -2.0, 0.5, 4.0], [0.0, 3.0, -1.0, 2.0]], dtype=np.float32)
@@ -41,10 +43,10 @@ def _affine_onnx(path: Path, scale: float, shift: float) -> Path:
     return path
 
 
-def _infer(pipeline: Pipeline, output: str = "y") -> np.ndarray:
+def _infer(pipeline: Pipeline, output: str = "y", address: str | None = None) -> np.ndarray:
     import tritonclient.grpc as tgrpc
 
-    client = tgrpc.InferenceServerClient(pipeline.grpc_address())
+    client = tgrpc.InferenceServerClient(address or pipeline.grpc_address())
     try:
         tensor = tgrpc.InferInput("x", list(X.shape), "FP32")
         tensor.set_data_from_numpy(X)
@@ -153,10 +155,19 @@ def custom_op_image(conveyor: Any) -> str:
     return CUSTOM_OP_IMAGE
 
 
-def test_a_custom_op_from_its_own_image_is_served_end_to_end(make_pipeline: Any, custom_op_image: str) -> None:
-    pipeline = make_pipeline(EXAMPLES / "custom-op" / "pipeline.yaml", name="customop")
+def test_a_custom_op_from_its_own_image_is_served_end_to_end_as_conveyor_run_serves_it(
+    make_pipeline: Any, custom_op_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = EXAMPLES / "custom-op" / "pipeline.yaml"
+    pipeline = make_pipeline(example)  # its own name: `conveyor run` serves the model under the same one
     pipeline.wait_ready(timeout=300)
     np.testing.assert_allclose(_infer(pipeline), X * 2.0 + 1.0, rtol=1e-6)  # the example's scale 2, shift 1
+    monkeypatch.setenv("PYTHONPATH", str(example.parent))  # locally the package is importable instead (`image:` ignored)
+    run = start_run(example, tmp_path)
+    try:
+        np.testing.assert_array_equal(_infer(pipeline, address=run.grpc), _infer(pipeline))
+    finally:
+        run.stop()
     images = {step: _step_pod_spec(pipeline, step)["containers"][0]["image"] for step in ("prepare", "affine")}
     assert images == {"prepare": "conveyor:dev", "affine": custom_op_image}
     (gateway,) = pipeline.pods(component="gateway")
@@ -177,8 +188,8 @@ def _credentials_secret(pipeline_namespace: str, cluster: Cluster, name: str, en
     cluster.kubectl("-n", pipeline_namespace, "create", "secret", "generic", name, *args)
 
 
-def test_a_model_from_s3_is_fetched_by_the_init_container_and_served_end_to_end(
-    make_pipeline: Any, s3: Any, conveyor: Any, namespace: str, tmp_path: Path
+def test_a_model_from_s3_is_fetched_by_the_init_container_and_served_end_to_end_as_conveyor_run_serves_it(
+    make_pipeline: Any, s3: Any, conveyor: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cluster: Cluster = conveyor.cluster
     model = _affine_onnx(tmp_path / "affine.onnx", 0.5, 2.0)
@@ -186,10 +197,8 @@ def test_a_model_from_s3_is_fetched_by_the_init_container_and_served_end_to_end(
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     _credentials_secret(namespace, cluster, "s3-creds", s3.env(AWS_ENDPOINT_URL=s3.endpoint_at(_host_address(cluster))))
     started = time.monotonic()
-    pipeline = make_pipeline(
-        _model_pipeline("froms3", {"uri": uri, "sha256": digest, "credentialsSecret": "s3-creds", "cacheSizeLimit": "64Mi"}),
-        namespace=namespace,
-    )
+    manifest = _model_pipeline("froms3", {"uri": uri, "sha256": digest, "credentialsSecret": "s3-creds", "cacheSizeLimit": "64Mi"})
+    pipeline = make_pipeline(manifest, namespace=namespace)
     pipeline.wait_ready(timeout=300)
     took = time.monotonic() - started
     print(f"kubectl apply -> Ready (model from S3, fetched by the init container): {took:.1f} s")
@@ -198,6 +207,18 @@ def test_a_model_from_s3_is_fetched_by_the_init_container_and_served_end_to_end(
     (fetch,) = spec["initContainers"]
     assert fetch["name"] == "fetch" and fetch["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     assert {v["name"]: v for v in spec["volumes"]}["models"]["emptyDir"] == {"sizeLimit": "64Mi"}
+
+    # The same manifest, unchanged, with `conveyor run` here: the credentials come from the environment instead.
+    manifest_path = tmp_path / "pipeline.yaml"
+    manifest_path.write_text(yaml.safe_dump(manifest))
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CONVEYOR_MODEL_CACHE", str(tmp_path / "cache"))
+    run = start_run(manifest_path, tmp_path)
+    try:
+        np.testing.assert_array_equal(_infer(pipeline, address=run.grpc), _infer(pipeline))
+    finally:
+        run.stop()
 
 
 def test_a_model_that_cannot_be_fetched_turns_the_pipeline_degraded_with_the_fetchs_reason(
