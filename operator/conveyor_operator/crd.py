@@ -19,6 +19,8 @@ from conveyor_runtime.spec import (
     DNS1035_LABEL,
     DNS1035_RULE,
     GATEWAY_STEP_NAME,
+    GPU_INSTANCES_RULE,
+    GPU_MEMORY_RULE,
     IMPORT_REF,
     KIND,
     MAX_NAME,
@@ -87,6 +89,18 @@ _SPEC_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "has(self.op) || !has(self.model) || !has(self.config)",
             "fieldPath": ".config",
             "message": CONFIG_RULE,
+        },
+        {
+            "rule": "!has(self.resources) || !has(self.resources.gpuMemory) || "
+            "(has(self.model) && has(self.model.device) && self.model.device != 'cpu')",
+            "fieldPath": ".resources",
+            "message": GPU_MEMORY_RULE,
+        },
+        {
+            "rule": "!has(self.model) || !has(self.resources) || !has(self.resources.gpu) || self.resources.gpu <= 1 || "
+            "(has(self.model.instances) && self.model.instances >= self.resources.gpu)",
+            "fieldPath": ".resources",
+            "message": GPU_INSTANCES_RULE,
         },
     ],
     "steps.items.model": [

@@ -29,7 +29,11 @@ def _spec(**overrides: Any) -> PipelineSpec:
             {"name": "pre", "op": "preprocess", "config": {"size": 32}},
             {
                 "name": "cls",
-                "model": {"path": "models/m.onnx", "build": "conveyor_runtime.example_models.resnet:build"},
+                "model": {
+                    "path": "models/m.onnx",
+                    "build": "conveyor_runtime.example_models.resnet:build",
+                    "instances": 2,  # one per GPU
+                },
                 "replicas": 3,
                 "batching": {"maxBatchSize": 32, "maxQueueDelayMicroseconds": 250},
                 "resources": {"gpu": 2, "cpu": "2", "memory": "4Gi"},

@@ -33,6 +33,8 @@ __all__ = [
     "DNS1035_RULE",
     "DNS1123_LABEL",
     "DNS1123_RULE",
+    "GPU_INSTANCES_RULE",
+    "GPU_MEMORY_RULE",
     "IMPORT_REF",
     "KIND",
     "MAX_NAME",
@@ -76,6 +78,13 @@ OP_RULE = f"must be a built-in op (built-ins: {', '.join(BUILTIN_OP_NAMES)}) or 
 #: `config` on a model step would be ignored.
 CONFIG_RULE = "only op steps take `config`; a model step's settings go under `model`"
 #: A model's one source, in words (the model's and the CRD's errors say the same).
+#: `resources.gpuMemory` caps ONNX Runtime's GPU memory, so it means nothing elsewhere.
+GPU_MEMORY_RULE = "`gpuMemory` applies to model steps on device cuda or tensorrt only: remove it, or set model.device"
+#: Each model instance runs on one GPU (instance i on GPU i % gpu): more GPUs than instances would leave some idle.
+GPU_INSTANCES_RULE = (
+    "`gpu` is more than model.instances, and each instance runs on one GPU: set model.instances to at least `gpu`, "
+    "or ask for fewer GPUs"
+)
 MODEL_SOURCE_RULE = "a model needs exactly one of `path` or `uri`"
 #: `build` writes a local file.
 BUILD_RULE = "writes the local file at `path` when it is missing: use it with `path`, not `uri`"
@@ -385,6 +394,17 @@ class GatewaySpec(_Spec):
     pod: PodSettings = Field(default_factory=PodSettings, description="Pod settings of the gateway's pods.")
     maxRequestBytes: int = Field(
         64 * 1024 * 1024,
+    @field_validator("resources")
+    @classmethod
+    def _gpu_settings_used(cls, value: ResourcesSpec, info: ValidationInfo) -> ResourcesSpec:
+        """GPU settings a step would not use are refused, not ignored (the CRD's rules on `resources` say the same)."""
+        model = info.data.get("model")
+        if value.gpuMemory is not None and (model is None or model.device == "cpu"):
+            raise ValueError(GPU_MEMORY_RULE)
+        if model is not None and value.gpu > max(1, model.instances):
+            raise ValueError(GPU_INSTANCES_RULE)
+        return value
+
         ge=1024,
         le=2**31 - 1,
         description="Largest request accepted: a gRPC message, or an HTTP body after decompression. "

@@ -1,0 +1,54 @@
+"""GPU settings a step would not use: the CRD and the spec model refuse the same ones, naming `resources` (against a
+real kube-apiserver), and accept those that spread instances over the GPUs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from conveyor_operator.crd import PLURAL
+from conveyor_runtime.errors import InvalidManifest
+from conveyor_runtime.spec import API_GROUP, API_VERSION, parse_manifest
+from tests.support.operator_fixtures import Kube, kube, namespace, pipeline_body, pipeline_crd  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.controlplane
+
+
+@pytest.mark.parametrize(
+    ("step", "words"),
+    [
+        ({"op": "identity", "resources": {"gpuMemory": "2Gi"}}, "`gpuMemory` applies to model steps on device cuda or tensorrt"),
+        ({"model": {"path": "m.onnx"}, "resources": {"gpuMemory": "2Gi"}}, "`gpuMemory` applies to model steps"),
+        ({"model": {"path": "m.onnx", "device": "cuda"}, "resources": {"gpu": 2}}, "set model.instances to at least `gpu`"),
+        (
+            {"model": {"path": "m.onnx", "device": "cuda", "instances": 2}, "resources": {"gpu": 4}},
+            "set model.instances to at least `gpu`",
+        ),
+    ],
+    ids=["memory-on-an-op", "memory-on-cpu", "two-gpus-one-instance", "four-gpus-two-instances"],
+)
+def test_crd_and_model_refuse_gpu_settings_the_step_would_not_use(
+    kube: Kube, namespace: str, pipeline_crd: Any, step: dict[str, Any], words: str
+) -> None:
+    body = pipeline_body("p", {"name": "s", **step})
+    with pytest.raises(InvalidManifest) as caught:
+        parse_manifest(body)
+    assert words in {e.path: e.message for e in caught.value.errors}.get("spec.steps[0].resources", "")
+    with pytest.raises(ApiException) as refused:
+        kube.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, body)
+    assert refused.value.status == 422, refused.value.body
+    message: str = json.loads(refused.value.body)["message"]
+    assert "spec.steps[0].resources" in message and words in message, message
+
+
+def test_crd_and_model_accept_instances_spread_over_gpus_with_a_memory_share(
+    kube: Kube, namespace: str, pipeline_crd: Any
+) -> None:
+    step = {"model": {"path": "m.onnx", "device": "tensorrt", "instances": 4}, "resources": {"gpu": 2, "gpuMemory": "6Gi"}}
+    body = pipeline_body("p", {"name": "s", **step}, {"name": "c", "op": "identity", "resources": {"gpu": 2}})
+    parse_manifest(body)
+    created = kube.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, body)
+    assert created["spec"]["steps"][0]["resources"] == {"gpu": 2, "gpuMemory": "6Gi"}
