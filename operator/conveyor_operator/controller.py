@@ -7,11 +7,14 @@ that two syncs of one pipeline never overlap.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from conveyor_runtime.spec import API_GROUP, API_VERSION, KIND
+from conveyor_runtime.live import PipelineFigures
+from conveyor_runtime.spec import API_GROUP, API_VERSION, KIND, PipelineSpec
 
+from .autoscaler import Autoscaler, with_replicas
 from .cluster import Cluster, ClusterError
 from .labels import DEFAULT_IMAGE
 from .live import LIVE_INTERVAL_S, LiveSampler, live_changed, live_status, saturated_condition, seconds_between
@@ -52,6 +55,8 @@ class PipelineController:
         self.cluster = cluster
         self.reconciler = Reconciler(cluster, default_image=default_image)
         self.live = LiveSampler(cluster, interval_s=live_interval_s)
+        self.autoscaler = Autoscaler()
+        self._clock = time.monotonic
 
     def sync(self, key: Key) -> None:
         """Reconcile one pipeline; raises Retry when it should run again (at once when its status write was refused
@@ -61,8 +66,13 @@ class PipelineController:
             pipeline = self.cluster.get(PIPELINE_API_VERSION, KIND, namespace, name)
             if pipeline is None or (pipeline.get("metadata") or {}).get("deletionTimestamp"):
                 self.live.forget(namespace, name)
+                self.autoscaler.forget(f"{namespace}/{name}/")
                 return  # its children go with it (owner references)
-            outcome = self.reconciler.reconcile(pipeline)
+            spec, _ = validate_spec(name, pipeline.get("spec") or {})
+            figures = self.live.sample(namespace, name, spec) if spec is not None else None
+            replicas, scaled = self._autoscale(key, pipeline, spec, figures)
+            outcome = self.reconciler.reconcile(with_replicas(pipeline, replicas) if replicas else pipeline)
+            outcome.events[:0] = scaled  # actions taken: posted whatever happens to the status write
         except ClusterError as exc:
             self._failed(key, exc)
             return
@@ -70,7 +80,7 @@ class PipelineController:
         if outcome.retry:  # status would describe some children as they were before; the next run tells
             self._post(pipeline, actions)
             raise Retry("; ".join(outcome.retry))
-        live, saturated, live_events = self._live(pipeline, outcome)
+        live, saturated, live_events = self._live(pipeline, outcome, figures)
         changes = status_changes(outcome, pipeline.get("status") or {}, live, saturated)
         if changes:
             try:
@@ -89,15 +99,42 @@ class PipelineController:
         else:
             logger.debug("%s/%s: reconciled: %s", namespace, name, outcome.status.conditions[0].message)
 
-    def _live(self, pipeline: Mapping[str, Any], outcome: Outcome) -> tuple[dict[str, Any] | None, Condition | None, list[Event]]:
-        """status.live (None: keep the current one) and the Saturated condition from a read of the pods, when one is
-        due; an Event when Saturated turns True or back to False."""
-        meta, current = pipeline["metadata"], pipeline.get("status") or {}
-        spec, _ = validate_spec(str(meta["name"]), pipeline.get("spec") or {})
-        if outcome.errors or spec is None:
-            return None, None, []
-        figures = self.live.sample(str(meta.get("namespace") or "default"), str(meta["name"]), spec)
-        if figures is None or not any(f.pods for f in figures.steps):
+    def _autoscale(
+        self, key: Key, pipeline: Mapping[str, Any], spec: PipelineSpec | None, figures: PipelineFigures | None
+    ) -> tuple[dict[str, int], list[Event]]:
+        """Replicas of the autoscaled steps: what their Deployments have now (within the bounds), changed where the
+        autoscaler decides so on this read's figures; an `Autoscaled` event with the figures for each change."""
+        if spec is None:
+            return {}, []
+        now = self._clock()
+        running = {s.get("name"): s.get("desired") for s in (pipeline.get("status") or {}).get("steps") or []}
+        measured = {f.name: f for f in figures.steps} if figures is not None else {}
+        replicas: dict[str, int] = {}
+        events: list[Event] = []
+        for step in spec.steps:
+            policy = step.autoscaling
+            if policy is None:
+                continue
+            found = running.get(step.name)
+            current = found if isinstance(found, int) else step.replicas
+            current = min(policy.maxReplicas, max(policy.minReplicas, current))
+            replicas[step.name] = current
+            if step.name in measured:
+                decision = self.autoscaler.decide(
+                    f"{key[0]}/{key[1]}/{step.name}", measured[step.name], policy, current=current, now=now
+                )
+                if decision is not None:
+                    replicas[step.name] = decision.replicas
+                    events.append(Event("Normal", "Autoscaled", decision.message))
+        return replicas, events
+
+    def _live(
+        self, pipeline: Mapping[str, Any], outcome: Outcome, figures: PipelineFigures | None
+    ) -> tuple[dict[str, Any] | None, Condition | None, list[Event]]:
+        """status.live (None: keep the current one) and the Saturated condition from this read of the pods (None: no
+        read was due); an Event when Saturated turns True or back to False."""
+        current = pipeline.get("status") or {}
+        if outcome.errors or figures is None or not any(f.pods for f in figures.steps):
             return None, None, []  # not due, a first read, or no step pod answered twice: nothing measured
         now = utc_now()
         previous = current.get("conditions") or []

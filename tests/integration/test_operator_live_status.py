@@ -186,3 +186,44 @@ async def test_operator_writes_live_figures_the_bottleneck_and_saturated_from_th
     assert (row["Throughput"], row["P99"], row["Bottleneck"]) == (live["throughput"], live["p99"], "enc")
     wait_for(lambda: [e for e in kube.events(namespace, "live") if e.reason == "Saturated" and "step 'enc'" in e.message],
              "a Saturated event naming enc")  # fmt: skip
+
+
+async def test_operator_autoscales_a_step_from_its_measured_capacity_and_arrival_rate_and_back(
+    kube: Kube, namespace: str, operator: Any, tmp_path: Path
+) -> None:
+    """enc computes one row per 20 ms batch (~50 rows/s flat out); four closed-loop callers keep it fully busy, so at
+    a 50% target it needs 2 or 3 replicas; once they stop, no items arrive and it goes back to its minimum. Windows
+    are 0 s here: the stabilization itself is unit-tested (tests/unit/test_autoscaling.py)."""
+    marker = tmp_path / "marker"
+    pre, enc = _steps(marker)
+    enc = {**enc, "batching": {"maxBatchSize": 1, "maxQueueSize": 64}, "autoscaling": {
+        "minReplicas": 1, "maxReplicas": 3, "targetUtilization": 0.5, "scaleUpWindowSeconds": 0, "scaleDownWindowSeconds": 0}}  # fmt: skip
+    kube.create_pipeline(namespace, pipeline_body("auto", pre, enc))
+    wait_for(lambda: kube.deployment(namespace, "auto-enc"), "auto-enc's Deployment")
+    async with running_step(step_spec(**enc), metrics_port=0) as server:
+        _pod(kube, namespace, "auto", "auto-enc-a", "step", "enc", server.metrics_port)
+        stop = asyncio.Event()
+        load = asyncio.create_task(_load(f"127.0.0.1:{server.port}", "enc", stop, senders=4))
+
+        def replicas() -> int:
+            return int(kube.apps.read_namespaced_deployment("auto-enc", namespace).spec.replicas)
+
+        try:
+            up = await asyncio.to_thread(wait_for, lambda: replicas() > 1 and replicas(), "enc scaled up", LIVE_TIMEOUT_S, 1.0)
+        finally:
+            stop.set()
+            codes = await load
+        down = await asyncio.to_thread(wait_for, lambda: replicas() == 1, "enc back to 1", LIVE_TIMEOUT_S, 1.0)
+
+    assert codes.get("OK", 0) > 0 and set(codes) == {"OK"}, codes
+    assert up in (2, 3) and down
+    assert kube.apps.read_namespaced_deployment("auto-pre", namespace).spec.replicas == 1  # not autoscaled: as written
+
+    def autoscaled() -> list[str] | None:  # the events are posted right after the status write that follows the scaling
+        messages = [e.message for e in kube.events(namespace, "auto") if e.reason == "Autoscaled"]
+        return messages if len(messages) >= 2 else None
+
+    messages = wait_for(autoscaled, "both Autoscaled events")
+    assert any(m.startswith(f"step 'enc': replicas 1 -> {up}: ") and "items/s arrive" in m for m in messages), messages
+    # down on the first window after the load stopped (a few items/s of its tail) or the next (none arrive)
+    assert any(m.startswith(f"step 'enc': replicas {up} -> 1: ") for m in messages), messages

@@ -13,6 +13,7 @@ from conveyor_operator.live import live_changed, live_status, pod_metrics_url, s
 from conveyor_operator.reconciler import Outcome
 from conveyor_operator.status import Condition, PipelineStatus
 from conveyor_runtime.live import PipelineFigures, StepFigures
+from conveyor_runtime.spec import PipelineSpec
 
 NOW = "2026-11-22T19:00:00Z"
 
@@ -142,6 +143,7 @@ def test_controller_leaves_live_status_alone_while_no_step_pod_answers() -> None
     pipeline = {"metadata": {"name": "demo", "namespace": "ns"}, "spec": {"steps": [{"name": "enc", "op": "identity"}]}}
     outcome = Outcome(status=PipelineStatus(observedGeneration=1))
 
-    reads = [controller._live(pipeline, outcome) for _ in range(3)]
+    spec = PipelineSpec.model_validate(pipeline["spec"])
+    reads = [controller._live(pipeline, outcome, controller.live.sample("ns", "demo", spec)) for _ in range(3)]
 
     assert reads == [(None, None, [])] * 3

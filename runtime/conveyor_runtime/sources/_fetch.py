@@ -175,9 +175,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stream_to(store: ObjectStore, key: str, out_path: Path, progress: Progress, on_chunk: OnChunk | None) -> str:
-    """Write the object to `out_path`; the sha256 of what was written."""
-    digest = hashlib.sha256()
+def _stream_to(
+    store: ObjectStore, key: str, out_path: Path, progress: Progress, on_chunk: OnChunk | None, *, verify: bool
+) -> str | None:
+    """Write the object to `out_path`; the sha256 of what was written when `verify` (hashing costs a core's time)."""
+    digest = hashlib.sha256() if verify else None
     result = obstore.get(store, key)
     size = result.meta.get("size")
     total = int(size) if size is not None else None
@@ -190,13 +192,14 @@ def _stream_to(store: ObjectStore, key: str, out_path: Path, progress: Progress,
                 raise FetchError(
                     progress.uri, f"cannot write {out_path}: {exc.strerror or exc}; free space or raise `cacheSizeLimit`"
                 ) from exc
-            digest.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
             progress.advance(len(chunk))
             if on_chunk is not None:
                 on_chunk(progress.done, total)
     if total is not None and progress.done != total:
         raise _Truncated(f"the connection closed after {progress.done} of {total} bytes")
-    return digest.hexdigest()
+    return None if digest is None else digest.hexdigest()
 
 
 def download(
@@ -227,8 +230,8 @@ def download(
         os.close(fd)
         tmp = Path(tmp_name)
         try:
-            actual = _stream_to(store, key, tmp, progress, on_chunk)
-            if sha256 is not None and actual != sha256:
+            actual = _stream_to(store, key, tmp, progress, on_chunk, verify=sha256 is not None)
+            if sha256 is not None and actual is not None and actual != sha256:
                 raise DigestMismatch(uri, sha256, actual)
             os.replace(tmp, target)
             progress.finish(target)

@@ -43,6 +43,7 @@ __all__ = [
     "RESERVED_ENV",
     "RESERVED_MOUNT_PATHS",
     "RESERVED_VOLUMES",
+    "AutoscalingSpec",
     "BatchingSpec",
     "GatewaySpec",
     "Metadata",
@@ -77,7 +78,6 @@ BUILTIN_OP_NAMES: tuple[str, ...] = ("identity", "image-preprocess", "preprocess
 OP_RULE = f"must be a built-in op (built-ins: {', '.join(BUILTIN_OP_NAMES)}) or `package.module:Class`"
 #: `config` on a model step would be ignored.
 CONFIG_RULE = "only op steps take `config`; a model step's settings go under `model`"
-#: A model's one source, in words (the model's and the CRD's errors say the same).
 #: `resources.gpuMemory` caps ONNX Runtime's GPU memory, so it means nothing elsewhere.
 GPU_MEMORY_RULE = "`gpuMemory` applies to model steps on device cuda or tensorrt only: remove it, or set model.device"
 #: Each model instance runs on one GPU (instance i on GPU i % gpu): more GPUs than instances would leave some idle.
@@ -85,6 +85,7 @@ GPU_INSTANCES_RULE = (
     "`gpu` is more than model.instances, and each instance runs on one GPU: set model.instances to at least `gpu`, "
     "or ask for fewer GPUs"
 )
+#: A model's one source, in words (the model's and the CRD's errors say the same).
 MODEL_SOURCE_RULE = "a model needs exactly one of `path` or `uri`"
 #: `build` writes a local file.
 BUILD_RULE = "writes the local file at `path` when it is missing: use it with `path`, not `uri`"
@@ -331,6 +332,28 @@ class PodSettings(_Spec):
         return {key: value for key, value in data.items() if value not in (None, [], {})}
 
 
+class AutoscalingSpec(_Spec):
+    """Replicas the operator sets from the step's measured capacity per replica and its arrival rate."""
+
+    minReplicas: int = Field(1, ge=1, le=1000, description="Fewest replicas, also when no items arrive.")
+    maxReplicas: int = Field(10, ge=1, le=1000, description="Most replicas.")
+    targetUtilization: float = Field(
+        0.7, ge=0.05, le=1, description="Share of its model instances' time a replica should be busy (0.05..1)."
+    )
+    scaleUpWindowSeconds: int = Field(
+        30, ge=0, le=3600, description="Scale up only to the lowest recommendation of this many seconds."
+    )
+    scaleDownWindowSeconds: int = Field(
+        180, ge=0, le=3600, description="Scale down only to the highest recommendation of this many seconds."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.minReplicas > self.maxReplicas:
+            raise ValueError(f"minReplicas ({self.minReplicas}) must not exceed maxReplicas ({self.maxReplicas})")
+        return self
+
+
 class StepSpec(_Spec):
     """One node of the pipeline's DAG: an ONNX model or an op, served with its own replicas and batching."""
 
@@ -342,6 +365,9 @@ class StepSpec(_Spec):
     model: ModelSpec | None = None
     config: dict[str, Any] = Field(default_factory=dict, description="Free-form settings handed to the op (op steps only).")
     replicas: int = Field(1, ge=0, le=1000)
+    autoscaling: AutoscalingSpec | None = Field(
+        None, description="Let the operator set replicas from the measured load; `replicas` is then only the start."
+    )
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     nodeSelector: dict[str, str] = Field(default_factory=dict)
@@ -366,6 +392,17 @@ class StepSpec(_Spec):
         # A step with both `op` and `model` gets the one-kind error instead.
         if info.data.get("model") is not None and info.data.get("op") is None:
             raise ValueError(CONFIG_RULE)
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _gpu_settings_used(cls, value: ResourcesSpec, info: ValidationInfo) -> ResourcesSpec:
+        """GPU settings a step would not use are refused, not ignored (the CRD's rules on `resources` say the same)."""
+        model = info.data.get("model")
+        if value.gpuMemory is not None and (model is None or model.device == "cpu"):
+            raise ValueError(GPU_MEMORY_RULE)
+        if model is not None and value.gpu > max(1, model.instances):
+            raise ValueError(GPU_INSTANCES_RULE)
         return value
 
     @model_serializer(mode="wrap")
@@ -394,17 +431,6 @@ class GatewaySpec(_Spec):
     pod: PodSettings = Field(default_factory=PodSettings, description="Pod settings of the gateway's pods.")
     maxRequestBytes: int = Field(
         64 * 1024 * 1024,
-    @field_validator("resources")
-    @classmethod
-    def _gpu_settings_used(cls, value: ResourcesSpec, info: ValidationInfo) -> ResourcesSpec:
-        """GPU settings a step would not use are refused, not ignored (the CRD's rules on `resources` say the same)."""
-        model = info.data.get("model")
-        if value.gpuMemory is not None and (model is None or model.device == "cpu"):
-            raise ValueError(GPU_MEMORY_RULE)
-        if model is not None and value.gpu > max(1, model.instances):
-            raise ValueError(GPU_INSTANCES_RULE)
-        return value
-
         ge=1024,
         le=2**31 - 1,
         description="Largest request accepted: a gRPC message, or an HTTP body after decompression. "
