@@ -1,6 +1,7 @@
 """`conveyor bench pipeline`: drive a running pipeline with closed- and open-loop load; report throughput,
 p50/p95/p99, each step's realized batch size, queue and compute time (from its Prometheus metrics) and the
-bottleneck, next to the same steps run in this process at the model's best batch size.
+bottleneck, next to the same steps run in this process in their best layout and batch size (`in_process`).
+With ``--policies`` the same levels run once per batching policy, each on a fresh pipeline, in one command.
 """
 
 from __future__ import annotations
@@ -19,14 +20,20 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import yaml
 
 from conveyor_runtime.protocol import encode_tensors, pb
-from conveyor_runtime.spec import ExecutionPlan, PipelineManifest, StepSpec, load_manifest, route_inputs
+from conveyor_runtime.spec import ExecutionPlan, PipelineManifest, load_manifest
+from conveyor_runtime.step import step_cpu_budget
 
+from .cpu import cpu_seconds
+from .in_process import LAYOUTS, BaselinePoint, best, in_process_baseline, layouts_for
 from .load import LoadResult, closed_loop, open_loop
 from .local_pipeline import LocalPipeline
 
-__all__ = ["StepStats", "in_process_baseline", "make_payloads", "register", "run", "scrape", "step_stats"]
+__all__ = ["StepStats", "make_payloads", "policy_manifest", "register", "run", "scrape", "step_stats"]
+
+POLICIES = ("workConserving", "fill")
 
 _PREPROCESS_OPS = {"image-preprocess", "preprocess", "conveyor_runtime.ops.vision:Preprocess"}
 
@@ -45,7 +52,18 @@ def register(modes: Any) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per load level (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level (default 2)")
     add_payload_arguments(parser)
+    parser.add_argument(
+        "--policies",
+        default="",
+        help="batching policies to compare (comma-separated: workConserving,fill), each on a fresh pipeline whose "
+        "model steps get that batching.policy (default: the manifest as it is)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
+    parser.add_argument(
+        "--baseline-layouts",
+        default=",".join(LAYOUTS),
+        help=f"in-process layouts to try, comma-separated (default {','.join(LAYOUTS)}); the best one is the baseline",
+    )
     parser.add_argument("--json", dest="json_out", help="also write every figure to this JSON file")
     parser.set_defaults(handler=run)
 
@@ -167,62 +185,6 @@ def bottleneck(stats: list[StepStats]) -> StepStats | None:
     return max(known, key=lambda s: (round(s.busy, 2), 0.0 if math.isnan(s.queue_ms) else s.queue_ms), default=None)
 
 
-# --- in-process baseline -------------------------------------------------------------------------------------
-
-
-def _in_process_spec(step: StepSpec) -> StepSpec:
-    if step.model is None:
-        return step
-    model = step.model.model_copy(update={"instances": 1, "intraOpThreads": 0, "interOpThreads": 0})
-    return step.model_copy(update={"model": model})
-
-
-def in_process_baseline(
-    manifest_path: Path, payloads: list[npt.NDArray[Any]], batch_sizes: list[int], seconds: float = 5.0
-) -> dict[int, float]:
-    """Rows/s of all steps run one after another in this process, per batch size.
-
-    Same ops and models, but each model as ONE session with ONNX Runtime's default threads (all cores): the
-    best a single process does, whatever `instances` the pipeline uses to spread its work.
-    """
-    from conveyor_runtime.ops import RequestContext, Skip
-    from conveyor_runtime.step import load_step_op
-
-    manifest = load_manifest(manifest_path)
-    plan = ExecutionPlan.from_manifest(manifest)
-    ops = {name: load_step_op(_in_process_spec(plan.nodes[name].spec), manifest_path.parent) for name in plan.order}
-    expected = {name: [t.name for t in op.inputs] or None for name, op in ops.items()}
-    pool = np.concatenate(payloads)
-
-    def run_batch(batch: npt.NDArray[Any]) -> None:
-        produced: dict[str, dict[str, Any]] = {}
-        for name in plan.order:
-            node = plan.nodes[name]
-            if not node.inputs:
-                inputs = {(expected[name] or ["image"])[0]: batch}
-            else:
-                inputs = route_inputs(name, [(u, produced[u]) for u in node.inputs], expected[name])
-            context = RequestContext(id="baseline")
-            prepared = ops[name].preprocess(inputs, context)
-            outputs = prepared.outputs if isinstance(prepared, Skip) else ops[name].process(prepared)
-            produced[name] = ops[name].postprocess(outputs, context)
-
-    results: dict[int, float] = {}
-    for size in batch_sizes:
-        batches = [pool[(i * size) % len(pool) :][:size] for i in range(8)]
-        batches = [b if len(b) == size else np.concatenate([b, pool[: size - len(b)]]) for b in batches]
-        run_batch(batches[0])  # warm up this size
-        rows, start, i = 0, time.monotonic(), 0
-        while time.monotonic() - start < seconds or i < 3:
-            run_batch(batches[i % len(batches)])
-            rows += size
-            i += 1
-        results[size] = rows / (time.monotonic() - start)
-    for op in ops.values():
-        op.close()
-    return results
-
-
 # --- the command -----------------------------------------------------------------------------------------------
 
 
@@ -235,13 +197,29 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
 
 
+@dataclass
+class Level:
+    """One load level on one pipeline: the load's outcome, per-step figures, and the serving processes' CPU."""
+
+    result: LoadResult
+    stats: list[StepStats]
+    cpu_s: float  # gateway (the `conveyor run` process) + every replica, over warm-up and window
+    elapsed_s: float
+
+    @property
+    def cpu_ms_per_row(self) -> float:
+        rows = self.result.rows_per_s * self.elapsed_s
+        return 1000.0 * self.cpu_s / rows if rows and self.cpu_s else math.nan
+
+
 async def _measure(
     addresses: dict[str, Any],
+    pids: list[int],
     plan: ExecutionPlan,
-    levels: list[tuple[str, float]],
+    level: tuple[str, float],
     payloads: list[npt.NDArray[Any]],
     args: argparse.Namespace,
-) -> list[tuple[LoadResult, list[StepStats]]]:
+) -> Level:
     requests = []
     for payload in payloads:
         request = pb.ModelInferRequest(model_name=plan.pipeline)
@@ -252,27 +230,120 @@ async def _measure(
         return requests[n % len(requests)]
 
     metrics = {name: [r["metrics"] for r in addresses["steps"][name]] for name in plan.order}
-    results = []
-    for mode, value in levels:
-        print(f"  {mode} loop {'C=' + str(int(value)) if mode == 'closed' else f'{value:.1f} req/s'} ...", flush=True)
-        before = {name: [await asyncio.to_thread(scrape, a) for a in m] for name, m in metrics.items()}
-        started = time.monotonic()
-        if mode == "closed":
-            result = await closed_loop(
-                addresses["grpc"], make_request, concurrency=int(value), duration_s=args.duration,
-                warmup_s=args.warmup, rows_per_request=args.rows,
-            )
-        else:
-            result = await open_loop(
-                addresses["grpc"], make_request, rate=value, duration_s=args.duration,
-                warmup_s=args.warmup, rows_per_request=args.rows,
-            )
-        elapsed = time.monotonic() - started
-        after = {name: [await asyncio.to_thread(scrape, a) for a in m] for name, m in metrics.items()}
-        # metrics cover warm-up and window alike, so per-step figures use the whole elapsed time
-        stats = [step_stats(name, before[name], after[name], elapsed) for name in plan.order]
-        results.append((result, stats))
-    return results
+    mode, value = level
+    before = {name: [await asyncio.to_thread(scrape, a) for a in m] for name, m in metrics.items()}
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    started = time.monotonic()
+    if mode == "closed":
+        result = await closed_loop(
+            addresses["grpc"], make_request, concurrency=int(value), duration_s=args.duration,
+            warmup_s=args.warmup, rows_per_request=args.rows,
+        )
+    else:
+        result = await open_loop(
+            addresses["grpc"], make_request, rate=value, duration_s=args.duration,
+            warmup_s=args.warmup, rows_per_request=args.rows,
+        )
+    elapsed = time.monotonic() - started
+    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    after = {name: [await asyncio.to_thread(scrape, a) for a in m] for name, m in metrics.items()}
+    # metrics cover warm-up and window alike, so per-step figures use the whole elapsed time
+    stats = [step_stats(name, before[name], after[name], elapsed) for name in plan.order]
+    return Level(result, stats, cpu, elapsed)
+
+
+def policy_manifest(manifest_path: Path, policy: str) -> Path:
+    """A copy of the manifest whose model steps batch with `policy`, next to it (relative paths still resolve)."""
+    data = yaml.safe_load(manifest_path.read_text())
+    for step in data["spec"]["steps"]:
+        if "model" in step:
+            step["batching"] = {**(step.get("batching") or {}), "policy": policy}
+    path = manifest_path.with_name(f".bench-{policy}-{manifest_path.name}")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+#: (policy or "" for the manifest as it is, what was measured at each level)
+Measured = list[tuple[str, list[Level]]]
+
+
+@dataclass
+class _Target:
+    """A pipeline under load: its addresses, the pids whose CPU counts, and the process when we started it."""
+
+    policy: str
+    addresses: dict[str, Any]
+    pids: list[int]
+    pipeline: LocalPipeline | None = None
+    manifest: Path | None = None  # the policy's copy, removed at the end
+
+
+def _start_targets(manifest_path: Path, policies: list[str], workdir: Path, args: argparse.Namespace) -> list[_Target]:
+    targets: list[_Target] = []
+    if args.addresses:
+        addresses = json.loads(Path(args.addresses).read_text())
+        pids = [r["pid"] for rs in addresses["steps"].values() for r in rs if "pid" in r]
+        return [_Target("", addresses, pids)]
+    for policy in policies or [""]:
+        path = policy_manifest(manifest_path, policy) if policy else manifest_path
+        target = _Target(policy, {}, [], manifest=path if policy else None)
+        targets.append(target)
+        if policy:
+            print(f"batching policy {policy}:", flush=True)
+        target.pipeline = LocalPipeline.start(path, workdir / (policy or "manifest"), replicas=args.replicas, http=False)
+        target.addresses = target.pipeline.addresses()
+        target.pids = list(target.pipeline.pids().values())
+    return targets
+
+
+def _stop_targets(targets: list[_Target]) -> None:
+    for target in targets:
+        if target.pipeline is not None:
+            target.pipeline.stop()
+        if target.manifest is not None:
+            target.manifest.unlink(missing_ok=True)
+
+
+def _load_levels(
+    manifest_path: Path, policies: list[str], plan: ExecutionPlan, payloads: list[npt.NDArray[Any]], args: argparse.Namespace
+) -> Measured:
+    """Every level on every policy's pipeline, the policies taking turns at each level (so drift hits them alike)."""
+    concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as workdir:
+        targets: list[_Target] = []
+        try:
+            for policy in policies or [""]:
+                (Path(workdir) / (policy or "manifest")).mkdir()
+            targets = _start_targets(manifest_path, policies, Path(workdir), args)
+            levels: dict[str, list[Level]] = {t.policy: [] for t in targets}
+            print(f"load ({args.rows} row(s)/request, {args.duration:g}s per level):", flush=True)
+
+            def measure(mode: str, values: dict[str, list[float]]) -> None:
+                for index in range(max(len(v) for v in values.values())):
+                    for target in targets:
+                        if index >= len(values[target.policy]):
+                            continue
+                        value = values[target.policy][index]
+                        label = f"C={int(value)}" if mode == "closed" else f"{value:.1f} req/s"
+                        print(f"  {mode} loop {label}" + (f" ({target.policy})" if target.policy else "") + " ...", flush=True)
+                        level = asyncio.run(_measure(target.addresses, target.pids, plan, (mode, value), payloads, args))
+                        levels[target.policy].append(level)
+
+            measure("closed", {t.policy: [float(c) for c in concurrency] for t in targets})
+            rates: dict[str, list[float]] = {}
+            for target in targets:
+                top = max((lv.result.requests_per_s for lv in levels[target.policy]), default=0.0)
+                chosen = (
+                    [round(top * 0.5, 1), round(top * 0.9, 1)]
+                    if args.rates == "auto"
+                    else [float(r) for r in args.rates.split(",") if r.strip() and r.strip() != "none"]
+                )
+                rates[target.policy] = [r for r in chosen if r > 0]
+            if any(rates.values()):
+                measure("open", rates)
+        finally:
+            _stop_targets(targets)
+    return [(t.policy, levels[t.policy]) for t in targets]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -281,47 +352,39 @@ def run(args: argparse.Namespace) -> int:
     plan = ExecutionPlan.from_manifest(manifest)
     width, _, height = args.frame.partition("x")
     payloads = make_payloads(manifest, args.payload, args.rows, (int(width), int(height)))
-    concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    pipeline = None
-    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as workdir:
-        if args.addresses:
-            addresses = json.loads(Path(args.addresses).read_text())
-        else:
-            pipeline = LocalPipeline.start(manifest_path, Path(workdir), replicas=args.replicas, http=False)
-            addresses = pipeline.addresses()
-        try:
-            print(f"load on {addresses['grpc']} ({args.rows} row(s)/request, {args.duration:g}s per level):", flush=True)
-            measured = asyncio.run(_measure(addresses, plan, [("closed", c) for c in concurrency], payloads, args))
-            best = max((r.requests_per_s for r, _ in measured), default=0.0)
-            rates = (
-                [round(best * 0.5, 1), round(best * 0.9, 1)]
-                if args.rates == "auto"
-                else [float(r) for r in args.rates.split(",") if r.strip()]
-            )
-            rates = [r for r in rates if r > 0]
-            measured += asyncio.run(_measure(addresses, plan, [("open", r) for r in rates], payloads, args))
-        finally:
-            if pipeline is not None:
-                pipeline.stop()
-    baseline: dict[int, float] = {}
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    for policy in policies:
+        if policy not in POLICIES:
+            raise SystemExit(f"--policies: each must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if policies and args.addresses:
+        raise SystemExit("--policies starts a pipeline per policy; it cannot attach to --addresses")
+    measured = _load_levels(manifest_path, policies, plan, payloads, args)
+    baseline: list[BaselinePoint] = []
     if not args.no_baseline:
         model_steps = [plan.nodes[n].spec for n in plan.order if plan.nodes[n].spec.model is not None]
         top = max([s.batching.maxBatchSize for s in model_steps] + [1])
         sizes = sorted({1, *[b for b in (2, 4, 8, 16, 32) if b <= top], top})
-        print(f"in-process baseline (same steps in this process, batch sizes {sizes}) ...", flush=True)
-        baseline = in_process_baseline(manifest_path, payloads, sizes, seconds=max(3.0, args.duration / 2))
+        cores = step_cpu_budget(None).cpus
+        layouts = layouts_for(cores, [n.strip() for n in args.baseline_layouts.split(",") if n.strip()])
+        print(
+            f"in-process baseline (same steps in this process on {cores} CPU(s): "
+            f"{', '.join(layout.name for layout in layouts)}; batch sizes {sizes}) ...",
+            flush=True,
+        )
+        baseline = in_process_baseline(
+            manifest_path, payloads, sizes, layouts, seconds=max(3.0, args.duration / 2), progress=print
+        )
     _report(plan, measured, baseline, args)
     return 0
 
 
-def _report(
-    plan: ExecutionPlan,
-    measured: list[tuple[LoadResult, list[StepStats]]],
-    baseline: dict[int, float],
-    args: argparse.Namespace,
-) -> None:
-    rows = [["load", "req/s", "rows/s", "p50 ms", "p95 ms", "p99 ms", "errors"]]
-    for result, _ in measured:
+def _report_levels(plan: ExecutionPlan, policy: str, measured: list[Level]) -> None:
+    models = [n for n in plan.order if plan.nodes[n].spec.model is not None]
+    head = ["load", "req/s", "rows/s", "p50 ms", "p95 ms", "p99 ms", *[f"{m} batch" for m in models], "CPU ms/row", "errors"]
+    rows = [head]
+    for level in measured:
+        result, stats = level.result, level.stats
+        batch = {s.step: s.mean_batch for s in stats}
         rows.append(
             [
                 f"{result.mode} {result.level}",
@@ -330,15 +393,18 @@ def _report(
                 _fmt(result.ms(50)),
                 _fmt(result.ms(95)),
                 _fmt(result.ms(99)),
+                *[_fmt(batch.get(m, math.nan), 2) for m in models],
+                _fmt(level.cpu_ms_per_row, 2),
                 str(result.error_count) + (f" {result.errors}" if result.errors else ""),
             ]
         )
     print()
-    print(f"pipeline {plan.pipeline}: {' -> '.join(plan.order)}")
+    print(f"pipeline {plan.pipeline}: {' -> '.join(plan.order)}" + (f", batching policy {policy}" if policy else ""))
     print(_table(rows))
-    for result, stats in measured:
+    for level in measured:
+        result, stats = level.result, level.stats
         print()
-        print(f"per step at {result.mode} {result.level}:")
+        print(f"per step at {result.mode} {result.level}" + (f" ({policy})" if policy else "") + ":")
         step_rows = [["step", "replicas", "batch", "queue ms", "compute ms/batch", "request ms", "busy %"]]
         for s in stats:
             step_rows.append(
@@ -361,20 +427,81 @@ def _report(
             )
         elif neck is not None:
             print(f"bottleneck: {neck.step} (busy {100 * neck.busy:.0f}% per replica, queue {_fmt(neck.queue_ms, 2)} ms)")
-    saturation = max((r.rows_per_s for r, _ in measured if r.mode == "closed"), default=0.0)
-    summary: dict[str, Any] = {"pipeline": plan.pipeline, "saturation_rows_per_s": saturation}
-    if baseline:
-        best_size = max(baseline, key=lambda b: baseline[b])
-        ratio = saturation / baseline[best_size] if baseline[best_size] else math.nan
-        print()
-        print("in-process baseline: " + ", ".join(f"batch {b}: {v:.1f} rows/s" for b, v in baseline.items()))
-        print(
-            f"pipeline at saturation: {saturation:.1f} rows/s = {100 * ratio:.0f}% of in-process "
-            f"{baseline[best_size]:.1f} rows/s (best batch {best_size})"
+
+
+def _report_baseline(baseline: list[BaselinePoint]) -> dict[str, Any]:
+    rows = [["in-process layout", "batch", "rows/s", "p50 ms/call", "CPU ms/row"]]
+    for point in baseline:
+        rows.append(
+            [
+                point.layout.name,
+                str(point.batch),
+                _fmt(point.rows_per_s),
+                _fmt(point.latency_ms(50), 2),
+                _fmt(point.cpu_ms_per_row, 2),
+            ]
         )
-        summary.update(baseline={str(k): v for k, v in baseline.items()}, best_batch=best_size, ratio=ratio)
-    if args.json_out:
-        summary["levels"] = [
+    print()
+    print(_table(rows))
+    for layout in {p.layout: None for p in baseline}:
+        print(f"  {layout.describe()}")
+    top = best(baseline)
+    print(f"in-process limit: {top.rows_per_s:.1f} rows/s ({top.layout.name}, batch {top.batch})")
+    one = [p for p in baseline if p.batch == 1 and p.latencies]
+    summary: dict[str, Any] = {
+        "baseline": [
+            {
+                "layout": p.layout.describe(),
+                "batch": p.batch,
+                "rows_per_s": p.rows_per_s,
+                "p50_ms": p.latency_ms(50),
+                "cpu_ms_per_row": p.cpu_ms_per_row,
+            }
+            for p in baseline
+        ],
+        "in_process_limit": top.rows_per_s,
+        "in_process_best": f"{top.layout.name}, batch {top.batch}",
+        "in_process_min_cpu_ms_per_row": min(p.cpu_ms_per_row for p in baseline),
+    }
+    print(f"in-process CPU per row: {summary['in_process_min_cpu_ms_per_row']:.2f} ms at the least")
+    if one:
+        summary["in_process_batch1_p50_ms"] = one[0].latency_ms(50)
+        print(f"in-process batch-1 latency: p50 {one[0].latency_ms(50):.1f} ms ({one[0].layout.describe()})")
+    return summary
+
+
+def _report(plan: ExecutionPlan, measured: Measured, baseline: list[BaselinePoint], args: argparse.Namespace) -> None:
+    for policy, levels in measured:
+        _report_levels(plan, policy, levels)
+    summary: dict[str, Any] = {"pipeline": plan.pipeline, "runs": []}
+    if baseline:
+        summary.update(_report_baseline(baseline))
+    print()
+    for policy, levels in measured:
+        closed = [lv.result for lv in levels if lv.result.mode == "closed"]
+        saturation = max((r.rows_per_s for r in closed), default=0.0)
+        run_summary: dict[str, Any] = {"policy": policy or "as in the manifest", "saturation_rows_per_s": saturation}
+        line = f"{policy or 'pipeline'}: saturation {saturation:.1f} rows/s"
+        if baseline:
+            limit = summary["in_process_limit"]
+            run_summary["ratio"] = saturation / limit if limit else math.nan
+            line += f" = {100 * run_summary['ratio']:.1f}% of the in-process limit"
+        single = [r for r in closed if r.level == "C=1"]
+        if single and "in_process_batch1_p50_ms" in summary:
+            gap = single[0].ms(50) - summary["in_process_batch1_p50_ms"]
+            run_summary["c1_p50_minus_in_process_ms"] = gap
+            line += f"; C=1 p50 {single[0].ms(50):.1f} ms = in-process batch-1 p50 {gap:+.1f} ms"
+        busiest = max((lv for lv in levels if lv.result.mode == "closed"), key=lambda lv: lv.result.rows_per_s, default=None)
+        if busiest is not None and "in_process_min_cpu_ms_per_row" in summary:
+            cpu = busiest.cpu_ms_per_row
+            run_summary["serving_cpu_ms_per_row"] = cpu
+            line += (
+                f"; serving CPU {cpu:.1f} ms/row at {busiest.result.level} (in-process "
+                f"{summary['in_process_min_cpu_ms_per_row']:.1f}: "
+                f"{100 * summary['in_process_min_cpu_ms_per_row'] / cpu:.0f}%)"
+            )
+        print(line)
+        run_summary["levels"] = [
             {
                 "mode": r.mode,
                 "level": r.level,
@@ -384,8 +511,12 @@ def _report(
                 "p95_ms": r.ms(95),
                 "p99_ms": r.ms(99),
                 "errors": r.errors,
-                "steps": [vars(s) for s in stats],
+                "cpu_ms_per_row": lv.cpu_ms_per_row,
+                "steps": [vars(s) for s in lv.stats],
             }
-            for r, stats in measured
+            for lv in levels
+            for r in [lv.result]
         ]
+        summary["runs"].append(run_summary)
+    if args.json_out:
         Path(args.json_out).write_text(json.dumps(summary, indent=2, default=str))

@@ -2,8 +2,10 @@
 
 The step runs as a subprocess (its own GIL, like in a pod); C concurrent clients each send one request,
 wait for the answer and send the next. Then ONNX Runtime runs the model in this process at the realized
-batch size with the same thread settings, and the table shows the ratio. It also shows CPU time per item
-(server vs in-process), which stays comparable when other work shares the machine and skews wall-clock rates.
+batch size with the step's layout (as many sessions, each on its own thread, with the step's intra-op threads),
+once with thread spinning off as the step runs it and once with ONNX Runtime's default (on); the faster is the
+baseline, and both are shown. It also shows CPU time per item (server vs in-process), which stays comparable when
+other work shares the machine and skews wall-clock rates.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -25,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from conveyor_runtime.serving import free_port
+
+from .cpu import cpu_seconds
 
 __all__ = ["StepBenchResult", "register", "run"]
 
@@ -40,6 +45,9 @@ def register(modes: Any) -> None:
     )
     parser.add_argument("--max-batch", type=int, default=8, help="step's batching.maxBatchSize (default 8)")
     parser.add_argument("--delay-us", type=int, default=2000, help="batching.maxQueueDelayMicroseconds (default 2000)")
+    parser.add_argument(
+        "--policy", default="workConserving", choices=["workConserving", "fill"], help="batching.policy (default workConserving)"
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent closed-loop clients (default 16)")
     parser.add_argument("--client-batch", type=int, default=1, help="rows per request (default 1)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of measured load (default 20)")
@@ -59,6 +67,7 @@ class StepBenchResult:
     mean_batch: float
     in_process_batch: int
     in_process_items_per_s: float
+    in_process_how: str = ""
     server_cpu_ms: float = math.nan
     client_cpu_ms: float = math.nan
     in_process_cpu_ms: float = math.nan
@@ -120,15 +129,6 @@ def _input_feed(path: Path, rows: int) -> dict[str, Any]:
     return feed
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all threads) from /proc; 0 where /proc is missing."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class _Load:
     items: int
@@ -173,7 +173,7 @@ async def _load(port: int, feed: dict[str, Any], concurrency: int, warmup: float
     await asyncio.sleep(warmup)
     measuring = True
     began = time.monotonic()
-    server_cpu, client_cpu = _cpu_seconds(server_pid), time.process_time()
+    server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
     last, last_at = 0, began
     while time.monotonic() < stop_at:
         await asyncio.sleep(min(2.0, max(0.0, stop_at - time.monotonic())))
@@ -183,29 +183,77 @@ async def _load(port: int, feed: dict[str, Any], concurrency: int, warmup: float
         last, last_at = done, now
     await asyncio.gather(*tasks)
     seconds = time.monotonic() - began
-    server_cpu, client_cpu = _cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
     for channel in channels:
         await channel.close()
     return _Load(counts["items"], latencies, counts["errors"], seconds, server_cpu, client_cpu)
 
 
-def _in_process(path: Path, rows: int, intra: int, seconds: float) -> tuple[float, float]:
-    """(items/s, CPU seconds per item) of ONNX Runtime in this process at batch `rows`."""
+@dataclass(frozen=True)
+class InProcessRun:
+    """ONNX Runtime in this process: `instances` sessions on a thread each, `intra` threads each, spinning on/off."""
+
+    instances: int
+    intra: int
+    spinning: bool
+    items_per_s: float = 0.0
+    cpu_per_item_s: float = 0.0
+
+    def describe(self) -> str:
+        return (
+            f"{self.instances} session(s) x {self.intra} intra-op thread(s), one caller thread each, "
+            f"spinning {'on (ORT default)' if self.spinning else 'off (as in steps)'}"
+        )
+
+
+def _in_process(path: Path, rows: int, layout: InProcessRun, seconds: float) -> InProcessRun:
+    """Items/s and CPU seconds per item of ONNX Runtime in this process at batch `rows`, laid out as `layout`."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = intra
+    options.intra_op_num_threads = layout.intra
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    flag = "1" if layout.spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", flag)
+    options.add_session_config_entry("session.inter_op.allow_spinning", flag)
+    sessions = [
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        for _ in range(layout.instances)
+    ]
     feed = _input_feed(path, rows)
-    for _ in range(3):
-        session.run(None, feed)
+    for session in sessions:
+        for _ in range(3):
+            session.run(None, feed)
+    counts = [0] * len(sessions)
     began, cpu = time.perf_counter(), time.process_time()
-    items = 0
-    while time.perf_counter() - began < seconds:
-        session.run(None, feed)
-        items += rows
-    return items / (time.perf_counter() - began), (time.process_time() - cpu) / items
+    stop = began + seconds
+
+    def loop(index: int) -> None:
+        while time.perf_counter() < stop:
+            sessions[index].run(None, feed)
+            counts[index] += rows
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(sessions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    items = max(1, sum(counts))
+    return InProcessRun(
+        layout.instances,
+        layout.intra,
+        layout.spinning,
+        items / (time.perf_counter() - began),
+        (time.process_time() - cpu) / items,
+    )
+
+
+def step_layout(args: argparse.Namespace) -> tuple[int, int]:
+    """(sessions, intra-op threads each) as the step sizes them (`plan_threads` on this process's CPU budget)."""
+    from conveyor_runtime.step import step_cpu_budget
+
+    intra = args.intra_threads or max(1, step_cpu_budget(None).cpus // args.instances)
+    return args.instances, intra
 
 
 def _spec(args: argparse.Namespace, path: Path) -> Any:
@@ -218,6 +266,7 @@ def _spec(args: argparse.Namespace, path: Path) -> Any:
             "batching": {
                 "maxBatchSize": args.max_batch,
                 "maxQueueDelayMicroseconds": args.delay_us,
+                "policy": args.policy,
                 "maxQueueSize": max(1024, args.concurrency * args.client_batch * 2),
             },
         }
@@ -289,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
     feed = _input_feed(path, args.client_batch)
     where = "in this process" if args.in_process_server else "as a subprocess"
     _progress(
-        f"step {where}: {path.name}, maxBatchSize {args.max_batch}, delay {args.delay_us}us, "
+        f"step {where}: {path.name}, maxBatchSize {args.max_batch}, delay {args.delay_us}us, policy {args.policy}, "
         f"{args.concurrency} clients x {args.client_batch} rows, {args.warmup:.0f}s warm-up + {args.duration:.0f}s"
     )
     if args.in_process_server:
@@ -297,19 +346,25 @@ def run(args: argparse.Namespace) -> int:
     else:
         load, mean = _with_subprocess_server(args, path, feed)
     batch = max(1, round(mean))
-    _progress(f"in-process ONNX Runtime at batch {batch} for {args.duration / 2:.0f}s")
-    baseline, baseline_cpu = _in_process(path, batch, args.intra_threads, max(5.0, args.duration / 2))
+    instances, intra = step_layout(args)
+    runs = []
+    for spinning in (False, True):
+        layout = InProcessRun(instances, intra, spinning)
+        _progress(f"in-process ONNX Runtime at batch {batch} for {max(5.0, args.duration / 2):.0f}s: {layout.describe()}")
+        runs.append(_in_process(path, batch, layout, max(5.0, args.duration / 2)))
+    top = max(runs, key=lambda r: r.items_per_s)
     result = StepBenchResult(
-        load.items, load.seconds, load.latencies_ms, load.errors, mean, batch, baseline,
+        load.items, load.seconds, load.latencies_ms, load.errors, mean, batch, top.items_per_s,
+        in_process_how=top.describe(),
         server_cpu_ms=1000 * load.server_cpu_s / max(1, load.items),
         client_cpu_ms=1000 * load.client_cpu_s / max(1, load.items),
-        in_process_cpu_ms=1000 * baseline_cpu,
+        in_process_cpu_ms=1000 * top.cpu_per_item_s,
     )
-    _print(result, args, path)
+    _print(result, args, path, runs)
     return 0
 
 
-def _print(result: StepBenchResult, args: argparse.Namespace, path: Path) -> None:
+def _print(result: StepBenchResult, args: argparse.Namespace, path: Path, runs: list[InProcessRun]) -> None:
     rows = [
         ("model", f"{path.name} (maxBatchSize {args.max_batch}, {args.instances} instance(s))"),
         ("clients", f"{args.concurrency} closed-loop x {args.client_batch} row(s)"),
@@ -317,7 +372,12 @@ def _print(result: StepBenchResult, args: argparse.Namespace, path: Path) -> Non
         ("latency p50 / p99", f"{result.percentile(50):.1f} / {result.percentile(99):.1f} ms"),
         ("realized batch size", f"{result.mean_batch:.2f} rows"),
         ("errors", str(result.errors)),
-        (f"in-process ORT (batch {result.in_process_batch})", f"{result.in_process_items_per_s:.1f} items/s"),
+        *[
+            (f"in-process ORT (batch {result.in_process_batch}), spinning {'on' if r.spinning else 'off'}",
+             f"{r.items_per_s:.1f} items/s")
+            for r in runs
+        ],
+        ("in-process baseline (the faster)", result.in_process_how),
         ("step / in-process", f"{result.ratio * 100:.1f}%"),
         ("CPU per item: step server", f"{result.server_cpu_ms:.2f} ms (+ {result.client_cpu_ms:.2f} ms load generator)"),
         ("CPU per item: in-process", f"{result.in_process_cpu_ms:.2f} ms"),
