@@ -46,3 +46,17 @@ def test_batching_policy_is_the_op_loops_batcher_policy(tmp_path: Path, policy: 
 def test_batching_policy_on_an_op_that_never_batches_is_named_as_ignored() -> None:
     spec = step_spec("s", op=ONE_AT_A_TIME, batching={"policy": "fill"})
     assert [e.path for e in ignored_batching(spec, load_op(ONE_AT_A_TIME))] == ["batching.policy"]
+
+
+def test_batching_policy_work_conserving_warns_that_a_set_queue_delay_is_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING")
+    for batching in ({"maxQueueDelayMicroseconds": 2000, "policy": "fill"}, {}):
+        OpLoop.load(step_spec("s", op=DOUBLE, batching=batching), tmp_path, StepMetrics("s")).op.close()
+    assert "maxQueueDelayMicroseconds" not in caplog.text
+    OpLoop.load(step_spec("s", op=DOUBLE, batching={"maxQueueDelayMicroseconds": 2000}), tmp_path, StepMetrics("s")).op.close()
+    assert (
+        "step s: batching.maxQueueDelayMicroseconds (2000) is not used with batching.policy workConserving; "
+        "set policy: fill to wait for fuller batches, or remove it" in caplog.text
+    )

@@ -79,6 +79,18 @@ def ignored_batching(spec: StepSpec, op: Op | type[Op]) -> list[FieldError]:
     return errors
 
 
+def _warn_unused_delay(spec: StepSpec) -> None:
+    """A queue delay set away from its default does nothing under work-conserving batching: say so at start."""
+    delay = spec.batching.maxQueueDelayMicroseconds
+    if spec.batching.policy == "workConserving" and delay != _BATCHING_DEFAULTS.maxQueueDelayMicroseconds:
+        log.warning(
+            "step %s: batching.maxQueueDelayMicroseconds (%d) is not used with batching.policy workConserving; "
+            "set policy: fill to wait for fuller batches, or remove it",
+            spec.name,
+            delay,
+        )
+
+
 def _parameters(request: pb.ModelInferRequest) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in request.parameters.items():
@@ -145,6 +157,7 @@ class OpLoop:
             ignored = ignored_batching(spec, op_class)
             if ignored:
                 raise InvalidManifest([FieldError(f"{where}.{e.path}", e.message) for e in ignored])
+        _warn_unused_delay(spec)
         cpus = step_cpu_budget(spec.resources.cpu)
         log.info("step %s: sizing threads for %d CPU(s): %s", spec.name, cpus.cpus, cpus.reason)
         op = load_step_op(spec, base_dir, cpus=cpus)
