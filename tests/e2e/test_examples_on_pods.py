@@ -22,7 +22,15 @@ from tests.support.pods import EXAMPLES, Pipeline, Release, apply_pipeline, fres
 
 #: examples/<dir>/pipeline.yaml, each one (the defect-detection one builds its ResNet-50 in the pod at first start).
 MANIFESTS = {path.parent.name: path for path in sorted(EXAMPLES.glob("*/pipeline.yaml"))}
-README_COLUMNS = ["NAME", "READY", "STEPS", "REPLICAS", "ENDPOINT", "AGE"]
+README_COLUMNS = ["NAME", "READY", "STEPS", "REPLICAS", "THROUGHPUT", "P99", "BOTTLENECK", "ENDPOINT", "AGE"]
+
+
+def _cells(header: str, row: str) -> dict[str, str]:
+    """A `kubectl get` row by column name (cells are aligned under their header; live figures may still be blank)."""
+    names = header.split()
+    starts = [header.index(name) for name in names]
+    ends = [*starts[1:], None]
+    return {name: row[start:end].strip() for name, start, end in zip(names, starts, ends)}
 STEP_GRPC_PORT = 9000
 
 
@@ -99,17 +107,17 @@ def test_kubectl_get_ipl_prints_the_readme_columns(deployed: dict[str, Pipeline]
     assert header.split() == README_COLUMNS
     steps = _spec(example)["steps"]
     replicas = sum(step.get("replicas", 1) for step in steps)
-    assert [row.split()[:5] for row in rows] == [
-        [
-            pipeline.name,
-            "True",
-            str(len(steps)),
-            f"{replicas}/{replicas}",
-            f"{pipeline.name}-gateway.{pipeline.namespace}.svc:8001",
-        ]
+    [row] = rows
+    cells = _cells(header, row)
+    assert [cells[c] for c in ("NAME", "READY", "STEPS", "REPLICAS", "ENDPOINT")] == [
+        pipeline.name,
+        "True",
+        str(len(steps)),
+        f"{replicas}/{replicas}",
+        f"{pipeline.name}-gateway.{pipeline.namespace}.svc:8001",
     ]
     wide_header = pipeline.kubectl("get", "ipl", "-o", "wide").splitlines()[0].split()
-    assert wide_header == [*README_COLUMNS, "REASON"]
+    assert wide_header == [*README_COLUMNS, "REASON", "SATURATED"]
 
 
 # --- item 3: the gateway Service answers like `conveyor run` -------------------------------------------------------

@@ -95,7 +95,7 @@ def test_crd_printer_columns_and_status_subresource() -> None:
     version = build_crd()["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Ready", "Steps", "Replicas", "Endpoint", "Age"]
+    assert columns == ["Ready", "Steps", "Replicas", "Throughput", "P99", "Bottleneck", "Endpoint", "Age"]
     names = build_crd()["spec"]["names"]
     assert (names["kind"], names["plural"], names["shortNames"]) == ("InferencePipeline", "inferencepipelines", ["ipl"])
 
