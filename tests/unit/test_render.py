@@ -388,3 +388,13 @@ def test_render_a_change_of_model_uri_or_digest_changes_only_that_steps_pods() -
         changed = templates({**S3_MODEL, **change})
         assert changed["demo-cls"] != base["demo-cls"], change
         assert changed["demo-pre"] == base["demo-pre"] and changed["demo-gateway"] == base["demo-gateway"], change
+
+
+def test_render_a_change_of_a_steps_image_changes_only_that_steps_pods() -> None:
+    def templates(image: str | None) -> dict[str, Any]:
+        spec = PipelineSpec.model_validate({"steps": [{"name": "pre", "op": "identity"}, {"name": "cls", "op": "topk", "image": image}]})
+        return {name: d["spec"]["template"] for name, d in _deployments(spec).items()}
+
+    base, changed = templates("me/ops:1"), templates("me/ops:2")
+    assert changed["demo-cls"] != base["demo-cls"]
+    assert changed["demo-pre"] == base["demo-pre"] and changed["demo-gateway"] == base["demo-gateway"]
