@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from conveyor_runtime.spec import ExecutionPlan, StepSpec, load_manifest, route_inputs
 
-__all__ = ["LAYOUTS", "BaselinePoint", "Layout", "best", "in_process_baseline", "layouts_for"]
+__all__ = ["LAYOUTS", "BaselinePoint", "Layout", "best", "in_process_baseline", "layouts_for", "remeasure"]
 
 Batch = npt.NDArray[Any]
 Produced = dict[str, dict[str, Any]]
@@ -218,6 +218,21 @@ def _run_threads(targets: list[Callable[[], None]]) -> None:
         raise errors[0]
 
 
+def _measure(steps: _Steps, layout: Layout, size: int, payloads: list[Batch], seconds: float) -> BaselinePoint:
+    batches = _batches(payloads, size)
+    for _ in range(max(2, layout.threads)):
+        steps.run_all(batches[0])  # warm up this size on every session
+    cpu, began = time.process_time(), time.monotonic()
+    if layout.name == "pipelined":
+        point = BaselinePoint(layout, size, _pipelined(steps, batches, layout.threads, seconds))
+    else:
+        rate, latencies = _whole_pipelines(steps, batches, layout.threads, seconds)
+        point = BaselinePoint(layout, size, rate, latencies)
+    rows = point.rows_per_s * (time.monotonic() - began)
+    point.cpu_ms_per_row = 1000.0 * (time.process_time() - cpu) / rows if rows else float("nan")
+    return point
+
+
 def in_process_baseline(
     manifest_path: Path,
     payloads: list[Batch],
@@ -233,18 +248,19 @@ def in_process_baseline(
         try:
             for size in batch_sizes:
                 progress(f"  {layout.name} at batch {size} ...")
-                batches = _batches(payloads, size)
-                for _ in range(max(2, layout.threads)):
-                    steps.run_all(batches[0])  # warm up this size on every session
-                cpu, began = time.process_time(), time.monotonic()
-                if layout.name == "pipelined":
-                    point = BaselinePoint(layout, size, _pipelined(steps, batches, layout.threads, seconds))
-                else:
-                    rate, latencies = _whole_pipelines(steps, batches, layout.threads, seconds)
-                    point = BaselinePoint(layout, size, rate, latencies)
-                rows = point.rows_per_s * (time.monotonic() - began)
-                point.cpu_ms_per_row = 1000.0 * (time.process_time() - cpu) / rows if rows else float("nan")
-                points.append(point)
+                points.append(_measure(steps, layout, size, payloads, seconds))
         finally:
             steps.close()
     return points
+
+
+def remeasure(manifest_path: Path, payloads: list[Batch], points: list[BaselinePoint], seconds: float) -> list[BaselinePoint]:
+    """The given points measured again now: next to a load level, so that drift on a shared machine hits both."""
+    again = []
+    for point in points:
+        steps = _Steps(manifest_path, point.layout)
+        try:
+            again.append(_measure(steps, point.layout, point.batch, payloads, seconds))
+        finally:
+            steps.close()
+    return again

@@ -14,6 +14,7 @@ import math
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from conveyor_runtime.spec import ExecutionPlan, PipelineManifest, load_manifest
 from conveyor_runtime.step import step_cpu_budget
 
 from .cpu import cpu_seconds
-from .in_process import LAYOUTS, BaselinePoint, best, in_process_baseline, layouts_for
+from .in_process import LAYOUTS, BaselinePoint, best, in_process_baseline, layouts_for, remeasure
 from .load import LoadResult, closed_loop, open_loop
 from .local_pipeline import LocalPipeline
 
@@ -304,10 +305,21 @@ def _stop_targets(targets: list[_Target]) -> None:
             target.manifest.unlink(missing_ok=True)
 
 
+#: What the in-process reference points measured right after each closed-loop level ("C=8": [points]).
+Nearby = dict[str, list[BaselinePoint]]
+
+
 def _load_levels(
-    manifest_path: Path, policies: list[str], plan: ExecutionPlan, payloads: list[npt.NDArray[Any]], args: argparse.Namespace
-) -> Measured:
-    """Every level on every policy's pipeline, the policies taking turns at each level (so drift hits them alike)."""
+    manifest_path: Path,
+    policies: list[str],
+    plan: ExecutionPlan,
+    payloads: list[npt.NDArray[Any]],
+    args: argparse.Namespace,
+    reference: Callable[[], list[BaselinePoint]] | None = None,
+) -> tuple[Measured, Nearby]:
+    """Every level on every policy's pipeline, the policies taking turns at each level (so drift hits them alike),
+    and after each closed-loop level the `reference` in-process points measured again."""
+    nearby: Nearby = {}
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as workdir:
         targets: list[_Target] = []
@@ -328,6 +340,10 @@ def _load_levels(
                         print(f"  {mode} loop {label}" + (f" ({target.policy})" if target.policy else "") + " ...", flush=True)
                         level = asyncio.run(_measure(target.addresses, target.pids, plan, (mode, value), payloads, args))
                         levels[target.policy].append(level)
+                    if mode == "closed" and reference is not None:
+                        label = f"C={int(values[targets[0].policy][index])}"
+                        print(f"  in-process reference next to {label} ...", flush=True)
+                        nearby[label] = reference()
 
             measure("closed", {t.policy: [float(c) for c in concurrency] for t in targets})
             rates: dict[str, list[float]] = {}
@@ -343,7 +359,7 @@ def _load_levels(
                 measure("open", rates)
         finally:
             _stop_targets(targets)
-    return [(t.policy, levels[t.policy]) for t in targets]
+    return [(t.policy, levels[t.policy]) for t in targets], nearby
 
 
 def run(args: argparse.Namespace) -> int:
@@ -358,8 +374,8 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"--policies: each must be one of {', '.join(POLICIES)}, got {policy!r}")
     if policies and args.addresses:
         raise SystemExit("--policies starts a pipeline per policy; it cannot attach to --addresses")
-    measured = _load_levels(manifest_path, policies, plan, payloads, args)
     baseline: list[BaselinePoint] = []
+    reference = None
     if not args.no_baseline:
         model_steps = [plan.nodes[n].spec for n in plan.order if plan.nodes[n].spec.model is not None]
         top = max([s.batching.maxBatchSize for s in model_steps] + [1])
@@ -371,10 +387,15 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(layout.name for layout in layouts)}; batch sizes {sizes}) ...",
             flush=True,
         )
-        baseline = in_process_baseline(
-            manifest_path, payloads, sizes, layouts, seconds=max(3.0, args.duration / 2), progress=print
-        )
-    _report(plan, measured, baseline, args)
+        seconds = max(3.0, args.duration / 2)
+        baseline = in_process_baseline(manifest_path, payloads, sizes, layouts, seconds=seconds, progress=print)
+        again = [best(baseline), *[p for p in baseline if p.batch == 1 and p.latencies][:1]]
+
+        def reference() -> list[BaselinePoint]:
+            return remeasure(manifest_path, payloads, again, seconds)
+
+    measured, nearby = _load_levels(manifest_path, policies, plan, payloads, args, reference)
+    _report(plan, measured, baseline, nearby, args)
     return 0
 
 
@@ -470,34 +491,63 @@ def _report_baseline(baseline: list[BaselinePoint]) -> dict[str, Any]:
     return summary
 
 
-def _report(plan: ExecutionPlan, measured: Measured, baseline: list[BaselinePoint], args: argparse.Namespace) -> None:
+def _report_nearby(nearby: Nearby) -> None:
+    if not nearby:
+        return
+    print()
+    rows = [["in-process, measured next to", "limit rows/s", "batch-1 p50 ms"]]
+    for label, points in nearby.items():
+        latency = [p for p in points if p.latencies]
+        rows.append([label, _fmt(points[0].rows_per_s), _fmt(latency[0].latency_ms(50), 2) if latency else "-"])
+    print(_table(rows))
+
+
+def _report(
+    plan: ExecutionPlan, measured: Measured, baseline: list[BaselinePoint], nearby: Nearby, args: argparse.Namespace
+) -> None:
     for policy, levels in measured:
         _report_levels(plan, policy, levels)
     summary: dict[str, Any] = {"pipeline": plan.pipeline, "runs": []}
     if baseline:
         summary.update(_report_baseline(baseline))
+    _report_nearby(nearby)
+    summary["nearby"] = {
+        label: [{"layout": p.layout.describe(), "batch": p.batch, "rows_per_s": p.rows_per_s, "p50_ms": p.latency_ms(50)}
+                for p in points]
+        for label, points in nearby.items()
+    }
     print()
     for policy, levels in measured:
-        closed = [lv.result for lv in levels if lv.result.mode == "closed"]
-        saturation = max((r.rows_per_s for r in closed), default=0.0)
+        closed = [lv for lv in levels if lv.result.mode == "closed"]
+        busiest = max(closed, key=lambda lv: lv.result.rows_per_s, default=None)
+        saturation = busiest.result.rows_per_s if busiest is not None else 0.0
         run_summary: dict[str, Any] = {"policy": policy or "as in the manifest", "saturation_rows_per_s": saturation}
         line = f"{policy or 'pipeline'}: saturation {saturation:.1f} rows/s"
+        if busiest is not None and busiest.result.level in nearby:
+            limit = nearby[busiest.result.level][0].rows_per_s
+            run_summary["ratio_nearby"] = saturation / limit if limit else math.nan
+            line += (
+                f" at {busiest.result.level} = {100 * run_summary['ratio_nearby']:.1f}% of the in-process limit measured "
+                f"next to it ({limit:.1f})"
+            )
         if baseline:
             limit = summary["in_process_limit"]
             run_summary["ratio"] = saturation / limit if limit else math.nan
-            line += f" = {100 * run_summary['ratio']:.1f}% of the in-process limit"
-        single = [r for r in closed if r.level == "C=1"]
-        if single and "in_process_batch1_p50_ms" in summary:
-            gap = single[0].ms(50) - summary["in_process_batch1_p50_ms"]
+            line += f"; {100 * run_summary['ratio']:.1f}% of the up-front limit"
+        single = [lv.result for lv in closed if lv.result.level == "C=1"]
+        reference = [p.latency_ms(50) for p in nearby.get("C=1", []) if p.latencies]
+        if not reference and "in_process_batch1_p50_ms" in summary:
+            reference = [summary["in_process_batch1_p50_ms"]]
+        if single and reference:
+            gap = single[0].ms(50) - reference[0]
             run_summary["c1_p50_minus_in_process_ms"] = gap
             line += f"; C=1 p50 {single[0].ms(50):.1f} ms = in-process batch-1 p50 {gap:+.1f} ms"
-        busiest = max((lv for lv in levels if lv.result.mode == "closed"), key=lambda lv: lv.result.rows_per_s, default=None)
         if busiest is not None and "in_process_min_cpu_ms_per_row" in summary:
             cpu = busiest.cpu_ms_per_row
             run_summary["serving_cpu_ms_per_row"] = cpu
             line += (
-                f"; serving CPU {cpu:.1f} ms/row at {busiest.result.level} (in-process "
-                f"{summary['in_process_min_cpu_ms_per_row']:.1f}: "
+                f"; serving CPU {cpu:.2f} ms/row at {busiest.result.level} (in-process "
+                f"{summary['in_process_min_cpu_ms_per_row']:.2f}: "
                 f"{100 * summary['in_process_min_cpu_ms_per_row'] / cpu:.0f}%)"
             )
         print(line)
