@@ -203,7 +203,9 @@ def _deployment(
 
 def _with_pod_settings(deployment: dict[str, Any], settings: PodSettings) -> dict[str, Any]:
     """`deployment` with the user's `pod:` settings merged in: lists after the operator's own entries, pod-level
-    fields set when given. Clashes with what the operator renders are refused earlier (PodSettings, the CRD)."""
+    fields set when given. Clashes with what the operator renders are refused earlier (PodSettings, the CRD).
+    Values are copied: the rendered objects never share a dict with the (frozen) spec."""
+    settings = settings.model_copy(deep=True)
     pod = deployment["spec"]["template"]["spec"]
     for container in [*pod.get("initContainers", []), *pod["containers"]]:
         _with_container_settings(container, settings)

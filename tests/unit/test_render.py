@@ -398,3 +398,11 @@ def test_render_a_change_of_a_steps_image_changes_only_that_steps_pods() -> None
     base, changed = templates("me/ops:1"), templates("me/ops:2")
     assert changed["demo-cls"] != base["demo-cls"]
     assert changed["demo-pre"] == base["demo-pre"] and changed["demo-gateway"] == base["demo-gateway"]
+
+
+def test_render_pod_settings_are_copies_of_the_specs_values() -> None:
+    spec = PipelineSpec.model_validate({"steps": [{"name": "cls", "op": "identity", "pod": POD_SETTINGS}]})
+    pod = _deployments(spec)["demo-cls"]["spec"]["template"]["spec"]
+    pod["volumes"][-1]["name"] = "changed"
+    pod["affinity"]["podAntiAffinity"] = {}
+    assert spec.steps[0].pod.volumes[-1]["name"] == "labels" and spec.steps[0].pod.affinity == POD_SETTINGS["affinity"]
