@@ -214,6 +214,8 @@ def _with_pod_settings(deployment: dict[str, Any], settings: PodSettings) -> dic
         value = getattr(settings, key)
         if value:
             pod[key] = value
+    if settings.serviceAccountName:
+        pod["automountServiceAccountToken"] = True  # a step that names its account is there to use its token
     return deployment
 
 

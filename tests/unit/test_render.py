@@ -282,19 +282,20 @@ def test_render_pod_settings_are_merged_into_only_those_pods_after_the_operators
             assert after[name] == before[name], name  # no other pod changes
     pod, old_pod = after[target]["spec"]["template"]["spec"], before[target]["spec"]["template"]["spec"]
     container, old_container = pod["containers"][0], old_pod["containers"][0]
-    # ours first (the step's spec in CONVEYOR_STEP_SPEC now holds its `pod:` too), then the user's
+    # ours first, unchanged (the step's spec in CONVEYOR_STEP_SPEC leaves out its `pod:`), then the user's
     n = len(old_container["env"])
-    assert [e["name"] for e in container["env"][:n]] == [e["name"] for e in old_container["env"]]
+    assert container["env"][:n] == old_container["env"]
     assert container["env"][n:] == POD_SETTINGS["env"]
     assert container["envFrom"] == POD_SETTINGS["envFrom"]
     assert container["volumeMounts"] == old_container["volumeMounts"] + POD_SETTINGS["volumeMounts"]
     assert pod["volumes"] == old_pod["volumes"] + POD_SETTINGS["volumes"]
     for key in POD_LEVEL:
         assert pod[key] == POD_SETTINGS[key], key
-    # the operator's own settings are untouched by the merge
-    assert {k: v for k, v in pod.items() if k not in {*POD_LEVEL, "volumes", "containers"}} == {
-        k: v for k, v in old_pod.items() if k not in {"volumes", "containers"}
-    }
+    # a pod that names its service account gets its token mounted (ours mount none)
+    assert old_pod["automountServiceAccountToken"] is False and pod["automountServiceAccountToken"] is True
+    # the operator's other settings are untouched by the merge
+    ours = {*POD_LEVEL, "volumes", "containers", "automountServiceAccountToken"}
+    assert {k: v for k, v in pod.items() if k not in ours} == {k: v for k, v in old_pod.items() if k not in ours}
     assert {k: v for k, v in container.items() if k not in {"env", "envFrom", "volumeMounts"}} == {
         k: v for k, v in old_container.items() if k not in {"env", "volumeMounts"}
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from conveyor_runtime.errors import InvalidManifest
 from conveyor_runtime.spec import (
     BUILTIN_OP_NAMES,
     STEP_SPEC_ENV,
+    StepSpec,
     load_manifest,
     output_step,
     parse_manifest,
@@ -156,6 +158,24 @@ def test_step_env_round_trip_and_batching_override() -> None:
     assert step_from_env(env) == step
     env["CONVEYOR_MAX_BATCH_SIZE"] = "16"
     assert step_from_env(env).batching.maxBatchSize == 16
+
+
+def test_step_env_leaves_out_what_a_replica_never_reads() -> None:
+    """Scaling settings and the pod's own settings stay out of the step's spec variable: editing them must not roll
+    the pods for it, and a literal `pod.env` value (a token, say) must not be written into the pod twice."""
+    step = StepSpec.model_validate(
+        {
+            "name": "s",
+            "op": "identity",
+            "replicas": 3,
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 4},
+            "image": "mine:1",
+            "pod": {"env": [{"name": "TOKEN", "value": "secret-value"}]},
+        }
+    )
+    raw = step_to_env(step)[STEP_SPEC_ENV]
+    assert "secret-value" not in raw and "mine:1" not in raw
+    assert set(json.loads(raw)) == {"name", "op"}
 
 
 def test_step_from_env_reports_missing_and_bad_values() -> None:

@@ -30,10 +30,13 @@ BATCHING_ENV = {
 def step_to_env(step: StepSpec) -> dict[str, str]:
     """The environment that hands a step its spec: the spec as JSON plus readable batching knobs.
 
-    Everything but `replicas`, which a replica never needs: scaling a step then leaves its pod template alone,
-    so no pod restarts.
+    Everything but what a replica never reads: `replicas` (scaling a step then leaves its pod template alone, so no
+    pod restarts), `autoscaling`, and its `image` and `pod` settings (already in the pod itself; a literal `pod.env`
+    value such as a token would otherwise be written twice).
     """
-    env = {STEP_SPEC_ENV: step.model_dump_json(exclude_defaults=True, exclude={"replicas"})}
+    env = {
+        STEP_SPEC_ENV: step.model_dump_json(exclude_defaults=True, exclude={"replicas", "autoscaling", "image", "pod"})
+    }
     for field, var in BATCHING_ENV.items():
         env[var] = str(getattr(step.batching, field))
     return env
