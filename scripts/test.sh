@@ -15,6 +15,8 @@ echo "==> installing conveyor with its dev extras into .venv"
 
 echo "==> Kubernetes control plane for the operator tests (built once, then cached)"
 bash scripts/build-control-plane.sh
+echo "==> S3-compatible server for the model-source tests: moto in a venv of its own (installed once, then cached)"
+bash scripts/install-s3-server.sh
 if [ -f scripts/install-helm.sh ]; then
   echo "==> helm (built once, then cached)"
   bash scripts/install-helm.sh
