@@ -317,8 +317,8 @@ def _load_levels(
     args: argparse.Namespace,
     reference: Callable[[], list[BaselinePoint]] | None = None,
 ) -> tuple[Measured, Nearby]:
-    """Every level on every policy's pipeline, the policies taking turns at each level (so drift hits them alike),
-    and after each closed-loop level the `reference` in-process points measured again."""
+    """Every level on every policy's pipeline, the policies taking turns at each level in alternating order (so
+    drift on a shared machine favours neither); after each closed-loop level, the `reference` points again."""
     nearby: Nearby = {}
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as workdir:
@@ -332,7 +332,7 @@ def _load_levels(
 
             def measure(mode: str, values: dict[str, list[float]]) -> None:
                 for index in range(max(len(v) for v in values.values())):
-                    for target in targets:
+                    for target in targets if index % 2 == 0 else targets[::-1]:  # ABBA: drift favours neither
                         if index >= len(values[target.policy]):
                             continue
                         value = values[target.policy][index]
