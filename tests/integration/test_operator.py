@@ -33,7 +33,7 @@ def _demo(name: str = "demo") -> dict[str, Any]:
         {"name": "pre", "op": "preprocess", "config": {"size": 32}, "replicas": 1},
         {
             "name": "cls",
-            "model": {"path": "models/resnet18.onnx", "build": "conveyor_runtime.example_models.resnet:build"},
+            "model": {"path": "models/resnet18.onnx", "build": "conveyor_examples.resnet:build"},
             "replicas": 2,
             "batching": {"maxBatchSize": 16, "maxQueueDelayMicroseconds": 500},
             "resources": {"gpu": 1, "cpu": "500m", "memory": "1Gi"},
@@ -104,7 +104,7 @@ def test_operator_creates_children(kube: Kube, namespace: str, operator: Any) ->
         ).read()
     )
     columns = [c["name"] for c in table["columnDefinitions"] if c.get("priority", 0) == 0]
-    assert columns == ["Name", "Ready", "Steps", "Replicas", "Endpoint", "Age"]
+    assert columns == ["Name", "Ready", "Steps", "Replicas", "Throughput", "P99", "Bottleneck", "Endpoint", "Age"]
     cells = dict(zip(columns, table["rows"][0]["cells"]))
     assert cells["Name"] == "demo" and cells["Steps"] == 2 and cells["Endpoint"] == status["endpoint"]
 
