@@ -26,6 +26,7 @@ from conveyor_runtime.spec import (
     MAX_NAME,
     MAX_SERVICE_NAME,
     OP_RULE,
+    TWO_AUTOSCALERS_RULE,
     PipelineSpec,
 )
 from conveyor_runtime.spec.model import (
@@ -102,6 +103,17 @@ _SPEC_RULES: dict[str, list[dict[str, str]]] = {
             "fieldPath": ".resources",
             "message": GPU_INSTANCES_RULE,
         },
+        {
+            "rule": "!has(self.externalAutoscaler) || !self.externalAutoscaler || !has(self.autoscaling)",
+            "fieldPath": ".autoscaling",
+            "message": TWO_AUTOSCALERS_RULE,
+        },
+    ],
+    "steps.items.autoscaling": [
+        {
+            "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+            "message": "minReplicas must not exceed maxReplicas",
+        }
     ],
     "steps.items.model": [
         {"rule": "has(self.path) != has(self.uri)", "message": MODEL_SOURCE_RULE},

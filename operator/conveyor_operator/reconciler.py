@@ -125,7 +125,9 @@ def _env_set_by_others(deployment: Mapping[str, Any]) -> set[tuple[str, str]]:
 
 
 def _containers(deployment: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    containers: list[Mapping[str, Any]] = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+    containers: list[Mapping[str, Any]] = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get(
+        "containers"
+    ) or []
     return containers
 
 
@@ -191,6 +193,8 @@ class Reconciler:
         for obj in desired:
             key = child_key(obj)
             before = existing.get(key)
+            if before is not None:
+                obj = _without_external_replicas(spec, obj)
             try:
                 stored[key], before = self._apply(obj, before)
             except ClusterError as exc:
@@ -213,7 +217,9 @@ class Reconciler:
 
         pods = self._pods(owner)
         deployments = {
-            key[1]: DeploymentState.from_object(obj, pods.get(key[1], ())) for key, obj in stored.items() if key[0] == "Deployment"
+            key[1]: DeploymentState.from_object(obj, pods.get(key[1], ()))
+            for key, obj in stored.items()
+            if key[0] == "Deployment"
         }
         status = compute_status(
             owner.name, owner.namespace, generation, spec, deployments, now=now, previous=previous, apply_failures=failures
@@ -221,7 +227,9 @@ class Reconciler:
         old_ready = _condition(previous, "Ready")
         new_ready = status.conditions[0]
         if old_ready.get("status") != new_ready.status or old_ready.get("reason") != new_ready.reason:
-            kind: Literal["Normal", "Warning"] = "Normal" if new_ready.status == "True" or new_ready.reason == "StepsNotReady" else "Warning"
+            kind: Literal["Normal", "Warning"] = (
+                "Normal" if new_ready.status == "True" or new_ready.reason == "StepsNotReady" else "Warning"
+            )
             reason = "Ready" if new_ready.status == "True" else new_ready.reason
             events.append(Event(kind, reason, new_ready.message, transition=True))
         return Outcome(status=status, events=events, retry=retry)
@@ -234,7 +242,7 @@ class Reconciler:
         if before is None or obj["kind"] != "Deployment":
             return []
         events = []
-        was, replicas = (before.get("spec") or {}).get("replicas"), obj["spec"]["replicas"]
+        was, replicas = (before.get("spec") or {}).get("replicas"), obj["spec"].get("replicas", before["spec"].get("replicas"))
         if was != replicas:
             events.append(Event("Normal", "Scaled", f"{_describe_child(obj)}: replicas {was} -> {replicas}"))
         step = (obj["metadata"].get("labels") or {}).get(STEP_LABEL)
@@ -249,9 +257,7 @@ class Reconciler:
             )
         return events
 
-    def _apply(
-        self, obj: Mapping[str, Any], before: dict[str, Any] | None
-    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def _apply(self, obj: Mapping[str, Any], before: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Apply `obj` over `before`; on a conflict, again over the child as it is now (the controller-manager writes
         a Deployment a few times after its template changes). Returns what was stored and the version it was applied
         over (None: created)."""
@@ -297,3 +303,13 @@ class Reconciler:
                 if _owned_by(obj, owner.uid):
                     found[child_key(obj)] = obj
         return found
+
+
+def _without_external_replicas(spec: PipelineSpec, obj: dict[str, Any]) -> dict[str, Any]:
+    """A step Deployment whose replicas an autoscaler of the user's own sets (`externalAutoscaler`), applied without
+    `spec.replicas`: server-side apply then leaves the count to whoever wrote it last (the HPA), never putting it back."""
+    step_name = (obj["metadata"].get("labels") or {}).get(STEP_LABEL)
+    external = {s.name for s in spec.steps if s.externalAutoscaler}
+    if obj["kind"] != "Deployment" or step_name not in external:
+        return obj
+    return {**obj, "spec": {k: v for k, v in obj["spec"].items() if k != "replicas"}}

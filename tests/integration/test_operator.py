@@ -163,6 +163,26 @@ def test_operator_scales_only_the_edited_step(kube: Kube, namespace: str, operat
     assert "demo-pre" in events[0].message and "1 -> 3" in events[0].message
 
 
+def test_operator_leaves_the_replicas_of_a_step_with_an_external_autoscaler_alone(
+    kube: Kube, namespace: str, operator: Any
+) -> None:
+    """`externalAutoscaler: true`: the operator creates the Deployment with `replicas`, then never puts a count back
+    (an HPA scales it through the scale subresource), while it still puts back the other steps' counts."""
+    body = _demo()
+    body["spec"]["steps"][1]["externalAutoscaler"] = True
+    kube.create_pipeline(namespace, body)
+    wait_for(lambda: (d := kube.deployment(namespace, "demo-cls")) is not None and d.spec.replicas == 2, "demo-cls at 2")
+    wait_for(lambda: kube.get_pipeline(namespace, "demo").get("status", {}).get("observedGeneration"), "status")
+
+    kube.apps.patch_namespaced_deployment_scale("demo-cls", namespace, {"spec": {"replicas": 5}})  # as an HPA does
+    kube.apps.patch_namespaced_deployment("demo-pre", namespace, {"spec": {"replicas": 4}})  # a hand edit
+    # the operator puts demo-pre back in a reconcile that applies demo-cls too
+    wait_for(lambda: kube.deployment(namespace, "demo-pre").spec.replicas == 1, "demo-pre back to 1")
+    kube.patch_pipeline(namespace, "demo", [{"op": "replace", "path": "/spec/steps/0/replicas", "value": 2}])
+    wait_for(lambda: kube.deployment(namespace, "demo-pre").spec.replicas == 2, "demo-pre scaled to 2")
+    assert kube.deployment(namespace, "demo-cls").spec.replicas == 5
+
+
 def test_operator_deletes_a_removed_steps_children(kube: Kube, namespace: str, operator: Any) -> None:
     body = _demo()
     body["spec"]["steps"].append({"name": "post", "op": "topk"})

@@ -13,6 +13,7 @@ from conveyor_runtime.errors import InvalidManifest
 from conveyor_runtime.spec import (
     BUILTIN_OP_NAMES,
     STEP_SPEC_ENV,
+    TWO_AUTOSCALERS_RULE,
     StepSpec,
     load_manifest,
     output_step,
@@ -299,3 +300,11 @@ def test_parse_manifest_rejects_a_step_whose_service_name_exceeds_63_characters(
             "Kubernetes allows 63: shorten the step or the pipeline name",
         )
     ]
+
+
+def test_a_step_takes_one_autoscaler() -> None:
+    body = copy.deepcopy(MANIFEST)
+    body["spec"]["steps"][1].update(externalAutoscaler=True, autoscaling={"maxReplicas": 4})
+    with pytest.raises(InvalidManifest) as caught:
+        parse_manifest(body)
+    assert {e.path: e.message for e in caught.value.errors} == {"spec.steps[1].autoscaling": TWO_AUTOSCALERS_RULE}

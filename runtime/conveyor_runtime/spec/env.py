@@ -31,11 +31,11 @@ def step_to_env(step: StepSpec) -> dict[str, str]:
     """The environment that hands a step its spec: the spec as JSON plus readable batching knobs.
 
     Everything but what a replica never reads: `replicas` (scaling a step then leaves its pod template alone, so no
-    pod restarts), `autoscaling`, and its `image` and `pod` settings (already in the pod itself; a literal `pod.env`
+    pod restarts), `externalAutoscaler`, `autoscaling`, and its `image` and `pod` settings (already in the pod itself; a literal `pod.env`
     value such as a token would otherwise be written twice).
     """
     env = {
-        STEP_SPEC_ENV: step.model_dump_json(exclude_defaults=True, exclude={"replicas", "autoscaling", "image", "pod"})
+        STEP_SPEC_ENV: step.model_dump_json(exclude_defaults=True, exclude={"replicas", "externalAutoscaler", "autoscaling", "image", "pod"})
     }
     for field, var in BATCHING_ENV.items():
         env[var] = str(getattr(step.batching, field))

@@ -43,6 +43,7 @@ __all__ = [
     "RESERVED_ENV",
     "RESERVED_MOUNT_PATHS",
     "RESERVED_VOLUMES",
+    "TWO_AUTOSCALERS_RULE",
     "AutoscalingSpec",
     "BatchingSpec",
     "GatewaySpec",
@@ -78,6 +79,8 @@ BUILTIN_OP_NAMES: tuple[str, ...] = ("identity", "image-preprocess", "preprocess
 OP_RULE = f"must be a built-in op (built-ins: {', '.join(BUILTIN_OP_NAMES)}) or `package.module:Class`"
 #: `config` on a model step would be ignored.
 CONFIG_RULE = "only op steps take `config`; a model step's settings go under `model`"
+#: `externalAutoscaler` and `autoscaling` would both set the step's replicas.
+TWO_AUTOSCALERS_RULE = "`autoscaling` and `externalAutoscaler: true` would both set this step's replicas: keep one"
 #: `resources.gpuMemory` caps ONNX Runtime's GPU memory, so it means nothing elsewhere.
 GPU_MEMORY_RULE = "`gpuMemory` applies to model steps on device cuda or tensorrt only: remove it, or set model.device"
 #: Each model instance runs on one GPU (instance i on GPU i % gpu): more GPUs than instances would leave some idle.
@@ -365,6 +368,11 @@ class StepSpec(_Spec):
     model: ModelSpec | None = None
     config: dict[str, Any] = Field(default_factory=dict, description="Free-form settings handed to the op (op steps only).")
     replicas: int = Field(1, ge=0, le=1000)
+    externalAutoscaler: bool = Field(
+        False,
+        description="An autoscaler of your own (an HPA, KEDA) sets this step's replicas: the operator then writes "
+        "`replicas` only when it creates the Deployment and never puts a count back.",
+    )
     autoscaling: AutoscalingSpec | None = Field(
         None, description="Let the operator set replicas from the measured load; `replicas` is then only the start."
     )
@@ -392,6 +400,13 @@ class StepSpec(_Spec):
         # A step with both `op` and `model` gets the one-kind error instead.
         if info.data.get("model") is not None and info.data.get("op") is None:
             raise ValueError(CONFIG_RULE)
+        return value
+
+    @field_validator("autoscaling")
+    @classmethod
+    def _one_autoscaler(cls, value: AutoscalingSpec | None, info: ValidationInfo) -> AutoscalingSpec | None:
+        if value is not None and info.data.get("externalAutoscaler"):
+            raise ValueError(TWO_AUTOSCALERS_RULE)
         return value
 
     @field_validator("resources")

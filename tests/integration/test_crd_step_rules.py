@@ -1,5 +1,6 @@
-"""GPU settings a step would not use: the CRD and the spec model refuse the same ones, naming `resources` (against a
-real kube-apiserver), and accept those that spread instances over the GPUs."""
+"""Settings a step would not use, or that set one thing two ways: the CRD and the spec model refuse the same ones,
+naming the field (against a real kube-apiserver): GPU settings (and those that spread instances over the GPUs are
+accepted), then replica counts."""
 
 from __future__ import annotations
 
@@ -52,3 +53,29 @@ def test_crd_and_model_accept_instances_spread_over_gpus_with_a_memory_share(
     parse_manifest(body)
     created = kube.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, body)
     assert created["spec"]["steps"][0]["resources"] == {"gpu": 2, "gpuMemory": "6Gi"}
+
+
+@pytest.mark.parametrize(
+    ("step", "field", "words"),
+    [
+        (
+            {"op": "identity", "externalAutoscaler": True, "autoscaling": {"maxReplicas": 3}},
+            "spec.steps[0].autoscaling",
+            "would both set this step's replicas",
+        ),
+        ({"op": "identity", "autoscaling": {"minReplicas": 5, "maxReplicas": 3}}, "spec.steps[0].autoscaling", "must not exceed"),
+    ],
+    ids=["two-autoscalers", "min-over-max"],
+)
+def test_crd_and_model_refuse_replicas_set_two_ways(
+    kube: Kube, namespace: str, pipeline_crd: Any, step: dict[str, Any], field: str, words: str
+) -> None:
+    body = pipeline_body("p", {"name": "s", **step})
+    with pytest.raises(InvalidManifest) as caught:
+        parse_manifest(body)
+    assert words in {e.path: e.message for e in caught.value.errors}.get(field, "")
+    with pytest.raises(ApiException) as refused:
+        kube.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, body)
+    assert refused.value.status == 422, refused.value.body
+    message: str = json.loads(refused.value.body)["message"]
+    assert field in message and words in message, message
