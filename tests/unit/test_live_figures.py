@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from conveyor_runtime.live import (
@@ -25,6 +27,7 @@ def _traffic(metrics: StepMetrics, batches: int, rows: int, compute_s: float, qu
         metrics.batch_sent(rows, "full", [queue_s] * rows)
         metrics.compute_time.observe(compute_s)
         for _ in range(rows):
+            metrics.request_received(1)
             metrics.request_done("OK", queue_s + compute_s)
 
 
@@ -37,8 +40,11 @@ def test_step_figures_rates_come_from_the_counter_deltas_between_two_scrapes() -
     _traffic(metrics, batches=10, rows=4, compute_s=0.02, queue_s=0.001)
     before = _sample(metrics)
     _traffic(metrics, batches=50, rows=4, compute_s=0.02, queue_s=0.001)
-    metrics.request_done("RESOURCE_EXHAUSTED", 0.0)
-    metrics.request_done("RESOURCE_EXHAUSTED", 0.0)
+    for _ in range(2):  # two refused
+        metrics.request_received(1)
+        metrics.request_done("RESOURCE_EXHAUSTED", 0.0)
+    for _ in range(6):  # six still queued
+        metrics.request_received(1)
     metrics.queue_depth.set(6)
     after = _sample(metrics)
 
@@ -49,8 +55,8 @@ def test_step_figures_rates_come_from_the_counter_deltas_between_two_scrapes() -
     assert figures.pods == 1
     assert figures.completed_items_per_s == pytest.approx(20.0)  # 50 batches x 4 rows in 10 s
     assert figures.completed_requests_per_s == pytest.approx(20.0)  # 200 OK answers
-    assert figures.arrival_items_per_s == pytest.approx((200 + 6) / 10)  # computed rows plus the queue's growth
-    assert figures.arrival_requests_per_s == pytest.approx(20.2)  # every answer, refusals included
+    assert figures.arrival_items_per_s == pytest.approx((200 + 2 + 6) / 10)  # computed, refused and queued rows
+    assert figures.arrival_requests_per_s == pytest.approx(20.8)  # every request received
     assert figures.errors_per_s == {"RESOURCE_EXHAUSTED": pytest.approx(0.2)}
     assert figures.mean_batch_size == pytest.approx(4.0)
     assert figures.batch_fill == pytest.approx(0.5)
@@ -58,6 +64,25 @@ def test_step_figures_rates_come_from_the_counter_deltas_between_two_scrapes() -
     assert figures.queue_depth == 6
     assert figures.compute_p50_s is not None and 0.01 < figures.compute_p50_s <= 0.025
     assert figures.queue_p99_s is not None and 0.0005 < figures.queue_p99_s <= 0.001
+
+
+def test_step_figures_take_arrivals_from_the_received_counters_when_the_step_has_them() -> None:
+    """A step counts what it receives (requests, and rows by the batch dimension) before any check: arrivals are
+    then exact, also for a step with no batcher and for rows that expire in the queue or are refused."""
+    metrics = StepMetrics("relay")
+    before = _sample(metrics)
+    for rows in (3, 1, 2, 2):
+        metrics.request_received(rows)
+    metrics.request_done("OK", 0.001)  # one answered; nothing batched (an op with no batch step)
+    after = _sample(metrics)
+
+    figures = step_figures(
+        "relay", {"p1": before}, {"p1": after}, seconds=2.0, capacity=StepCapacity(max_batch_size=0, instances=1)
+    )
+
+    assert figures.arrival_requests_per_s == pytest.approx(2.0)  # 4 requests in 2 s
+    assert figures.arrival_items_per_s == pytest.approx(4.0)  # 8 rows in 2 s
+    assert figures.completed_requests_per_s == pytest.approx(0.5)
 
 
 def test_step_figures_sum_the_pods_and_divide_busy_time_by_every_instance() -> None:
@@ -213,3 +238,19 @@ def test_render_report_says_when_the_gateway_was_not_read() -> None:
     head = render_report("demo", live).splitlines()[0]
 
     assert head == "pipeline demo over 5.0s: gateway metrics not read (start `conveyor run` with --metrics-port 0)"
+
+
+def test_step_figures_derive_arrivals_from_what_was_done_when_a_pod_lacks_the_received_counters() -> None:
+    """A pod of an older step (no received counters): arrivals are its answers and computed rows plus queue growth."""
+    metrics = StepMetrics("enc")
+    before = _sample(metrics)
+    _traffic(metrics, batches=5, rows=2, compute_s=0.01, queue_s=0.001)
+    metrics.queue_depth.set(4)
+    after = _sample(metrics)
+    old = {"p1": replace(before, received=None, received_rows=None)}
+    new = {"p1": replace(after, received=None, received_rows=None)}
+
+    figures = step_figures("enc", old, new, seconds=1.0, capacity=StepCapacity(max_batch_size=8, instances=1))
+
+    assert figures.arrival_items_per_s == pytest.approx(10 + 4)
+    assert figures.arrival_requests_per_s == pytest.approx(10)

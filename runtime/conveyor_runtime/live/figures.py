@@ -93,6 +93,8 @@ def step_figures(
     requests: dict[str, float] = {}
     queue = compute = batches = HistogramSample()
     depth_change = 0.0
+    received: float | None = 0.0
+    received_rows = 0.0
     for pod in pods:
         old, new = before[pod], after[pod]
         for code, count in _minus(new.requests, old.requests).items():
@@ -102,6 +104,12 @@ def step_figures(
         compute = compute.plus(new.compute.minus(old.compute))
         batches = batches.plus(new.batch_size.minus(old.batch_size))
         depth_change += new.queue_depth - (0.0 if restarted else old.queue_depth)
+        if received is not None and new.received is not None and old.received is not None and new.received_rows is not None:
+            gone_down = new.received < old.received  # the pod restarted: all it counted is new
+            received += new.received - (0.0 if gone_down else old.received)
+            received_rows += new.received_rows - (0.0 if gone_down else old.received_rows or 0.0)
+        else:
+            received = None  # a pod without the counters (an older step): derive arrivals from what was done
     instances = capacity.instances * len(pods)
     mean_batch = batches.sum / batches.count if batches.count else None
     queue_p50, queue_p99 = _quantiles(queue)
@@ -110,8 +118,8 @@ def step_figures(
         name=name,
         pods=len(pods),
         instances=instances,
-        arrival_items_per_s=max(0.0, batches.sum + depth_change) / seconds,
-        arrival_requests_per_s=sum(requests.values()) / seconds,
+        arrival_items_per_s=(received_rows if received is not None else max(0.0, batches.sum + depth_change)) / seconds,
+        arrival_requests_per_s=(received if received is not None else sum(requests.values())) / seconds,
         completed_items_per_s=batches.sum / seconds,
         completed_requests_per_s=requests.get("OK", 0.0) / seconds,
         queue_p50_s=queue_p50,

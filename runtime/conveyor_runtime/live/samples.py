@@ -53,6 +53,8 @@ class PodSample:
     compute: HistogramSample = HistogramSample()
     batch_size: HistogramSample = HistogramSample()
     queue_depth: float = 0.0
+    received: float | None = None  # requests received (steps that count them)
+    received_rows: float | None = None
 
 
 #: family name -> PodSample field, for a step's series and a gateway's.
@@ -64,6 +66,7 @@ _HISTOGRAMS = {
     "conveyor_gateway_request_seconds": "latency",
 }
 _REQUESTS = ("conveyor_step_requests", "conveyor_gateway_requests")
+_RECEIVED = {"conveyor_step_received": "received", "conveyor_step_received_rows": "received_rows"}
 
 
 def _histogram(samples: Sequence[tuple[str, Mapping[str, str], float]]) -> HistogramSample:
@@ -93,6 +96,8 @@ def parse_metrics(text: str) -> PodSample:
                 if name.endswith("_total"):
                     code = labels.get("code", "")
                     requests[code] = requests.get(code, 0.0) + value
+        elif family.name in _RECEIVED:
+            fields[_RECEIVED[family.name]] = sum(value for name, _, value in samples if name.endswith("_total"))
         elif family.name == "conveyor_step_queue_depth":
             fields["queue_depth"] = sum(value for _, _, value in samples)
     return PodSample(requests=requests, **fields)  # type: ignore[arg-type]

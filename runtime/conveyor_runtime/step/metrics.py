@@ -42,6 +42,12 @@ class StepMetrics:
             "conveyor_step_batches", "Batches sent to compute, by why they were sent", ["step", "reason"], registry=r
         )
         self._depth = Gauge("conveyor_step_queue_depth", "Rows waiting in the batch queue", ["step"], registry=r)
+        self._received = Counter(
+            "conveyor_step_received", "Inference requests received, before any check", ["step"], registry=r
+        )
+        self._received_rows = Counter(
+            "conveyor_step_received_rows", "Rows received (the first input's batch dimension)", ["step"], registry=r
+        )
         for reason in BATCH_REASONS:
             self._batches.labels(step, reason)
         self._requests.labels(step, "OK")
@@ -50,6 +56,13 @@ class StepMetrics:
         self.compute_time = self._compute.labels(step)
         self.batch_size = self._batch_size.labels(step)
         self.queue_depth = self._depth.labels(step)
+        self.received = self._received.labels(step)
+        self.received_rows = self._received_rows.labels(step)
+
+    def request_received(self, rows: int) -> None:
+        """Count an arriving request and its rows (the live figures' arrival rates)."""
+        self.received.inc()
+        self.received_rows.inc(rows)
 
     def request_done(self, code: str, seconds: float) -> None:
         self._requests.labels(self.step, code).inc()

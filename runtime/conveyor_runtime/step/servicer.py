@@ -52,6 +52,7 @@ class StepServicer(ModelServicerBase):
         started = time.monotonic()
         remaining = context.time_remaining()
         deadline = started + remaining if remaining is not None else None
+        self.op_loop.metrics.request_received(_rows(request))
         error: BaseException
         try:
             self.check_model(request.model_name, request.model_version)
@@ -79,3 +80,10 @@ def _too_large(request: pb.ModelInferRequest, size: int, limit: int) -> RequestE
     return InvalidRequest(
         f"input {largest!r}: the request is {size} bytes, over this step's limit of {limit}; send fewer rows per request"
     )
+
+
+def _rows(request: pb.ModelInferRequest) -> int:
+    """The request's rows as its first input declares them (its batch dimension; 1 for a scalar or no input)."""
+    if request.inputs and request.inputs[0].shape:
+        return max(1, int(request.inputs[0].shape[0]))
+    return 1
