@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conveyor_runtime.live import StepFigures
+from conveyor_runtime.spec import GATEWAY_STEP_NAME
 from conveyor_runtime.spec.model import AutoscalingSpec
 
 __all__ = ["Autoscaler", "Decision", "recommend", "with_replicas"]
@@ -32,7 +33,8 @@ class Decision:
 
     @property
     def message(self) -> str:
-        return f"step {self.step!r}: replicas {self.current} -> {self.replicas}: {self.reason}"
+        what = "the gateway" if self.step == GATEWAY_STEP_NAME else f"step {self.step!r}"
+        return f"{what}: replicas {self.current} -> {self.replicas}: {self.reason}"
 
 
 def recommend(figures: StepFigures, policy: AutoscalingSpec) -> tuple[int, str] | None:
@@ -96,9 +98,13 @@ class Autoscaler:
 
 
 def with_replicas(body: Mapping[str, Any], replicas: Mapping[str, int]) -> dict[str, Any]:
-    """A copy of the pipeline object whose named steps have the given replicas (what the reconciler then renders)."""
+    """A copy of the pipeline object whose named steps (and the gateway, under `GATEWAY_STEP_NAME`) have the given
+    replicas (what the reconciler then renders)."""
     changed: dict[str, Any] = copy.deepcopy(dict(body))
-    for step in (changed.get("spec") or {}).get("steps") or []:
+    spec = changed.get("spec") or {}
+    for step in spec.get("steps") or []:
         if isinstance(step, dict) and step.get("name") in replicas:
             step["replicas"] = replicas[step["name"]]
+    if GATEWAY_STEP_NAME in replicas and isinstance(spec.get("gateway", {}), dict):
+        spec.setdefault("gateway", {})["replicas"] = replicas[GATEWAY_STEP_NAME]
     return changed

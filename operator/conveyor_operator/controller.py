@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor_runtime.live import PipelineFigures
-from conveyor_runtime.spec import API_GROUP, API_VERSION, KIND, PipelineSpec
+from conveyor_runtime.spec import API_GROUP, API_VERSION, GATEWAY_STEP_NAME, KIND, PipelineSpec
 
 from .autoscaler import Autoscaler, with_replicas
 from .cluster import Cluster, ClusterError
@@ -102,29 +102,32 @@ class PipelineController:
     def _autoscale(
         self, key: Key, pipeline: Mapping[str, Any], spec: PipelineSpec | None, figures: PipelineFigures | None
     ) -> tuple[dict[str, int], list[Event]]:
-        """Replicas of the autoscaled steps: what their Deployments have now (within the bounds), changed where the
+        """Replicas of the autoscaled steps (and gateway): what their Deployments have now (within the bounds), changed where the
         autoscaler decides so on this read's figures; an `Autoscaled` event with the figures for each change."""
         if spec is None:
             return {}, []
         now = self._clock()
-        running = {s.get("name"): s.get("desired") for s in (pipeline.get("status") or {}).get("steps") or []}
+        status = pipeline.get("status") or {}
+        running = {s.get("name"): s.get("desired") for s in status.get("steps") or []}
+        running[GATEWAY_STEP_NAME] = (status.get("gateway") or {}).get("desired")
         measured = {f.name: f for f in figures.steps} if figures is not None else {}
+        if figures is not None and figures.gateway is not None:
+            measured[GATEWAY_STEP_NAME] = figures.gateway
         replicas: dict[str, int] = {}
         events: list[Event] = []
-        for step in spec.steps:
-            policy = step.autoscaling
+        scaled = [(s.name, s.autoscaling, s.replicas) for s in spec.steps]
+        scaled.append((GATEWAY_STEP_NAME, spec.gateway.autoscaling, spec.gateway.replicas))
+        for name, policy, written in scaled:
             if policy is None:
                 continue
-            found = running.get(step.name)
-            current = found if isinstance(found, int) else step.replicas
+            found = running.get(name)
+            current = found if isinstance(found, int) else written
             current = min(policy.maxReplicas, max(policy.minReplicas, current))
-            replicas[step.name] = current
-            if step.name in measured:
-                decision = self.autoscaler.decide(
-                    f"{key[0]}/{key[1]}/{step.name}", measured[step.name], policy, current=current, now=now
-                )
+            replicas[name] = current
+            if name in measured:
+                decision = self.autoscaler.decide(f"{key[0]}/{key[1]}/{name}", measured[name], policy, current=current, now=now)
                 if decision is not None:
-                    replicas[step.name] = decision.replicas
+                    replicas[name] = decision.replicas
                     events.append(Event("Normal", "Autoscaled", decision.message))
         return replicas, events
 

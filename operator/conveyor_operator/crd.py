@@ -71,6 +71,11 @@ def _cel_string(text: str) -> str:
     return f'"{text}"'
 
 
+_AUTOSCALING_BOUNDS = {
+    "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
+    "message": "minReplicas must not exceed maxReplicas",
+}
+
 #: Extra validation for the spec, keyed by the JSON-pointer-ish path of the schema node it goes on. Each says what
 #: the spec model says (see conveyor_runtime.spec), so `kubectl apply` and `conveyor run` refuse the same things.
 _SPEC_RULES: dict[str, list[dict[str, str]]] = {
@@ -109,12 +114,8 @@ _SPEC_RULES: dict[str, list[dict[str, str]]] = {
             "message": TWO_AUTOSCALERS_RULE,
         },
     ],
-    "steps.items.autoscaling": [
-        {
-            "rule": "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
-            "message": "minReplicas must not exceed maxReplicas",
-        }
-    ],
+    "steps.items.autoscaling": [_AUTOSCALING_BOUNDS],
+    "gateway.autoscaling": [_AUTOSCALING_BOUNDS],
     "steps.items.model": [
         {"rule": "has(self.path) != has(self.uri)", "message": MODEL_SOURCE_RULE},
         {"rule": "!has(self.build) || !has(self.uri)", "fieldPath": ".build", "message": BUILD_RULE},

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor_runtime.errors import InvalidRequest
 from conveyor_runtime.gateway import Gateway, create_gateway
+from conveyor_runtime.live import parse_metrics
 from conveyor_runtime.protocol import InferenceStub, decode_tensors, encode_tensors, pb
 from tests.support.pipeline_fixtures import FakeStep, RunningStep, manifest, start_fake_step
 
@@ -327,3 +328,11 @@ async def test_gateway_http_corrupt_compressed_body_is_400(
     status, answer = await asyncio.to_thread(send)
     assert status == 400, answer  # the body is unreadable or, truncated, not valid JSON: never a 500
     assert json.loads(answer)["error"]
+
+
+async def test_gateway_metrics_carry_its_cpu_time_for_the_autoscaler(chain: tuple[Gateway, Any]) -> None:
+    gateway, _ = chain
+    url = f"http://127.0.0.1:{gateway.metrics_port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+    sample = parse_metrics(text)
+    assert sample.cpu_seconds is not None and sample.cpu_seconds > 0

@@ -97,3 +97,22 @@ def test_with_replicas_replaces_only_the_autoscaled_steps_replicas_in_a_copy() -
     ]
     assert body["spec"]["steps"][1]["replicas"] == 2
     PipelineSpec.model_validate(changed["spec"])
+
+
+def test_with_replicas_sets_the_gateways_replicas_under_its_reserved_name() -> None:
+    body = {"metadata": {"name": "p"}, "spec": {"steps": [{"name": "pre", "op": "identity"}], "gateway": {"grpcPort": 9}}}
+    changed = with_replicas(body, {"gateway": 3})
+    assert changed["spec"]["gateway"] == {"grpcPort": 9, "replicas": 3}
+    assert "replicas" not in body["spec"]["gateway"]
+    assert PipelineSpec.model_validate(changed["spec"]).gateway.replicas == 3
+
+
+def test_recommend_sizes_the_gateway_from_requests_per_cpu_second() -> None:
+    """The gateway as a step: 300 requests/s arrive; one pod answered 150/s at 75% of a core, so a pod serves 200/s
+    flat out and three keep it at 50% busy."""
+    policy = AutoscalingSpec(minReplicas=1, maxReplicas=6, targetUtilization=0.5)
+    gateway = StepFigures(
+        name="gateway", pods=1, instances=1, arrival_items_per_s=300, completed_items_per_s=150, utilization=0.75
+    )
+    found = recommend(gateway, policy)
+    assert found is not None and found[0] == 3

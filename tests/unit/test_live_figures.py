@@ -12,6 +12,7 @@ from conveyor_runtime.live import (
     Scrape,
     StepCapacity,
     bottleneck,
+    gateway_figures,
     histogram_quantile,
     parse_metrics,
     render_report,
@@ -254,3 +255,17 @@ def test_step_figures_derive_arrivals_from_what_was_done_when_a_pod_lacks_the_re
 
     assert figures.arrival_items_per_s == pytest.approx(10 + 4)
     assert figures.arrival_requests_per_s == pytest.approx(10)
+
+
+def test_gateway_figures_are_requests_in_and_answered_and_cpu_busy_share_per_pod() -> None:
+    before = {"g1": PodSample(requests={"OK": 100.0}, cpu_seconds=10.0), "g2": PodSample(requests={"OK": 50.0}, cpu_seconds=4.0)}
+    after = {
+        "g1": PodSample(requests={"OK": 300.0, "UNAVAILABLE": 20.0}, cpu_seconds=11.5),
+        "g2": PodSample(requests={"OK": 230.0}, cpu_seconds=4.5),
+        "g3": PodSample(requests={"OK": 5.0}, cpu_seconds=0.1),  # new: read once, counts for nothing yet
+    }
+    figures = gateway_figures(before, after, seconds=2.0)
+    assert (figures.name, figures.pods, figures.instances) == ("gateway", 2, 2)
+    assert figures.arrival_requests_per_s == pytest.approx((200 + 20 + 180) / 2)
+    assert figures.completed_requests_per_s == pytest.approx((200 + 180) / 2)
+    assert figures.utilization == pytest.approx((1.5 + 0.5) / (2.0 * 2))

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
 from ..errors import InvalidRequest, RequestError
 from ..protocol import TensorInfo, WireTensor, pb, wire_request, wire_tensors
@@ -37,6 +37,8 @@ class PipelineExecutor:
         # per step: (the balancer's metadata_epoch it was read at, the step's input names)
         self._expected: dict[str, tuple[int, list[str] | None]] = {}
         self.registry = registry or CollectorRegistry()
+        # process_cpu_seconds_total: the gateway's busy time, from which the operator sizes gateway replicas
+        ProcessCollector(registry=self.registry)
         self._requests = Counter(
             "conveyor_gateway_requests", "Pipeline requests by final status", ["pipeline", "code"], registry=self.registry
         )

@@ -5,7 +5,7 @@ from .figures import REJECTED_CODE, StepCapacity, StepFigures, bottleneck, histo
 from .samples import Buckets, HistogramSample, PodSample, parse_metrics
 from .scrape import SCRAPE_TIMEOUT_S, fetch_samples
 from .table import format_rate, format_seconds, render_report, render_table
-from .tracker import LiveTracker, PipelineFigures, Scrape
+from .tracker import LiveTracker, PipelineFigures, Scrape, gateway_figures
 
 __all__ = [
     "REJECTED_CODE",
@@ -22,6 +22,7 @@ __all__ = [
     "fetch_samples",
     "format_rate",
     "format_seconds",
+    "gateway_figures",
     "histogram_quantile",
     "parse_metrics",
     "render_report",

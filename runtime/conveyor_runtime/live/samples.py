@@ -55,6 +55,7 @@ class PodSample:
     queue_depth: float = 0.0
     received: float | None = None  # requests received (steps that count them)
     received_rows: float | None = None
+    cpu_seconds: float | None = None  # the process's CPU time (a gateway's busy time)
 
 
 #: family name -> PodSample field, for a step's series and a gateway's.
@@ -98,6 +99,8 @@ def parse_metrics(text: str) -> PodSample:
                     requests[code] = requests.get(code, 0.0) + value
         elif family.name in _RECEIVED:
             fields[_RECEIVED[family.name]] = sum(value for name, _, value in samples if name.endswith("_total"))
+        elif family.name == "process_cpu_seconds":
+            fields["cpu_seconds"] = sum(value for _, _, value in samples)
         elif family.name == "conveyor_step_queue_depth":
             fields["queue_depth"] = sum(value for _, _, value in samples)
     return PodSample(requests=requests, **fields)  # type: ignore[arg-type]

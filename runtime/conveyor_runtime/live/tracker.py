@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .figures import REJECTED_CODE, StepCapacity, StepFigures, bottleneck, histogram_quantile, saturated_steps, step_figures
 from .samples import HistogramSample, PodSample
 
-__all__ = ["LiveTracker", "PipelineFigures", "Scrape"]
+__all__ = ["LiveTracker", "PipelineFigures", "Scrape", "gateway_figures"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class PipelineFigures:
     bottleneck_reason: str
     saturated: Mapping[str, str]
     gateway_pods: int = 0  # gateway pods read at both ends of the window (0: throughput and latency unknown)
+    gateway: StepFigures | None = None  # the gateway as a step: requests in and answered, CPU busy share per pod
 
 
 def _gateway(
@@ -55,6 +56,32 @@ def _gateway(
                 errors[code] = errors.get(code, 0.0) + delta / seconds
         latency = latency.plus(new.latency.minus(old.latency))
     return ok / seconds, latency, errors
+
+
+def gateway_figures(before: Mapping[str, PodSample], after: Mapping[str, PodSample], seconds: float) -> StepFigures:
+    """The gateway's load as a step's figures (items = requests): what arrived (every answer), what it answered OK,
+    and how busy its pods were (CPU seconds per second, at most one core each: the event loop's share)."""
+    pods = sorted(set(before) & set(after))
+    arrived = ok = busy = 0.0
+    for pod in pods:
+        old, new = before[pod], after[pod]
+        restarted = any(new.requests.get(code, 0.0) < count for code, count in old.requests.items())
+        for code, count in new.requests.items():
+            delta = count - (0.0 if restarted else old.requests.get(code, 0.0))
+            arrived += delta
+            ok += delta if code == "OK" else 0.0
+        if new.cpu_seconds is not None and old.cpu_seconds is not None:
+            busy += min(seconds, max(0.0, new.cpu_seconds - (0.0 if new.cpu_seconds < old.cpu_seconds else old.cpu_seconds)))
+    return StepFigures(
+        name="gateway",
+        pods=len(pods),
+        instances=len(pods),
+        arrival_items_per_s=arrived / seconds,
+        arrival_requests_per_s=arrived / seconds,
+        completed_items_per_s=ok / seconds,
+        completed_requests_per_s=ok / seconds,
+        utilization=busy / (seconds * len(pods)) if pods else 0.0,
+    )
 
 
 class LiveTracker:
@@ -103,4 +130,5 @@ class LiveTracker:
             bottleneck_reason=reason,
             saturated=saturated_steps(self._depths, rejected, windows=self.windows),
             gateway_pods=len(set(previous.gateway) & set(scrape.gateway)),
+            gateway=gateway_figures(previous.gateway, scrape.gateway, seconds),
         )

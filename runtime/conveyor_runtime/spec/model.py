@@ -444,6 +444,11 @@ class GatewaySpec(_Spec):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     image: str | None = Field(None, min_length=1, description="Image of the gateway's pods; default: the pipeline's `image`.")
     pod: PodSettings = Field(default_factory=PodSettings, description="Pod settings of the gateway's pods.")
+    autoscaling: AutoscalingSpec | None = Field(
+        None,
+        description="Let the operator set the gateway's replicas from its measured load: a replica's capacity is the "
+        "requests it answers per second of CPU (its event loop, about one core), `targetUtilization` that share busy.",
+    )
     maxRequestBytes: int = Field(
         64 * 1024 * 1024,
         ge=1024,
