@@ -116,3 +116,28 @@ def test_recommend_sizes_the_gateway_from_requests_per_cpu_second() -> None:
     )
     found = recommend(gateway, policy)
     assert found is not None and found[0] == 3
+
+
+def test_controller_autoscales_the_gateway_from_its_figures_like_a_step() -> None:
+    """The controller's wiring (no cluster call is made): the gateway's figures and policy give its replicas, under
+    the gateway's reserved name, and an Autoscaled event naming the gateway."""
+    from conveyor_operator.controller import PipelineController
+    from conveyor_runtime.live import PipelineFigures
+
+    controller = PipelineController(cluster=None)  # type: ignore[arg-type]
+    controller._clock = lambda: 100.0
+    spec = PipelineSpec.model_validate(
+        {
+            "steps": [{"name": "pre", "op": "identity"}],
+            "gateway": {"autoscaling": {"maxReplicas": 4, "targetUtilization": 0.5, "scaleUpWindowSeconds": 0}},
+        }
+    )
+    busy = StepFigures(name="gateway", pods=1, instances=1, arrival_items_per_s=300, completed_items_per_s=150, utilization=0.75)
+    figures = PipelineFigures(
+        window_s=10, steps=[], throughput_per_s=150, p50_s=None, p99_s=None, errors_per_s={}, bottleneck="",
+        bottleneck_reason="", saturated={}, gateway_pods=1, gateway=busy,
+    )  # fmt: skip
+    pipeline = {"status": {"gateway": {"desired": 1}}}
+    replicas, events = controller._autoscale(("ns", "p"), pipeline, spec, figures)
+    assert replicas == {"gateway": 3}
+    assert [e.message.split(":")[0] for e in events] == ["the gateway"]
