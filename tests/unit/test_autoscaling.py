@@ -3,6 +3,8 @@ rate, and stabilization windows both ways (pure; the times are passed in)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -88,7 +90,7 @@ def test_autoscaler_never_flaps_on_a_steady_load() -> None:
 
 
 def test_with_replicas_replaces_only_the_autoscaled_steps_replicas_in_a_copy() -> None:
-    body = {"metadata": {"name": "p"}, "spec": {"steps": [{"name": "pre", "op": "identity", "replicas": 1},
+    body: dict[str, Any] = {"metadata": {"name": "p"}, "spec": {"steps": [{"name": "pre", "op": "identity", "replicas": 1},
                                                           {"name": "enc", "op": "identity", "replicas": 2}]}}  # fmt: skip
     changed = with_replicas(body, {"enc": 5})
     assert changed["spec"]["steps"] == [
@@ -100,7 +102,10 @@ def test_with_replicas_replaces_only_the_autoscaled_steps_replicas_in_a_copy() -
 
 
 def test_with_replicas_sets_the_gateways_replicas_under_its_reserved_name() -> None:
-    body = {"metadata": {"name": "p"}, "spec": {"steps": [{"name": "pre", "op": "identity"}], "gateway": {"grpcPort": 9}}}
+    body: dict[str, Any] = {
+        "metadata": {"name": "p"},
+        "spec": {"steps": [{"name": "pre", "op": "identity"}], "gateway": {"grpcPort": 9}},
+    }
     changed = with_replicas(body, {"gateway": 3})
     assert changed["spec"]["gateway"] == {"grpcPort": 9, "replicas": 3}
     assert "replicas" not in body["spec"]["gateway"]
