@@ -2,8 +2,11 @@
 # One image for the operator, the gateway and the steps (`conveyor operator|gateway|step`).
 #   CPU:  docker build -t conveyor:0.1.0 .
 #   GPU:  docker build --build-arg VARIANT=gpu -t conveyor:0.1.0-gpu .   (onnxruntime-gpu on a CUDA + cuDNN base)
-#   No Docker engine: sudo scripts/build-image.sh   (buildah, a local Debian base as CPU_BASE; loads it into a node of
-#         scripts/cluster.sh as conveyor:dev)
+#   Examples: docker build --target examples -t conveyor-examples:0.1.0 .   (the same image plus the examples' demo
+#         model builders, conveyor_examples, and scikit-learn; the examples' model steps name it with `image:`)
+#   No Docker engine: sudo scripts/build-image.sh   (buildah, a local Debian base as CPU_BASE; loads both into a node
+#         of scripts/cluster.sh as conveyor:dev and conveyor-examples:dev)
+# The default target (the last stage) is the production image: no scikit-learn, no demo models.
 # Both meet requires-python >= 3.11 (tests/packaging/test_python_floor.py checks the bases named here).
 # Dependencies are installed from pyproject.toml before the sources are copied: a source change rebuilds only the layers
 # from `COPY README.md` on.
@@ -26,7 +29,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && ln -sf /usr/bin/python3 /usr/local/bin/python
 
-FROM base-${VARIANT}
+FROM base-${VARIANT} AS deps
 ARG VARIANT
 ARG ONNXRUNTIME_GPU
 ARG TENSORRT_LIBS
@@ -42,11 +45,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python -m venv /opt/venv
 
 # Dependencies first, in layers that depend on pyproject.toml alone, so a source change reuses them: the build
-# backend, [project].dependencies and the `examples` extra, read from pyproject.toml.
+# backend and [project].dependencies, read from pyproject.toml.
 WORKDIR /src
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); \
-print('\n'.join(p['build-system']['requires'] + p['project']['dependencies'] + p['project']['optional-dependencies']['examples']))" \
+print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt \
@@ -57,16 +60,24 @@ print('\n'.join(p['build-system']['requires'] + p['project']['dependencies'] + p
     fi \
  && python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
 
+# The `examples` extra (scikit-learn) as wheels, for the examples target only: this stage depends on pyproject.toml
+# alone, so a source change installs them again from here, without the package index.
+FROM deps AS examples-wheels
+ARG PIP_CONFIG_FILE
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); \
+print('\n'.join(p['project']['optional-dependencies']['examples']))" > /tmp/examples.txt \
+ && pip wheel --wheel-dir /wheels -r /tmp/examples.txt \
+ && mv /tmp/examples.txt /wheels/requirements.txt
+
+FROM deps AS conveyor
 # Sources only (see .dockerignore); a regular (non-editable) install of the project alone, then the sources go.
+# examples/ is not copied: setuptools finds no conveyor_examples, so this image has no demo model builders.
 COPY README.md ./
 COPY runtime runtime
 COPY operator operator
 COPY benchmarks benchmarks
 RUN pip install --no-deps --no-build-isolation . \
  && rm -rf /src
-
-# The examples' manifests (models are built at first run, never shipped).
-COPY examples /opt/conveyor/examples
 
 # Non-root; pods mount an emptyDir at the working directory and /tmp (the root filesystem is read-only).
 RUN groupadd --gid 10001 conveyor \
@@ -80,3 +91,21 @@ ENV HOME=/var/lib/conveyor \
 USER 10001:10001
 EXPOSE 9000 9090 8000 8001
 CMD ["conveyor", "--help"]
+
+# The examples image: the production image plus scikit-learn (from the wheels above, no index) and the examples'
+# package, conveyor_examples (the demo model builders that `model.build` names), put beside the installed project.
+# The wheels are mounted under /tmp, which pods cover with an emptyDir (the empty mount point a layer keeps is out
+# of sight).
+FROM conveyor AS examples
+USER 0:0
+COPY examples/conveyor_examples /tmp/conveyor_examples
+RUN --mount=type=bind,from=examples-wheels,source=/wheels,target=/tmp/wheels \
+    pip install --no-index --find-links /tmp/wheels -r /tmp/wheels/requirements.txt \
+ && mv /tmp/conveyor_examples "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/" \
+ && python -c "import conveyor_examples.digits, sklearn; print('scikit-learn', sklearn.__version__)"
+# The examples' manifests (models are built at first run, never shipped).
+COPY examples /opt/conveyor/examples
+USER 10001:10001
+
+# The default target: the production image.
+FROM conveyor

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build the project's Dockerfile with buildah (no Docker engine) and, optionally, load it into a cluster made by
-# scripts/cluster.sh, where pods name it `image: conveyor:dev` (docker.io/library/conveyor:dev).
+# scripts/cluster.sh, where pods name them `image: conveyor:dev` (the production image, the default target) and
+# `image: conveyor-examples:dev` (target `examples`: plus scikit-learn and the examples' demo model builders).
 #
-#   sudo scripts/build-image.sh                  build, then load into the cluster CONVEYOR_CLUSTER_NAME [conveyor]
-#   sudo scripts/build-image.sh --cluster NAME   build, then load into cluster NAME
-#   sudo scripts/build-image.sh --no-load        build localhost/conveyor:dev only (into buildah's store)
-#   sudo scripts/build-image.sh clean            remove the build caches (buildah store, base image, archive)
+#   sudo scripts/build-image.sh                  build both, then load them into the cluster CONVEYOR_CLUSTER_NAME [conveyor]
+#   sudo scripts/build-image.sh --cluster NAME   build both, then load them into cluster NAME
+#   sudo scripts/build-image.sh --no-load        build localhost/conveyor:dev and localhost/conveyor-examples:dev only
+#   sudo scripts/build-image.sh clean            remove the build caches (buildah store, base image, archives)
 # Options: --rebuild-base (debootstrap the base again), --no-cache (rebuild every layer).
 #
 # Base images cannot be pulled here: the Python base (Debian bookworm + Debian's python3 3.11) is made with
@@ -32,11 +33,12 @@ ROOT="$(cd "${HERE}/.." && pwd)"
 CACHE="${HOME}/.cache/conveyor"
 STORE="${CONVEYOR_IMAGE_STORE:-${CACHE}/buildah}"
 DRIVER="${CONVEYOR_IMAGE_STORAGE_DRIVER:-overlay}"
-IMAGE="localhost/conveyor:dev"
-CLUSTER_REF="docker.io/library/conveyor:dev"  # what `image: conveyor:dev` in a pod resolves to
+# The images, each `name:Dockerfile target` (an empty target: the default one). localhost/NAME:dev in buildah's store;
+# docker.io/library/NAME:dev in a cluster, what `image: NAME:dev` in a pod resolves to.
+IMAGES=("conveyor:" "conveyor-examples:examples")
+TAG=dev
 ARCHIVE_DIR="${STORE}/archive"
 LOCK="${STORE}.lock"  # one build-image.sh at a time per store (builds, archive, import, clean)
-ARCHIVE="${ARCHIVE_DIR}/conveyor-dev.docker.tar"
 PIP_BUILD_DIR=/mnt  # where RUN steps see the build-only pip.conf and CA bundle
 
 log() { echo "[build-image $(date +%H:%M:%S)] $*" >&2; }
@@ -46,7 +48,10 @@ source "${HERE}/lib/apt-install.sh"
 # shellcheck source=scripts/image/base.sh
 source "${HERE}/image/base.sh"
 
-usage() { sed -n '2,10s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,11s/^# \{0,1\}//p' "$0"; }
+local_ref() { echo "localhost/$1:${TAG}"; }
+cluster_ref() { echo "docker.io/library/$1:${TAG}"; }
+archive_of() { echo "${ARCHIVE_DIR}/$1-${TAG}.docker.tar"; }
 
 bah() { buildah --root "${STORE}/storage" --runroot /run/containers/storage --storage-driver "${DRIVER}" "$@"; }
 
@@ -97,36 +102,53 @@ build_in_namespace() {  # rebuild_base no_cache load
         log "base image ${BASE_IMAGE}: cached (--rebuild-base to make it again)"
     fi
     mounts="$(pip_build_mounts)"
-    log "building ${IMAGE} from ${ROOT}/Dockerfile (CPU_BASE=${BASE_IMAGE}; ~6 min cold, seconds when only sources changed)"
-    local t1=${SECONDS}
-    # --network=host: RUN steps reach the package index like this machine does, with no network set-up (a private
-    # network would add a bridge and iptables rules to the host).
-    bah bud --layers --pull=never --network=host ${no_cache:+--no-cache} "${mounts}" \
-        --build-arg VARIANT=cpu --build-arg "CPU_BASE=${BASE_IMAGE}" --build-arg "PIP_CONFIG_FILE=${PIP_BUILD_DIR}/pip.conf" \
-        --tag "${IMAGE}" --file "${ROOT}/Dockerfile" "${ROOT}" >&2 ||
-        die "buildah bud failed (output above)"
-    log "built ${IMAGE} in $((SECONDS - t1)) s ($(bah images --format '{{.Size}}' "${IMAGE}"))"
+    local entry
+    for entry in "${IMAGES[@]}"; do
+        build_target "${entry%%:*}" "${entry#*:}" "${mounts}" "${no_cache}"
+    done
     # What earlier builds left: buildah 1.28 keeps a working container for the (instruction-less) base stage on every
     # build, and a rebuild leaves the replaced images untagged. The cache of this build stays (its images are tagged
     # or have children).
     bah rm --all >/dev/null
     bah rmi --prune >/dev/null 2>&1 || true
     if [[ "${load}" == 1 ]]; then
-        local id; id="$(bah inspect --type image --format '{{.FromImageID}}' "${IMAGE}")"
-        if [[ -s "${ARCHIVE}" && "$(cat "${ARCHIVE}.id" 2>/dev/null)" == "${id}" ]]; then
-            log "archive ${ARCHIVE}: up to date"
-        else
-            local t2=${SECONDS}
-            log "writing ${ARCHIVE} as ${CLUSTER_REF}"
-            mkdir -p "${ARCHIVE_DIR}"
-            rm -f "${ARCHIVE}" "${ARCHIVE}.id"
-            bah push --quiet "${id}" "docker-archive:${ARCHIVE}:${CLUSTER_REF}" >&2  # by id: one name
-            echo "${id}" >"${ARCHIVE}.id"
-            log "archive written in $((SECONDS - t2)) s ($(($(stat -c %s "${ARCHIVE}") / 1048576)) MiB)"
-        fi
+        for entry in "${IMAGES[@]}"; do
+            write_archive "${entry%%:*}"
+        done
     fi
     rm -rf "${WORK}"
     log "done in $((SECONDS - t0)) s"
+}
+
+build_target() {  # name target mounts no_cache
+    local name="$1" target="$2" mounts="$3" no_cache="$4" t1=${SECONDS} image
+    image="$(local_ref "${name}")"
+    log "building ${image} from ${ROOT}/Dockerfile, target ${target:-<default>} (CPU_BASE=${BASE_IMAGE};" \
+        "~6 min cold, seconds when only sources changed)"
+    # --network=host: RUN steps reach the package index like this machine does, with no network set-up (a private
+    # network would add a bridge and iptables rules to the host).
+    bah bud --layers --pull=never --network=host ${no_cache:+--no-cache} ${target:+--target "${target}"} "${mounts}" \
+        --build-arg VARIANT=cpu --build-arg "CPU_BASE=${BASE_IMAGE}" --build-arg "PIP_CONFIG_FILE=${PIP_BUILD_DIR}/pip.conf" \
+        --tag "${image}" --file "${ROOT}/Dockerfile" "${ROOT}" >&2 ||
+        die "buildah bud failed (output above)"
+    log "built ${image} in $((SECONDS - t1)) s ($(bah images --format '{{.Size}}' "${image}"))"
+}
+
+# The docker archive that is imported into clusters, written again only when the image changed (its id beside it).
+write_archive() {  # name
+    local name="$1" archive id t2=${SECONDS}
+    archive="$(archive_of "${name}")"
+    id="$(bah inspect --type image --format '{{.FromImageID}}' "$(local_ref "${name}")")"
+    if [[ -s "${archive}" && "$(cat "${archive}.id" 2>/dev/null)" == "${id}" ]]; then
+        log "archive ${archive}: up to date"
+        return 0
+    fi
+    log "writing ${archive} as $(cluster_ref "${name}")"
+    mkdir -p "${ARCHIVE_DIR}"
+    rm -f "${archive}" "${archive}.id"
+    bah push --quiet "${id}" "docker-archive:${archive}:$(cluster_ref "${name}")" >&2  # by id: one name
+    echo "${id}" >"${archive}.id"
+    log "archive written in $((SECONDS - t2)) s ($(($(stat -c %s "${archive}") / 1048576)) MiB)"
 }
 
 # --- on the host -----------------------------------------------------------------------------------------------------
@@ -144,29 +166,31 @@ check_cluster_up() {
         "sudo CONVEYOR_CLUSTER_NAME=${CLUSTER} scripts/cluster.sh up (or build only: $0 --no-load)"
 }
 
-# The config digest (= buildah's image id) of CLUSTER_REF in the cluster's containerd, if it has that image.
-loaded_image_id() {
-    local digest
-    digest="$(cluster_sh exec ctr -n k8s.io images ls "name==${CLUSTER_REF}" 2>/dev/null |
-        awk -v ref="${CLUSTER_REF}" '$1 == ref {print $3}')"
+# The config digest (= buildah's image id) of a cluster ref in the cluster's containerd, if it has that image.
+loaded_image_id() {  # cluster_ref
+    local digest ref="$1"
+    digest="$(cluster_sh exec ctr -n k8s.io images ls "name==${ref}" 2>/dev/null |
+        awk -v ref="${ref}" '$1 == ref {print $3}')"
     [[ -n "${digest}" ]] || return 0
     cluster_sh exec ctr -n k8s.io content get "${digest}" 2>/dev/null |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["config"]["digest"].removeprefix("sha256:"))' 2>/dev/null || true
 }
 
-load_into_cluster() {
-    local t0=${SECONDS}
+load_into_cluster() {  # name
+    local t0=${SECONDS} name="$1" ref archive
+    ref="$(cluster_ref "${name}")"
+    archive="$(archive_of "${name}")"
     check_cluster_up
-    if [[ "$(loaded_image_id)" == "$(cat "${ARCHIVE}.id")" ]]; then
-        log "cluster ${CLUSTER} already has this image as ${CLUSTER_REF}: nothing to load"
+    if [[ "$(loaded_image_id "${ref}")" == "$(cat "${archive}.id")" ]]; then
+        log "cluster ${CLUSTER} already has this image as ${ref}: nothing to load"
         return 0
     fi
-    log "importing ${ARCHIVE} into cluster ${CLUSTER}'s containerd as ${CLUSTER_REF}"
-    cluster_sh exec ctr -n k8s.io images import "${ARCHIVE}" >&2 ||
+    log "importing ${archive} into cluster ${CLUSTER}'s containerd as ${ref}"
+    cluster_sh exec ctr -n k8s.io images import "${archive}" >&2 ||
         die "ctr images import failed in cluster ${CLUSTER} (output above)"
-    cluster_sh exec ctr -n k8s.io images ls -q "name==${CLUSTER_REF}" | grep -qx "${CLUSTER_REF}" ||
-        die "${CLUSTER_REF} is not in cluster ${CLUSTER}'s containerd after the import"
-    log "loaded in $((SECONDS - t0)) s: pods in cluster ${CLUSTER} can use image: conveyor:dev (imagePullPolicy: Never)"
+    cluster_sh exec ctr -n k8s.io images ls -q "name==${ref}" | grep -qx "${ref}" ||
+        die "${ref} is not in cluster ${CLUSTER}'s containerd after the import"
+    log "loaded in $((SECONDS - t0)) s: pods in cluster ${CLUSTER} can use image: ${name}:${TAG} (imagePullPolicy: Never)"
 }
 
 lock() {
@@ -213,7 +237,10 @@ main() {
     apt_install_missing "${CONVEYOR_IMAGE_NO_APT:-0}" buildah runc debootstrap
     unshare --mount --propagation private -- bash "$0" __in-namespace "${rebuild_base}" "${no_cache}" "${load}"
     if [[ "${load}" == 1 ]]; then
-        load_into_cluster
+        local entry
+        for entry in "${IMAGES[@]}"; do
+            load_into_cluster "${entry%%:*}"
+        done
     fi
 }
 

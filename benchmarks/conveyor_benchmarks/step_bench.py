@@ -91,7 +91,7 @@ def _progress(message: str) -> None:
 def _model_path(args: argparse.Namespace) -> Path:
     if args.model is not None:
         return Path(args.model).resolve()
-    from conveyor_runtime.example_models import resnet
+    from conveyor_examples import resnet
 
     cache = Path(os.environ.get("CONVEYOR_BENCH_CACHE", Path(tempfile.gettempdir()) / "conveyor-bench"))
     cache.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,12 @@ from tests.support.cluster import ClusterError
 from tests.support.pipeline_fixtures import start_run
 from tests.support.pods import EXAMPLES, Pipeline, Release, apply_pipeline, fresh_namespace
 
-#: examples/<dir>/pipeline.yaml, each one (the defect-detection one builds its ResNet-50 in the pod at first start).
-MANIFESTS = {path.parent.name: path for path in sorted(EXAMPLES.glob("*/pipeline.yaml"))}
+#: examples/<dir>/pipeline.yaml, each one whose pods use the images scripts/build-image.sh loads: their model steps build
+#: the demo models (the defect-detection one a ResNet-50) at first start, on the examples image. custom-op's step needs
+#: an image of its own (tests/e2e/test_model_sources_on_pods.py builds it and serves that example).
+MANIFESTS = {path.parent.name: path for path in sorted(EXAMPLES.glob("*/pipeline.yaml")) if path.parent.name != "custom-op"}
+#: The production image (the chart's operator image, every pod's default) and the Dockerfile's `examples` target.
+PRODUCTION_IMAGE, EXAMPLES_IMAGE = "conveyor:dev", "conveyor-examples:dev"
 README_COLUMNS = ["NAME", "READY", "STEPS", "REPLICAS", "THROUGHPUT", "P99", "BOTTLENECK", "ENDPOINT", "AGE"]
 
 
@@ -31,6 +35,8 @@ def _cells(header: str, row: str) -> dict[str, str]:
     starts = [header.index(name) for name in names]
     ends = [*starts[1:], None]
     return {name: row[start:end].strip() for name, start, end in zip(names, starts, ends)}
+
+
 STEP_GRPC_PORT = 9000
 
 
@@ -75,6 +81,27 @@ def test_example_pods_start_and_pass_their_grpc_probes(deployed: dict[str, Pipel
         assert container[probe]["grpc"]["port"] == STEP_GRPC_PORT, container[probe]
     gateways = [pod for pod in pipeline.pods(component="gateway") if not pod.deleting]
     assert len(gateways) == 1 and gateways[0].ready and gateways[0].restarts == 0, gateways
+
+
+@pytest.mark.parametrize("example", MANIFESTS)
+def test_example_model_steps_run_on_the_examples_image_and_every_other_pod_on_the_production_image(
+    deployed: dict[str, Pipeline], example: str
+) -> None:
+    pipeline = deployed[example]
+    pipeline.wait_ready()
+    pods = yaml.safe_load(pipeline.kubectl("get", "pods", "-l", pipeline.selector, "-o", "yaml"))["items"]
+    images = {
+        (pod["metadata"]["labels"].get("conveyor.dev/step", "gateway"), container["image"])
+        for pod in pods
+        if not pod["metadata"].get("deletionTimestamp")
+        for container in pod["spec"]["containers"]
+    }
+    builders = {step["name"] for step in _spec(example)["steps"] if "build" in step.get("model", {})}
+    assert builders, f"{example} builds no demo model"
+    expected = {
+        (step["name"], EXAMPLES_IMAGE if step["name"] in builders else PRODUCTION_IMAGE) for step in _spec(example)["steps"]
+    }
+    assert images == expected | {("gateway", PRODUCTION_IMAGE)}
 
 
 @pytest.mark.parametrize("example", MANIFESTS)
@@ -125,7 +152,7 @@ def _request(example: str) -> tuple[str, np.ndarray, str]:
     """(input name, tensor, datatype) of one request to an example: real digits, or PNG camera frames (lossless, so
     the pods' and this machine's image decoders see the same pixels)."""
     if example == "digits":
-        from conveyor_runtime.example_models.digits import load_split
+        from conveyor_examples.digits import load_split
 
         return "image", load_split()[2][:16], "UINT8"
     manifest = parse_manifest(yaml.safe_load(MANIFESTS[example].read_text()))

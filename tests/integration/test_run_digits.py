@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from conveyor_runtime.example_models.digits import load_split
+from conveyor_examples.digits import load_split
 from tests.support.pipeline_fixtures import REPO, RunProcess, start_run
 
 DIGITS = REPO / "examples" / "digits" / "pipeline.yaml"

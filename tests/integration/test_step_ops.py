@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as triton
 from PIL import Image
 
-from conveyor_runtime.example_models import digits
+from conveyor_examples import digits
 from conveyor_runtime.protocol import decode_tensors, encode_tensors, pb
 from tests.support import step_fixtures
 from tests.support.step_fixtures import ModelFiles, model_files, running_step, step_spec, stub_for  # noqa: F401

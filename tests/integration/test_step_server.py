@@ -202,7 +202,7 @@ async def test_step_server_builds_a_missing_model_relative_to_base_dir(tmp_path:
     spec = step_spec(
         model={
             "path": "models/r.onnx",
-            "build": "conveyor_runtime.example_models.resnet:build",
+            "build": "conveyor_examples.resnet:build",
             "buildArgs": {"depth": 18, "image_size": 32, "num_classes": 3},
         }
     )

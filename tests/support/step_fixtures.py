@@ -14,8 +14,8 @@ import grpc.aio
 import numpy as np
 import pytest
 
+from conveyor_examples import resnet
 from conveyor_runtime.errors import OpError
-from conveyor_runtime.example_models import resnet
 from conveyor_runtime.ops import Arrays, Op, OpContext, RequestContext, Skip, TensorSpec
 from conveyor_runtime.protocol import InferenceStub
 from conveyor_runtime.spec import StepSpec
@@ -48,7 +48,7 @@ class ModelFiles:
         return path
 
     def digits(self) -> Path:
-        from conveyor_runtime.example_models import digits
+        from conveyor_examples import digits
 
         path = self.root / "digits.onnx"
         if not path.exists():

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from conveyor_runtime.example_models import resnet
+from conveyor_examples import resnet
 from conveyor_runtime.ops import OpContext, RequestContext
 from conveyor_runtime.ops.vision import Preprocess
 

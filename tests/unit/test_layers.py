@@ -16,7 +16,7 @@ import conveyor_operator
 import conveyor_runtime
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGE_DIRS = ("runtime", "operator", "benchmarks")
+PACKAGE_DIRS = ("runtime", "operator", "benchmarks", "examples")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -36,7 +36,9 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def tree_copy(tmp_path: Path) -> Path:
     for directory in PACKAGE_DIRS:
-        shutil.copytree(REPO / directory, tmp_path / directory, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(
+            REPO / directory, tmp_path / directory, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.onnx")
+        )
     return tmp_path
 
 
@@ -54,6 +56,8 @@ def test_layers_hold_on_the_tree() -> None:
         ("operator/conveyor_operator/labels.py", "from conveyor_runtime.step import OpLoop", "The operator imports only"),
         ("runtime/conveyor_runtime/cli/infer.py", "from ..step import OpLoop", "`conveyor infer` imports only"),
         ("runtime/conveyor_runtime/errors.py", "import kopf", "The runtime never imports kopf"),
+        ("runtime/conveyor_runtime/step/model_file.py", "from conveyor_examples import resnet", "The runtime never imports kopf"),
+        ("runtime/conveyor_runtime/step/model_file.py", "import sklearn", "The runtime never imports kopf"),
         ("runtime/conveyor_runtime/gateway/servicer.py", "from . import http", "No import cycles"),
     ],
 )

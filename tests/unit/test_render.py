@@ -31,7 +31,7 @@ def _spec(**overrides: Any) -> PipelineSpec:
                 "name": "cls",
                 "model": {
                     "path": "models/m.onnx",
-                    "build": "conveyor_runtime.example_models.resnet:build",
+                    "build": "conveyor_examples.resnet:build",
                     "instances": 2,  # one per GPU
                 },
                 "replicas": 3,

@@ -1,7 +1,7 @@
 """A real digit classifier: an MLP trained on scikit-learn's bundled 8x8 digits, exported with the onnx helper API.
 
 Input `image` float32 [N,1,8,8] with pixels in 0..1; output `logits` float32 [N,10]. Training is seeded and
-takes about a second. Needs the `examples` extra (scikit-learn).
+takes about a second. Needs the `examples` extra (scikit-learn): the examples image has it, the production image does not.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ def load_split(seed: int = 0) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.N
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as exc:
-        raise RuntimeError("the digits example needs scikit-learn: pip install 'conveyor[examples]'") from exc
+        raise RuntimeError(
+            "the digits example needs scikit-learn: pip install -e '.[examples]' here, or in a cluster run the step on "
+            "the examples image (image: conveyor-examples:dev)"
+        ) from exc
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     x_train, x_test, y_train, y_test = train_test_split(
