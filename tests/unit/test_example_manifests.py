@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor_runtime.errors import ModelLoadError
 from conveyor_runtime.spec import load_manifest
 from conveyor_runtime.step.model_file import resolve_builder
 
@@ -35,3 +36,8 @@ def test_example_manifests_name_builders_from_the_examples_package() -> None:
     }
     assert builders == {"conveyor_examples.resnet:build", "conveyor_examples.digits:build"}
     assert all(callable(resolve_builder(reference)) for reference in builders)
+
+
+def test_a_builder_that_cannot_be_imported_says_which_image_has_it() -> None:
+    with pytest.raises(ModelLoadError, match=r"cannot be imported: .*conveyor-examples:dev.*model\.uri"):
+        resolve_builder("conveyor_nosuch.builders:build")

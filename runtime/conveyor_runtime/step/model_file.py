@@ -23,7 +23,11 @@ def resolve_builder(reference: str) -> object:
     try:
         return getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"model builder {reference!r} cannot be imported: {exc}") from exc
+        raise ModelLoadError(
+            f"model builder {reference!r} cannot be imported: {exc}; run this step in an image that has its package "
+            "(the examples' builders are in the examples image: `image: conveyor-examples:dev` on the step), "
+            "or point `model.uri` at a built model"
+        ) from exc
 
 
 def ensure_model(model: ModelSpec, base_dir: Path | None = None) -> Path:
