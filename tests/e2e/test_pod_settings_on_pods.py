@@ -119,7 +119,7 @@ def test_pod_settings_take_effect_in_that_steps_pods_only(make_pipeline: Any, na
     assert _seen_by(pipeline, plain) == {"LOG_LEVEL": None, "TOKEN": None, "APP_MODE": None, "labels": None}
 
     spec = kubectl_json(conveyor.cluster, "-n", namespace, "get", "pod", tuned.name)["spec"]
-    assert spec["serviceAccountName"] == "inference" and spec["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == "inference" and spec["automountServiceAccountToken"] is True  # named: its token
     assert (spec["priorityClassName"], spec["priority"]) == (PRIORITY, 1000)  # resolved by the API server's admission
     assert spec["runtimeClassName"] == RUNTIME and spec["imagePullSecrets"] == [{"name": "registry"}]
     assert spec["nodeName"] == node and spec["affinity"] and spec["topologySpreadConstraints"]
