@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from conveyor_runtime.errors import InvalidManifest
 from conveyor_runtime.local import LocalRunner
 from conveyor_runtime.local.output import LineCutter
 from conveyor_runtime.local.replica import RestartBackoff
+from conveyor_runtime.serving import free_ports
 
 # --- restart back-off -------------------------------------------------------------------------------------------
 
@@ -147,3 +149,12 @@ def test_run_command_with_zero_replicas_exits_1_naming_the_field_and_what_to_do(
     assert "InvalidManifest: 1 invalid field(s)" in err
     assert "spec.steps[0].replicas: 0 replicas cannot serve under conveyor run; set at least 1, or pass --replicas a=1" in err
     assert "next: fix the fields listed above" in err
+
+
+def test_free_ports_are_distinct_and_bindable() -> None:
+    """The local runner picks every port of a run at once, so no two of its listeners are handed the same port."""
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    for port in ports[:4]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from ..errors import FieldError, InvalidManifest, RunnerFailed
 from ..gateway import Gateway, StaticEndpoints
-from ..serving import TaskSet, free_port
+from ..serving import TaskSet, free_ports
 from ..sources import cache_dir, cached_path, local_file, remote_values
 from ..spec import ExecutionPlan, load_manifest
 from ..spec.uris import is_remote_uri
@@ -198,9 +198,20 @@ class LocalRunner:
         self._on_change = on_change
         self._failed = asyncio.get_running_loop().create_future()
         await self.build_models()
+        # Every port this run picks, picked at once: the gateway's too when asked for 0, since a later bind to port 0
+        # could take a port just handed to a replica that has not bound it yet.
+        picked = sum(self.replica_counts[name] for name in self.plan.order) * 2
+        picked += sum(1 for port in (self.grpc_port, self.http_port, self.metrics_port) if port == 0)
+        ports = iter(free_ports(picked))
         for name in self.plan.order:
             for index in range(self.replica_counts[name]):
-                self.replicas.append(ReplicaProcess(name, index, free_port(), free_port()))
+                self.replicas.append(ReplicaProcess(name, index, next(ports), next(ports)))
+        if self.grpc_port == 0:
+            self.grpc_port = next(ports)
+        if self.http_port == 0:
+            self.http_port = next(ports)
+        if self.metrics_port == 0:
+            self.metrics_port = next(ports)
         sources = {name: StaticEndpoints([r.address for r in self.replicas if r.step == name]) for name in self.plan.order}
         self.gateway = Gateway(
             self.manifest,

@@ -1,7 +1,7 @@
 """What every server process shares: owned background tasks, gRPC health, the metrics endpoint, HTTP sites,
 addresses, signals, giving large requests' memory back, short garbage-collector passes."""
 
-from .addresses import format_address, free_port, parse_address
+from .addresses import format_address, free_port, free_ports, parse_address
 from .health import NOT_SERVING, SERVING, HealthService
 from .heap import freeze_startup_objects
 from .http_site import HttpSite
@@ -20,6 +20,7 @@ __all__ = [
     "TaskSet",
     "format_address",
     "free_port",
+    "free_ports",
     "freeze_startup_objects",
     "malloc_trim",
     "parse_address",
