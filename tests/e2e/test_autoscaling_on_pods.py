@@ -15,9 +15,9 @@ from tests.support.pods import Pipeline, Release, apply_pipeline, fresh_namespac
 
 INPUTS = {"x": np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)}
 #: (seconds, requests/s offered): 1 replica holds 12 rows/s at the 60% target, so 6/s needs 1, 18/s needs 2.
-#: Short windows (15 s up, 30 s down: one to two of the operator's 15 s reads) keep the test at ~3 minutes; the
+#: Short windows (15 s up, 30 s down: one to two of the operator's 15 s reads) keep the test under 3 minutes; the
 #: README's trace (docs/autoscaling-trace.md) was taken with 30 s and 60 s.
-PHASES = ((30.0, 6.0), (75.0, 18.0), (90.0, 6.0))
+PHASES = ((20.0, 6.0), (60.0, 18.0), (75.0, 6.0))
 SAMPLE_S = 5.0
 
 
