@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -20,9 +20,9 @@ import pytest
 from conveyor_runtime.errors import QueueFull, StepCallError
 from conveyor_runtime.gateway import Balancer, PipelineExecutor, StaticEndpoints
 from conveyor_runtime.protocol import decode_tensors, encode_tensors, pb, wire_tensors
-from conveyor_runtime.serving import free_port
+from conveyor_runtime.serving import free_ports
 from conveyor_runtime.spec import STEP_SPEC_ENV, ExecutionPlan
-from tests.support.pipeline_fixtures import REPO, FakeStep, manifest, start_fake_step
+from tests.support.pipeline_fixtures import REPO, FakeStep, ListedEndpoints, eventually, manifest, start_fake_step
 
 
 def _request(value: float = 0.0) -> pb.ModelInferRequest:
@@ -33,29 +33,6 @@ def _request(value: float = 0.0) -> pb.ModelInferRequest:
 
 def _add_one(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"y": arrays["x"] + 1}
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
-
-
-class Listed:
-    """An endpoint source whose list the test edits (what DNS or an Endpoints object does in a cluster)."""
-
-    refresh_s: float | None = 0.02
-
-    def __init__(self, addresses: list[str]) -> None:
-        self.addresses = addresses
-
-    async def resolve(self) -> list[str]:
-        return list(self.addresses)
-
-    def describe(self) -> str:
-        return "listed"
 
 
 async def test_executor_refuses_at_the_entry_while_a_later_step_is_full() -> None:
@@ -97,7 +74,7 @@ async def test_balancer_lets_calls_on_a_dropped_replica_finish_then_closes_its_c
 
     old = await start_fake_step(FakeStep("s", held))
     new = await start_fake_step(FakeStep("s", _add_one))
-    source = Listed([old.address])
+    source = ListedEndpoints([old.address])
     balancer = Balancer("s", source)
     await balancer.start()
     try:
@@ -106,7 +83,7 @@ async def test_balancer_lets_calls_on_a_dropped_replica_finish_then_closes_its_c
         in_flight = asyncio.create_task(balancer.infer(_request(1.0), time.monotonic() + 30))
         await asyncio.wait_for(old.servicer.entered.wait(), 10)
         source.addresses = [new.address]  # the endpoint list drops `old` while it computes
-        await _until(lambda: list(balancer.replicas) == [new.address] and balancer.replicas[new.address].healthy,
+        await eventually(lambda: list(balancer.replicas) == [new.address] and balancer.replicas[new.address].healthy,
                      what="the balancer follows the new list")
         answer = await balancer.infer(_request(5.0), time.monotonic() + 30)
         assert decode_tensors(answer)["y"].tolist() == [6.0] and new.servicer.calls == 1
@@ -115,7 +92,7 @@ async def test_balancer_lets_calls_on_a_dropped_replica_finish_then_closes_its_c
         answer = await asyncio.wait_for(in_flight, 10)
         assert decode_tensors(answer)["y"].tolist() == [2.0], "the call in flight on the dropped replica finished"
         assert old.servicer.calls == 1, "and was not sent again"
-        await _until(lambda: dropped.channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN,
+        await eventually(lambda: dropped.channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN,
                      what="the dropped replica's channel is closed once its calls are done")
     finally:
         release.set()
@@ -143,13 +120,13 @@ def _step_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
 
 
 async def test_balancer_ejects_a_stopped_replica_sends_its_calls_elsewhere_and_takes_it_back() -> None:
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     with _step_process(ports[0]) as stopped, _step_process(ports[1]):
         addresses = [f"127.0.0.1:{port}" for port in ports]
         balancer = Balancer("s", StaticEndpoints(addresses), stall_s=0.3, probe_timeout_s=0.5, retry_backoff_s=0.1)
         await balancer.start()
         try:
-            await _until(lambda: all(r.healthy for r in balancer.replicas.values()), 120, "both step processes serve")
+            await eventually(lambda: all(r.healthy for r in balancer.replicas.values()), 120, "both step processes serve")
             hung = balancer.replicas[addresses[0]]
             os.kill(stopped.pid, signal.SIGSTOP)
             answers = await asyncio.gather(
@@ -160,7 +137,7 @@ async def test_balancer_ejects_a_stopped_replica_sends_its_calls_elsewhere_and_t
             assert balancer.ready, "the other replica keeps the step ready"
             served = hung.served
             os.kill(stopped.pid, signal.SIGCONT)
-            await _until(lambda: hung.healthy, what="the resumed replica is back in rotation")
+            await eventually(lambda: hung.healthy, what="the resumed replica is back in rotation")
             for i in range(40):
                 if hung.served > served:
                     break

@@ -110,6 +110,30 @@ async def start_fake_step(servicer: FakeStep, port: int = 0, serving: bool = Tru
     return running
 
 
+
+class ListedEndpoints:
+    """An endpoint source whose list the test edits (what DNS or an Endpoints object does in a cluster)."""
+
+    refresh_s: float | None = 0.02
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+
+    async def resolve(self) -> list[str]:
+        return list(self.addresses)
+
+    def describe(self) -> str:
+        return "listed"
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    """Poll `condition` on the event loop until it holds; fail after `timeout` seconds naming `what`."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.02)
+
 def manifest(name: str, steps: list[dict[str, Any]], **spec: Any) -> PipelineManifest:
     """A validated manifest from step dicts (each needs `op` or `model`; `op: identity` is fine for fake steps)."""
     return parse_manifest(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from conveyor_runtime.errors import InvalidRequest, ModelNotReady, QueueFull, StepCallError
 from conveyor_runtime.gateway import Balancer, Replica, StaticEndpoints
 from conveyor_runtime.protocol import encode_tensors, pb
-from tests.support.pipeline_fixtures import FakeStep, start_fake_step
+from tests.support.pipeline_fixtures import FakeStep, ListedEndpoints, eventually, start_fake_step
 
 
 def _request() -> pb.ModelInferRequest:
@@ -231,29 +230,6 @@ def test_replica_room_trusts_a_full_answer_then_lets_one_call_find_out_then_forg
     assert replica.room(102.5, 1.0) is None and replica.limit is None, "after twice memory_s, forgotten"
 
 
-class _SwitchableEndpoints:
-    """A dynamic endpoint list the test rewrites (as DNS does when a step's pods are replaced)."""
-
-    refresh_s: float | None = 0.01
-
-    def __init__(self, addresses: list[str]) -> None:
-        self.addresses = addresses
-
-    async def resolve(self) -> list[str]:
-        return list(self.addresses)
-
-    def describe(self) -> str:
-        return "switchable"
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never became true")
-
-
 async def _metadata_names(balancer: Balancer) -> list[str]:
     meta = await balancer.metadata()
     assert meta is not None
@@ -263,13 +239,13 @@ async def _metadata_names(balancer: Balancer) -> list[str]:
 async def test_balancer_metadata_follows_replicas_replaced_with_a_new_model() -> None:
     old = await start_fake_step(FakeStep("s", lambda a: a, inputs=[("x", "FP32")]))
     new = await start_fake_step(FakeStep("s", lambda a: a, inputs=[("pixels", "UINT8")]))
-    source = _SwitchableEndpoints([old.address])
+    source = ListedEndpoints([old.address])
     balancer = await _started(Balancer("s", source))
     try:
-        await _until(lambda: balancer.ready)  # the first resolve comes from the watcher
+        await eventually(lambda: balancer.ready, 5.0)  # the first resolve comes from the watcher
         assert await _metadata_names(balancer) == ["x"]
         source.addresses = [new.address]  # a rollout: the old pod leaves, a pod with the new model comes
-        await _until(lambda: list(balancer.replicas) == [new.address] and balancer.ready)
+        await eventually(lambda: list(balancer.replicas) == [new.address] and balancer.ready, 5.0)
         assert await _metadata_names(balancer) == ["pixels"]
     finally:
         await balancer.aclose()
@@ -284,9 +260,9 @@ async def test_balancer_metadata_is_asked_again_when_a_replica_comes_back_ready(
         assert await _metadata_names(balancer) == ["x"]
         await step.set_serving(False)  # the same address restarts with another model
         step.servicer.inputs = [("pixels", "UINT8")]
-        await _until(lambda: not balancer.ready)
+        await eventually(lambda: not balancer.ready, 5.0)
         await step.set_serving(True)
-        await _until(lambda: balancer.ready)
+        await eventually(lambda: balancer.ready, 5.0)
         assert await _metadata_names(balancer) == ["pixels"]
     finally:
         await balancer.aclose()
