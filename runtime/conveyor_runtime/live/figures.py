@@ -76,7 +76,8 @@ def _quantiles(histogram: HistogramSample) -> tuple[float | None, float | None]:
     return histogram_quantile(0.5, histogram.buckets), histogram_quantile(0.99, histogram.buckets)
 
 
-def _minus(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
+def counter_deltas(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
+    """Counters by label (e.g. answers by code) counted between two scrapes of one pod."""
     if any(after.get(code, 0.0) < value for code, value in before.items()):
         return dict(after)  # a counter went down: the process restarted, everything counted is new
     return {code: value - before.get(code, 0.0) for code, value in after.items()}
@@ -97,7 +98,7 @@ def step_figures(
     received_rows = 0.0
     for pod in pods:
         old, new = before[pod], after[pod]
-        for code, count in _minus(new.requests, old.requests).items():
+        for code, count in counter_deltas(new.requests, old.requests).items():
             requests[code] = requests.get(code, 0.0) + count
         restarted = new.batch_size.count < old.batch_size.count
         queue = queue.plus(new.queue.minus(old.queue))

@@ -6,7 +6,16 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .figures import REJECTED_CODE, StepCapacity, StepFigures, bottleneck, histogram_quantile, saturated_steps, step_figures
+from .figures import (
+    REJECTED_CODE,
+    StepCapacity,
+    StepFigures,
+    bottleneck,
+    counter_deltas,
+    histogram_quantile,
+    saturated_steps,
+    step_figures,
+)
 from .samples import HistogramSample, PodSample
 
 __all__ = ["LiveTracker", "PipelineFigures", "Scrape", "gateway_figures"]
@@ -39,37 +48,35 @@ class PipelineFigures:
     gateway: StepFigures | None = None  # the gateway as a step: requests in and answered, CPU busy share per pod
 
 
+def _answers(before: Mapping[str, PodSample], after: Mapping[str, PodSample]) -> dict[str, float]:
+    """Answers by code counted between two scrapes, summed over the pods read at both."""
+    answers: dict[str, float] = {}
+    for pod in sorted(set(before) & set(after)):
+        for code, count in counter_deltas(after[pod].requests, before[pod].requests).items():
+            answers[code] = answers.get(code, 0.0) + count
+    return answers
+
+
 def _gateway(
     before: Mapping[str, PodSample], after: Mapping[str, PodSample], seconds: float
 ) -> tuple[float, HistogramSample, dict[str, float]]:
-    ok = 0.0
+    answers = _answers(before, after)
     latency = HistogramSample()
-    errors: dict[str, float] = {}
     for pod in sorted(set(before) & set(after)):
-        old, new = before[pod], after[pod]
-        restarted = any(new.requests.get(code, 0.0) < count for code, count in old.requests.items())
-        for code, count in new.requests.items():
-            delta = count - (0.0 if restarted else old.requests.get(code, 0.0))
-            if code == "OK":
-                ok += delta
-            elif delta > 0:
-                errors[code] = errors.get(code, 0.0) + delta / seconds
-        latency = latency.plus(new.latency.minus(old.latency))
-    return ok / seconds, latency, errors
+        latency = latency.plus(after[pod].latency.minus(before[pod].latency))
+    errors = {code: count / seconds for code, count in answers.items() if code != "OK" and count > 0}
+    return answers.get("OK", 0.0) / seconds, latency, errors
 
 
 def gateway_figures(before: Mapping[str, PodSample], after: Mapping[str, PodSample], seconds: float) -> StepFigures:
     """The gateway's load as a step's figures (items = requests): what arrived (every answer), what it answered OK,
     and how busy its pods were (CPU seconds per second, at most one core each: the event loop's share)."""
     pods = sorted(set(before) & set(after))
-    arrived = ok = busy = 0.0
+    answers = _answers(before, after)
+    arrived, ok = sum(answers.values()), answers.get("OK", 0.0)
+    busy = 0.0
     for pod in pods:
         old, new = before[pod], after[pod]
-        restarted = any(new.requests.get(code, 0.0) < count for code, count in old.requests.items())
-        for code, count in new.requests.items():
-            delta = count - (0.0 if restarted else old.requests.get(code, 0.0))
-            arrived += delta
-            ok += delta if code == "OK" else 0.0
         if new.cpu_seconds is not None and old.cpu_seconds is not None:
             busy += min(seconds, max(0.0, new.cpu_seconds - (0.0 if new.cpu_seconds < old.cpu_seconds else old.cpu_seconds)))
     return StepFigures(
