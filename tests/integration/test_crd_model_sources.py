@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
-from kubernetes.client.rest import ApiException
 
 from conveyor_operator.crd import PLURAL
-from conveyor_runtime.errors import InvalidManifest
 from conveyor_runtime.spec import API_GROUP, API_VERSION, parse_manifest
 from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
     Kube,
+    api_refusal,
     kube,
+    model_errors,
     namespace,
     pipeline_body,
     pipeline_crd,
@@ -43,13 +42,8 @@ def _pipeline(model: dict[str, Any]) -> dict[str, Any]:
 def test_crd_and_model_refuse_the_same_model_source_naming_the_field(
     kube: Kube, namespace: str, pipeline_crd: Any, model: dict[str, Any], field: str, words: str
 ) -> None:
-    with pytest.raises(InvalidManifest) as caught:
-        parse_manifest(_pipeline(model))
-    assert field in {e.path for e in caught.value.errors}
-    with pytest.raises(ApiException) as refused:
-        kube.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, _pipeline(model))
-    assert refused.value.status == 422, refused.value.body
-    message: str = json.loads(refused.value.body)["message"]
+    assert field in model_errors(_pipeline(model))
+    message = api_refusal(kube, namespace, _pipeline(model))
     assert field in message and words in message, message
 
 

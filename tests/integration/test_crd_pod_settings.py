@@ -13,10 +13,11 @@ from kubernetes.client.rest import ApiException
 
 from conveyor_operator.crd import PLURAL
 from conveyor_runtime.spec import API_GROUP, API_VERSION, parse_manifest
-from tests.integration.test_crd_rules import _api_error, _model_errors
 from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
     Kube,
+    api_refusal,
     kube,
+    model_errors,
     namespace,
     pipeline_body,
     pipeline_crd,
@@ -126,7 +127,7 @@ def test_crd_and_model_refuse_a_pod_setting_that_clashes_with_the_operators_nami
 ) -> None:
     step: dict[str, Any] = {"name": "a", "op": "identity"}
     body = pipeline_body("p", {**step, "pod": pod}) if where == "step" else pipeline_body("p", step, gateway={"pod": pod})
-    errors = _model_errors(body)
+    errors = model_errors(body)
     assert field in errors and all(w in errors[field] for w in words), errors
-    message = _api_error(kube, namespace, body)
+    message = api_refusal(kube, namespace, body)
     assert field in message and "the operator" in message, message

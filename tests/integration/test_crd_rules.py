@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 import pytest
-from kubernetes.client.rest import ApiException
 
 from conveyor_operator.crd import PLURAL
-from conveyor_runtime.errors import InvalidManifest
 from conveyor_runtime.spec import API_GROUP, API_VERSION, BUILTIN_OP_NAMES, parse_manifest
 from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
     Kube,
+    api_refusal,
     kube,
+    model_errors,
     namespace,
     pipeline_body,
     pipeline_crd,
@@ -23,21 +22,6 @@ from tests.support.operator_fixtures import (  # noqa: F401 - fixtures
 pytestmark = pytest.mark.controlplane
 
 MODEL = {"path": "models/m.onnx"}
-
-
-def _api_error(kube: Kube, namespace: str, body: dict[str, Any], status: int = 422, **kwargs: Any) -> str:
-    """The API server's message for a pipeline it must refuse with `status`."""
-    with pytest.raises(ApiException) as caught:
-        kube.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, body, **kwargs)
-    assert caught.value.status == status, caught.value.body
-    message: str = json.loads(caught.value.body)["message"]
-    return message
-
-
-def _model_errors(body: dict[str, Any]) -> dict[str, str]:
-    with pytest.raises(InvalidManifest) as caught:
-        parse_manifest(body)
-    return {e.path: e.message for e in caught.value.errors}
 
 
 SERVICE_NAME = "`<metadata.name>-<step name>`"  # a rule on the root cannot point at one step: its message names both
@@ -79,9 +63,9 @@ SERVICE_NAME = "`<metadata.name>-<step name>`"  # a rule on the root cannot poin
 def test_crd_and_model_refuse_the_same_pipeline_naming_the_field(
     kube: Kube, namespace: str, pipeline_crd: Any, body: dict[str, Any], field: str, api_field: str, words: list[str]
 ) -> None:
-    errors = _model_errors(body)
+    errors = model_errors(body)
     assert field in errors and all(w in errors[field] for w in words), errors
-    message = _api_error(kube, namespace, body)
+    message = api_refusal(kube, namespace, body)
     assert api_field in message and all(w in message for w in words), message
 
 
@@ -102,5 +86,5 @@ def test_crd_refuses_an_unknown_top_level_field_under_strict_field_validation(
 ) -> None:
     """kubectl asks for Strict validation by default; the model refuses the same field."""
     body = {**pipeline_body("p", {"name": "a", "op": "identity"}), "specs": {}}
-    assert list(_model_errors(body)) == ["specs"]
-    assert 'unknown field "specs"' in _api_error(kube, namespace, body, status=400, field_validation="Strict")
+    assert list(model_errors(body)) == ["specs"]
+    assert 'unknown field "specs"' in api_refusal(kube, namespace, body, status=400, field_validation="Strict")

@@ -6,6 +6,7 @@ Import the fixtures you use explicitly (``from tests.support.operator_fixtures i
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +24,8 @@ from conveyor_operator.cluster import Cluster
 from conveyor_operator.config import OperatorConfig
 from conveyor_operator.crd import CRD_FILENAME, PLURAL
 from conveyor_operator.handlers import build_registry
-from conveyor_runtime.spec import API_GROUP, API_VERSION
+from conveyor_runtime.errors import InvalidManifest
+from conveyor_runtime.spec import API_GROUP, API_VERSION, parse_manifest
 
 __all__ = [
     "RECONCILE_INTERVAL",
@@ -205,6 +207,22 @@ def _make_ready_with_pods(kube: Kube, namespace: str, name: str) -> None:
         kube.core.patch_namespaced_pod_status(
             pod.metadata.name, namespace, {"status": {"phase": "Running", "conditions": conditions, "startTime": now}}
         )
+
+
+def api_refusal(kube: Kube, namespace: str, body: dict[str, Any], status: int = 422, **kwargs: Any) -> str:
+    """The API server's message for a pipeline it must refuse with `status`."""
+    with pytest.raises(ApiException) as caught:
+        kube.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, body, **kwargs)
+    assert caught.value.status == status, caught.value.body
+    message: str = json.loads(caught.value.body)["message"]
+    return message
+
+
+def model_errors(body: dict[str, Any]) -> dict[str, str]:
+    """The spec model's errors (field path -> message) for a pipeline it must refuse."""
+    with pytest.raises(InvalidManifest) as caught:
+        parse_manifest(body)
+    return {e.path: e.message for e in caught.value.errors}
 
 
 def pipeline_body(name: str, *steps: dict[str, Any], **spec: Any) -> dict[str, Any]:
