@@ -105,10 +105,14 @@ def step_figures(
         compute = compute.plus(new.compute.minus(old.compute))
         batches = batches.plus(new.batch_size.minus(old.batch_size))
         depth_change += new.queue_depth - (0.0 if restarted else old.queue_depth)
-        if received is not None and new.received is not None and old.received is not None and new.received_rows is not None:
-            gone_down = new.received < old.received  # the pod restarted: all it counted is new
-            received += new.received - (0.0 if gone_down else old.received)
-            received_rows += new.received_rows - (0.0 if gone_down else old.received_rows or 0.0)
+        counted = (new.received, new.received_rows, old.received, old.received_rows)
+        if received is not None and None not in counted:
+            got = counter_deltas(
+                {"requests": new.received or 0.0, "rows": new.received_rows or 0.0},
+                {"requests": old.received or 0.0, "rows": old.received_rows or 0.0},
+            )
+            received += got["requests"]
+            received_rows += got["rows"]
         else:
             received = None  # a pod without the counters (an older step): derive arrivals from what was done
     instances = capacity.instances * len(pods)
