@@ -1,12 +1,11 @@
 """The pipeline gateway: runs the DAG over the steps' replicas and serves it as one model over gRPC and HTTP.
 
-`endpoints` finds replicas, `balancer` picks one per call and retries, `executor` runs the DAG, `servicer` and
-`http` are its two protocol faces, `server` owns the processes' servers.
+`executor` runs the DAG (calling steps through `routing`: its endpoints and balancers, re-exported here),
+`servicer` and `http` are its two protocol faces, `server` owns the processes' servers.
 """
 
+from ..routing import CHANNEL_OPTIONS, Balancer, DnsEndpoints, EndpointSource, Replica, StaticEndpoints, watch_endpoints
 from .admission import Admission
-from .balancer import CHANNEL_OPTIONS, Balancer, Replica
-from .endpoints import DnsEndpoints, EndpointSource, StaticEndpoints, watch_endpoints
 from .executor import PipelineExecutor
 from .http import create_http_app
 from .server import Gateway, create_gateway, server_options

@@ -1,11 +1,14 @@
 """Client-side balancing over a step's replicas: least outstanding requests, health-watched, with retries.
 
+Used by the gateway for the steps it calls and by a step for the steps it forwards to (see `protocol.route`).
+
 Each replica gets its own channel (so HTTP/2 connections are never pinned to one pod) and a task that watches
 its grpc.health.v1 status. Every call carries the request's remaining time as its gRPC timeout. A call that
 fails with UNAVAILABLE goes to another replica while the deadline allows; one refused for a full queue goes to
 another replica with room, and the client sees RESOURCE_EXHAUSTED only when every replica is full. A replica
 whose calls stall and whose health service then gives no answer is ejected (its calls go elsewhere) until it
-answers again. A replica dropped from the endpoint list finishes its calls before its channel closes.
+answers again. A replica dropped from the endpoint list finishes its calls before its channel closes. A failure
+that the called replica relayed from a later step is raised as that step's, and never retried here.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import grpc
 import grpc.aio
 
 from ..errors import DeadlineExceeded, ModelNotReady, StepCallError
-from ..protocol import InferenceStub, error_from_rpc, pb
+from ..protocol import InferenceStub, error_from_rpc, failed_step, pb
 from ..protocol.health import HealthStub
 from ..protocol.proto import health_pb2
 from ..serving import TaskSet
@@ -348,6 +351,10 @@ class Balancer:
                 continue
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
+                relayed_from = failed_step(exc)
+                if relayed_from is not None:  # a later step failed; this replica did its part: no retry here
+                    relayed = error_from_rpc(exc)
+                    raise StepCallError(relayed_from, relayed.status, relayed.message, relayed=True) from None
                 if code == grpc.StatusCode.UNAVAILABLE:
                     log.debug("step %s replica %s unavailable (%s); retrying elsewhere", self.step, replica.address, exc.details())
                     unavailable = exc
@@ -403,6 +410,8 @@ class Balancer:
         if self._metadata is not None:
             return self._metadata
         until = time.monotonic() + timeout
+        if not self.ready:  # e.g. a forwarding step's first call: its health watches have not answered yet
+            await self.wait_ready(timeout)
         for replica in [r for r in self.replicas.values() if r.healthy]:
             remaining = until - time.monotonic()
             if remaining <= 0:

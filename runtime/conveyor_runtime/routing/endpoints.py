@@ -12,11 +12,28 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from ..errors import UsageError
 from ..serving import format_address, parse_address
 
-__all__ = ["DnsEndpoints", "EndpointSource", "StaticEndpoints", "watch_endpoints"]
+__all__ = ["DnsEndpoints", "EndpointSource", "StaticEndpoints", "parse_endpoints", "watch_endpoints"]
 
 log = logging.getLogger(__name__)
+
+
+def parse_endpoints(values: Sequence[str], option: str) -> dict[str, list[str]]:
+    """``STEP=HOST:PORT[,HOST:PORT...]`` command-line values -> {step: [address, ...]}; repeated steps add addresses."""
+    result: dict[str, list[str]] = {}
+    for value in values:
+        step, sep, addresses = value.partition("=")
+        if not sep or not step or not addresses:
+            raise UsageError(f"{option}: expected STEP=HOST:PORT[,HOST:PORT...], got {value!r}")
+        for address in addresses.split(","):
+            try:
+                parse_address(address)
+            except ValueError as exc:
+                raise UsageError(f"{option} {step}: {exc}") from None
+            result.setdefault(step, []).append(address.strip())
+    return result
 
 
 class EndpointSource(Protocol):

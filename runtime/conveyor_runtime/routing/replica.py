@@ -1,4 +1,4 @@
-"""One replica of a step as the gateway sees it: its channel, whether it is in rotation, and how full it is.
+"""One replica of a step as its caller (the gateway, or a forwarding step) sees it: its channel, whether it is in rotation, and how full it is.
 
 A replica is in rotation while its health service says SERVING, it is not ejected (its calls stalled and a
 health check got no answer) and it is still listed by its endpoint source. Its `limit` is what the gateway

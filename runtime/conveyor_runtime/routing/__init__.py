@@ -1,0 +1,21 @@
+"""Calling a step's replicas: where they are (`endpoints`), which one takes a call and what is retried (`balancer`),
+and the input names a step expects (`inputs`). The gateway and a forwarding step both call steps through it.
+"""
+
+from .balancer import CHANNEL_OPTIONS, DEFAULT_TIMEOUT_S, Balancer
+from .endpoints import DnsEndpoints, EndpointSource, StaticEndpoints, parse_endpoints, watch_endpoints
+from .inputs import InputNames
+from .replica import Replica
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "DEFAULT_TIMEOUT_S",
+    "Balancer",
+    "DnsEndpoints",
+    "EndpointSource",
+    "InputNames",
+    "Replica",
+    "StaticEndpoints",
+    "parse_endpoints",
+    "watch_endpoints",
+]
