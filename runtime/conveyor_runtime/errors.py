@@ -146,12 +146,17 @@ class StepFailed(RequestError):
 
 
 class StepCallError(RequestError):
-    """Raised at the gateway when a step answers with an error; the message is prefixed with the step's name."""
+    """Raised when a called step answers with an error; the message is prefixed with the step's name.
 
-    def __init__(self, step: str, status: str, details: str) -> None:
+    ``relayed``: `details` already came through a step that forwarded the request (and named the step that failed),
+    so it is kept as it is.
+    """
+
+    def __init__(self, step: str, status: str, details: str, *, relayed: bool = False) -> None:
         self.step = step
+        self.relayed = relayed
         status = status if status in STATUS_NAMES else "INTERNAL"
-        super().__init__(f"step {step!r}: {details or status}", status=status)
+        super().__init__(details if relayed and details else f"step {step!r}: {details or status}", status=status)
 
 
 class OpError(RequestError):

@@ -136,3 +136,36 @@ class SlowOp(DoubleOp):
         self.marker.touch()
         time.sleep(self.delay)
         return {"y": batch["x"] * 2}
+
+
+class AddOp(Op):
+    """FP32 [N,2] + config `add`, from input config `input` (default x) to output config `output` (default y);
+    values above config `reject_above` fail the request with INVALID_ARGUMENT (reason TOO_LARGE)."""
+
+    def init(self, config: dict[str, Any], context: OpContext) -> None:
+        self.add = float(config.get("add", 1.0))
+        self.reject_above = config.get("reject_above")
+        self.input_name = str(config.get("input", "x"))
+        self.output_name = str(config.get("output", "y"))
+        self.inputs = [TensorSpec(self.input_name, "FP32", (-1, 2))]
+        self.outputs = [TensorSpec(self.output_name, "FP32", (-1, 2))]
+
+    def preprocess(self, inputs: Arrays, request: RequestContext) -> Arrays | Skip:
+        if self.reject_above is not None and (inputs[self.input_name] > float(self.reject_above)).any():
+            raise OpError(f"values above {self.reject_above}", status="INVALID_ARGUMENT", reason="TOO_LARGE")
+        return inputs
+
+    def process(self, batch: Arrays) -> Arrays:
+        return {self.output_name: batch[self.input_name] + self.add}
+
+
+class SumOp(Op):
+    """A join: FP32 [N,2] inputs named in config `inputs`, summed into `total`."""
+
+    def init(self, config: dict[str, Any], context: OpContext) -> None:
+        self.names = [str(name) for name in config["inputs"]]
+        self.inputs = [TensorSpec(name, "FP32", (-1, 2)) for name in self.names]
+        self.outputs = [TensorSpec("total", "FP32", (-1, 2))]
+
+    def process(self, batch: Arrays) -> Arrays:
+        return {"total": sum(batch[name] for name in self.names)}

@@ -38,6 +38,24 @@ def test_graph_leaves_out_steps_that_do_not_reach_the_output() -> None:
     assert plan.order == ("a", "b") and plan.output == "b"
 
 
+def test_graph_chain_after_follows_single_edges_and_stops_at_fan_outs_and_joins() -> None:
+    chain = ExecutionPlan.from_manifest(manifest("p", [{"name": n, "op": "identity"} for n in ("a", "b", "c")]))
+    assert chain.chain_after("a") == ("b", "c") and chain.chain_after("b") == ("c",) and chain.chain_after("c") == ()
+    assert chain.chain_heads() == ["a"]
+    steps = [  # a fans out to b and d; b -> c is a chain; d joins a and c, then e follows d
+        {"name": "a", "op": "identity"},
+        {"name": "b", "op": "identity"},
+        {"name": "c", "op": "identity"},
+        {"name": "d", "op": "identity", "inputs": ["a", "c"]},
+        {"name": "e", "op": "identity"},
+    ]
+    dag = ExecutionPlan.from_manifest(manifest("p", steps))
+    assert dag.chain_after("a") == ()  # a fan-out ends a chain
+    assert dag.chain_after("b") == ("c",)  # c's consumer d is a join: the chain ends at c
+    assert dag.chain_after("d") == ("e",)
+    assert dag.chain_heads() == ["a", "b", "d"]
+
+
 def test_graph_route_renames_a_single_tensor_to_the_single_input() -> None:
     assert route_inputs("s", [("up", {"logits": 1})], ["scores"]) == {"scores": 1}
 

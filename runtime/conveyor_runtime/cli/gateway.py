@@ -9,28 +9,13 @@ from typing import Any
 
 from ..errors import UsageError
 from ..gateway import create_gateway
-from ..serving import freeze_startup_objects, parse_address, stop_on_signals, tune_malloc_for_large_requests
+from ..routing import parse_endpoints
+from ..serving import freeze_startup_objects, stop_on_signals, tune_malloc_for_large_requests
 from ..spec import STEP_GRPC_PORT, PipelineManifest, load_manifest
 
-__all__ = ["parse_endpoints", "register", "serve"]
+__all__ = ["register", "serve"]
 
 log = logging.getLogger(__name__)
-
-
-def parse_endpoints(values: list[str]) -> dict[str, list[str]]:
-    """``STEP=HOST:PORT[,HOST:PORT...]`` options -> {step: [address, ...]}; repeated steps add addresses."""
-    result: dict[str, list[str]] = {}
-    for value in values:
-        step, sep, addresses = value.partition("=")
-        if not sep or not step or not addresses:
-            raise UsageError(f"--endpoints: expected STEP=HOST:PORT[,HOST:PORT...], got {value!r}")
-        for address in addresses.split(","):
-            try:
-                parse_address(address)
-            except ValueError as exc:
-                raise UsageError(f"--endpoints {step}: {exc}") from None
-            result.setdefault(step, []).append(address.strip())
-    return result
 
 
 def register(subparsers: Any) -> None:
@@ -67,7 +52,7 @@ def register(subparsers: Any) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
-    endpoints = parse_endpoints(args.endpoints)
+    endpoints = parse_endpoints(args.endpoints, "--endpoints")
     known = {step.name for step in manifest.spec.steps}
     unknown = sorted(set(endpoints) - known)
     if unknown:

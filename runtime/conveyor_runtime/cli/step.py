@@ -10,16 +10,27 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConveyorError, UsageError
+from ..routing import parse_endpoints
 from ..serving import freeze_startup_objects, stop_on_signals
 from ..spec import METRICS_PORT, STEP_GRPC_PORT, StepSpec, load_manifest, step_from_env
-from ..step import DEFAULT_GRACE_S, DEFAULT_PRE_STOP_S, TERMINATION_LOG, create_step_server, write_termination_message
+from ..step import (
+    DEFAULT_GRACE_S,
+    DEFAULT_PRE_STOP_S,
+    TERMINATION_LOG,
+    PeerSources,
+    create_step_server,
+    peer_sources,
+    write_termination_message,
+)
 
-__all__ = ["PRE_STOP_ENV", "load_step_spec", "pre_stop_delay", "register", "run"]
+__all__ = ["PIPELINE_ENV", "PRE_STOP_ENV", "load_step_spec", "pre_stop_delay", "register", "run"]
 
 log = logging.getLogger(__name__)
 
 #: Sets `--pre-stop-delay` where editing the command is awkward (a Deployment's env, `conveyor run`).
 PRE_STOP_ENV = "CONVEYOR_PRE_STOP_DELAY_S"
+#: The pipeline a step's pod belongs to (the operator sets it): its peers are at their headless Services' DNS names.
+PIPELINE_ENV = "CONVEYOR_PIPELINE"
 
 
 def _seconds(text: str) -> float:
@@ -79,6 +90,15 @@ def register(subparsers: Any) -> None:
         help=f"write why the step stopped (it could not start, or failed) to FILE (default {TERMINATION_LOG}, when the "
         "kubelet has made it: Kubernetes then shows it as the container's termination message)",
     )
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        dest="peers",
+        metavar="STEP=HOST:PORT[,HOST:PORT...]",
+        help="replica addresses of a step this step may forward its outputs to (repeatable); other steps are found "
+        f"by DNS as <pipeline>-<step> when ${PIPELINE_ENV} is set, else outputs go back to the caller",
+    )
     parser.add_argument("--manifest", type=Path, help="pipeline manifest to take the step from (instead of the env)")
     parser.add_argument("--step", dest="step_name", help="name of the step in --manifest")
     parser.set_defaults(handler=run)
@@ -110,15 +130,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec, base_dir, where = _load_step(args.manifest, args.step_name)
         pre_stop = pre_stop_delay(args)
+        peers = peer_sources(parse_endpoints(args.peers, "--peer"), pipeline=os.environ.get(PIPELINE_ENV) or None)
         freeze_startup_objects()  # see serving.heap
-        asyncio.run(_serve(spec, args, base_dir, pre_stop, where))
+        asyncio.run(_serve(spec, args, base_dir, pre_stop, where, peers))
     except Exception as exc:  # the step's own words where `kubectl describe` and the operator read them
         write_termination_message(exc, args.termination_log)
         raise
     return 0
 
 
-async def _serve(spec: StepSpec, args: argparse.Namespace, base_dir: Path | None, pre_stop_s: float, where: str) -> None:
+async def _serve(
+    spec: StepSpec, args: argparse.Namespace, base_dir: Path | None, pre_stop_s: float, where: str, peers: PeerSources
+) -> None:
     server = create_step_server(
         spec,
         host=args.host,
@@ -128,6 +151,7 @@ async def _serve(spec: StepSpec, args: argparse.Namespace, base_dir: Path | None
         grace_s=args.grace,
         pre_stop_s=pre_stop_s,
         where=where,
+        peers=peers,
     )
     log.info("step %s: loading", spec.name)
     hurry = asyncio.Event()

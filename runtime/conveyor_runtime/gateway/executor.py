@@ -1,8 +1,13 @@
 """The pipeline executor: runs one request through the DAG over the steps' balancers, with its Prometheus series.
 
-Tensors stay raw bytes from the client to the last step (see `protocol.wire`). A request is refused at the
-entry (RESOURCE_EXHAUSTED, no step called) while some step of the pipeline has every replica known to be full,
-so that under overload a rejection costs no step any work and comes back at once.
+Tensors stay raw bytes from the client to the last step (see `protocol.wire`). With `spec.gateway.dataPath:
+stepToStep` (the default) the gateway calls only the first step of each chain (see `ExecutionPlan.chain_after`)
+and asks it to forward its outputs along the chain (`protocol.route`): tensors between two steps of a chain never
+pass through the gateway. Whatever a step does not forward, the gateway carries on from the step after the one that
+answered, so results are the same either way; joins and fan-outs are always run here.
+
+A request is refused at the entry (RESOURCE_EXHAUSTED, no step called) while some step that the gateway calls has
+every replica known to be full, so that under overload a rejection costs no step any work and comes back at once.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
-from ..errors import InvalidRequest, RequestError
-from ..protocol import TensorInfo, WireTensor, pb, wire_request, wire_tensors
+from ..errors import InvalidRequest, RequestError, StepFailed
+from ..protocol import TensorInfo, WireTensor, answered_by, pb, set_route, wire_request, wire_tensors
+from ..routing import Balancer, InputNames
 from ..spec import ExecutionPlan, route_inputs
-from .balancer import Balancer
 
 __all__ = ["PipelineExecutor"]
 
@@ -30,12 +35,21 @@ def _infos(tensors: Sequence[pb.ModelMetadataResponse.TensorMetadata]) -> list[T
 class PipelineExecutor:
     """Runs one request through the DAG: independent branches in parallel, a join waits for all its inputs."""
 
-    def __init__(self, plan: ExecutionPlan, balancers: Mapping[str, Balancer], registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        plan: ExecutionPlan,
+        balancers: Mapping[str, Balancer],
+        registry: CollectorRegistry | None = None,
+        *,
+        forward: bool = True,
+    ) -> None:
         self.plan = plan
         self.name = plan.pipeline
         self.balancers = dict(balancers)
-        # per step: (the balancer's metadata_epoch it was read at, the step's input names)
-        self._expected: dict[str, tuple[int, list[str] | None]] = {}
+        #: ask steps to forward their outputs along chains (spec.gateway.dataPath stepToStep)
+        self.forward = forward
+        self._input_names = InputNames()
+        self._chains = {head: (head, *plan.chain_after(head)) for head in plan.chain_heads()}
         self.registry = registry or CollectorRegistry()
         # process_cpu_seconds_total: the gateway's busy time, from which the operator sizes gateway replicas
         ProcessCollector(registry=self.registry)
@@ -72,19 +86,6 @@ class PipelineExecutor:
         output = await self._step_metadata(self.plan.output)
         return (_infos(entry.inputs) if entry else [], _infos(output.outputs) if output else [])
 
-    async def _expected_inputs(self, step: str, deadline: float | None) -> list[str] | None:
-        balancer = self.balancers[step]
-        epoch = balancer.metadata_epoch
-        known = self._expected.get(step)
-        if known is not None and known[0] == epoch:
-            return known[1]
-        timeout = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
-        meta = await balancer.metadata(timeout) if timeout > 0 else None
-        names = [t.name for t in meta.inputs] if meta is not None and meta.inputs else None
-        if meta is not None:
-            self._expected[step] = (epoch, names)
-        return names
-
     # --- inference ----------------------------------------------------------------------------------------
 
     async def infer(
@@ -101,8 +102,8 @@ class PipelineExecutor:
         reserved: set[str] = set()
         try:
             self._admit(reserved)
-            if self.plan.is_chain:
-                result = await self._run_chain(inputs, deadline, request_id, reserved)
+            if len(self._chains) == 1:
+                result = await self._run_chain(self.plan.entry, None, inputs, deadline, request_id, reserved)
             else:
                 result = await self._run_dag(inputs, deadline, request_id, reserved)
             if outputs:
@@ -139,47 +140,67 @@ class PipelineExecutor:
         step: str,
         upstream: Sequence[tuple[str, Mapping[str, WireTensor]]] | None,
         request_inputs: Mapping[str, WireTensor],
+        route: Sequence[str],
+        deadline: float | None,
+        request_id: str,
+        reserved: set[str],
+    ) -> tuple[str, dict[str, WireTensor]]:
+        """Call `step` asking it to forward through `route`; the step that answered, and its outputs."""
+        if upstream is None:
+            tensors: Mapping[str, WireTensor] = request_inputs
+        else:
+            tensors = route_inputs(step, upstream, await self._input_names.of(self.balancers[step], deadline))
+        if step in reserved:  # from here on the call itself counts at the step's balancer
+            reserved.discard(step)
+            self.balancers[step].pending -= 1
+        request = wire_request(step, tensors, request_id)
+        set_route(request, route)
+        start = time.monotonic()
+        response = await self.balancers[step].infer(request, deadline)
+        self._step_timers[step].observe(time.monotonic() - start)
+        answered = answered_by(response) or step
+        if answered != step and answered not in route:
+            raise StepFailed(f"step {step!r} answered with the outputs of {answered!r}, which is not on its route {list(route)}")
+        return answered, wire_tensors(response, trusted=True)
+
+    async def _run_chain(
+        self,
+        head: str,
+        upstream: Sequence[tuple[str, Mapping[str, WireTensor]]] | None,
+        inputs: Mapping[str, WireTensor],
         deadline: float | None,
         request_id: str,
         reserved: set[str],
     ) -> dict[str, WireTensor]:
-        if upstream is None:
-            tensors: Mapping[str, WireTensor] = request_inputs
-        else:
-            tensors = route_inputs(step, upstream, await self._expected_inputs(step, deadline))
-        if step in reserved:  # from here on the call itself counts at the step's balancer
-            reserved.discard(step)
-            self.balancers[step].pending -= 1
-        start = time.monotonic()
-        response = await self.balancers[step].infer(wire_request(step, tensors, request_id), deadline)
-        self._step_timers[step].observe(time.monotonic() - start)
-        return wire_tensors(response, trusted=True)
-
-    async def _run_chain(
-        self, inputs: Mapping[str, WireTensor], deadline: float | None, request_id: str, reserved: set[str]
-    ) -> dict[str, WireTensor]:
-        previous: tuple[str, dict[str, WireTensor]] | None = None
-        for step in self.plan.order:
-            upstream = None if previous is None else [previous]
-            outputs = await self._call_step(step, upstream, inputs, deadline, request_id, reserved)
-            previous = (step, outputs)
-        assert previous is not None
-        return previous[1]
+        """Run the chain that starts at `head`: forwarded as far as its steps go, then on from the step after the
+        one that answered; the outputs of the chain's last step."""
+        chain = self._chains[head]
+        at = 0
+        while True:
+            route = chain[at + 1 :] if self.forward else ()
+            answered, outputs = await self._call_step(chain[at], upstream, inputs, route, deadline, request_id, reserved)
+            at = chain.index(answered, at)
+            if at == len(chain) - 1:
+                return outputs
+            at += 1
+            upstream = [(answered, outputs)]
 
     async def _run_dag(
         self, inputs: Mapping[str, WireTensor], deadline: float | None, request_id: str, reserved: set[str]
     ) -> dict[str, WireTensor]:
+        """Each chain in a task of its own, keyed by its last step (whose outputs the next chains take): independent
+        branches run in parallel and a join waits for all its inputs."""
         tasks: dict[str, asyncio.Task[dict[str, WireTensor]]] = {}
 
-        async def run(step: str) -> dict[str, WireTensor]:
-            node = self.plan.nodes[step]
+        async def run(head: str) -> dict[str, WireTensor]:
+            node = self.plan.nodes[head]
             if not node.inputs:
-                return await self._call_step(step, None, inputs, deadline, request_id, reserved)
+                return await self._run_chain(head, None, inputs, deadline, request_id, reserved)
             upstream = [(name, await tasks[name]) for name in node.inputs]
-            return await self._call_step(step, upstream, inputs, deadline, request_id, reserved)
+            return await self._run_chain(head, upstream, inputs, deadline, request_id, reserved)
 
-        for step in self.plan.order:
-            tasks[step] = asyncio.create_task(run(step))
+        for head, chain in self._chains.items():
+            tasks[chain[-1]] = asyncio.create_task(run(head))
         try:
             done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_EXCEPTION)
             for task in done:  # the first failure wins, whichever branch it came from

@@ -11,11 +11,10 @@ import grpc
 import grpc.aio
 
 from ..protocol import add_inference_servicer
+from ..routing import Balancer, DnsEndpoints, EndpointSource, StaticEndpoints
 from ..serving import NOT_SERVING, SERVING, HealthService, HttpSite, MetricsEndpoint, TaskSet
 from ..spec import STEP_GRPC_PORT, ExecutionPlan, PipelineManifest, step_resource_name
 from .admission import Admission
-from .balancer import Balancer
-from .endpoints import DnsEndpoints, EndpointSource, StaticEndpoints
 from .executor import PipelineExecutor
 from .http import create_http_app
 from .servicer import GatewayServicer
@@ -70,7 +69,7 @@ class Gateway:
             )
             for name in self.plan.order
         }
-        self.executor = PipelineExecutor(self.plan, self.balancers)
+        self.executor = PipelineExecutor(self.plan, self.balancers, forward=self.limits.dataPath == "stepToStep")
         self.health = HealthService(["", self.plan.pipeline])
         admission = Admission(self.limits.maxConcurrentRequests, self.limits.defaultTimeoutSeconds)
         self.servicer = GatewayServicer(self.executor, admission, max_request_bytes=self.limits.maxRequestBytes)

@@ -75,6 +75,8 @@ class ReplicaProcess:
     started_at: float = 0.0
     tail: list[str] = field(default_factory=list)
     provider: str = ""
+    #: the replica addresses of the steps it may forward its outputs to (see `conveyor step --peer`)
+    peers: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -106,6 +108,8 @@ class ReplicaProcess:
             "--pre-stop-delay",
             "0",  # the runner stops the gateway before any replica: nothing routes to a replica once it is signalled
         ]
+        for peer, addresses in self.peers.items():
+            step += ["--peer", f"{peer}={','.join(addresses)}"]
         if sys.platform.startswith("linux"):
             return [sys.executable, "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *step]
         return step

@@ -212,7 +212,10 @@ class LocalRunner:
             self.http_port = next(ports)
         if self.metrics_port == 0:
             self.metrics_port = next(ports)
-        sources = {name: StaticEndpoints([r.address for r in self.replicas if r.step == name]) for name in self.plan.order}
+        addresses = {name: [r.address for r in self.replicas if r.step == name] for name in self.plan.order}
+        for replica in self.replicas:  # a replica may forward its outputs along its chain (spec.gateway.dataPath)
+            replica.peers = {peer: addresses[peer] for peer in self.plan.chain_after(replica.step)}
+        sources = {name: StaticEndpoints(addresses[name]) for name in self.plan.order}
         self.gateway = Gateway(
             self.manifest,
             sources,

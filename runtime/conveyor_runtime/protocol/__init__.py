@@ -5,6 +5,16 @@ wire, REST JSON), the status table and the health/metadata half of a servicer. B
 from .model_service import MODEL_VERSION, ModelServicerBase, TensorInfo
 from .proto import open_inference_pb2 as pb
 from .rest import HEADER_LENGTH, RequestOptions, parse_infer_request, render_infer_response, request_options
+from .route import (
+    ANSWERED_BY_PARAMETER,
+    FAILED_STEP_METADATA,
+    ROUTE_PARAMETER,
+    answered_by,
+    failed_step,
+    mark_answer,
+    route_of,
+    set_route,
+)
 from .service import METHODS, SERVICE_NAME, InferenceServicer, InferenceStub, add_inference_servicer
 from .status import (
     INTERNAL_MESSAGE,
@@ -35,13 +45,16 @@ from .tensors import (
 from .wire import WireTensor, add_wire_tensors, checked_tensor, wire_request, wire_tensors
 
 __all__ = [
+    "ANSWERED_BY_PARAMETER",
     "DATATYPES",
+    "FAILED_STEP_METADATA",
     "HEADER_LENGTH",
     "INTERNAL_MESSAGE",
     "MAX_MESSAGE_CHARS",
     "MAX_TENSOR_SPAN",
     "METHODS",
     "MODEL_VERSION",
+    "ROUTE_PARAMETER",
     "SERVICE_NAME",
     "InferMessage",
     "InferenceServicer",
@@ -54,6 +67,7 @@ __all__ = [
     "add_inference_servicer",
     "add_raw_tensor",
     "add_wire_tensors",
+    "answered_by",
     "checked_shape",
     "checked_tensor",
     "client_message",
@@ -66,13 +80,17 @@ __all__ = [
     "encode_tensors",
     "error_from_rpc",
     "fail_with",
+    "failed_step",
     "grpc_code",
     "http_status",
+    "mark_answer",
     "parse_infer_request",
     "pb",
     "render_infer_response",
     "request_options",
+    "route_of",
     "serialize_bytes",
+    "set_route",
     "tensor_entries",
     "wire_request",
     "wire_tensors",

@@ -175,6 +175,24 @@ class ExecutionPlan:
         entries = [name for name in order if not nodes[name].inputs]
         return cls(pipeline=manifest.metadata.name, nodes=nodes, order=order, entry=entries[0], output=output)
 
+    def chain_after(self, step: str) -> tuple[str, ...]:
+        """The steps that follow `step` in a chain: each the only consumer of the one before and fed by it alone.
+
+        A request can be forwarded from `step` through all of them with nothing to join or fan out; the chain
+        ends before a join or after a fan-out (and at the output step, which feeds nothing).
+        """
+        chain: list[str] = []
+        node = self.nodes[step]
+        while len(node.consumers) == 1 and len(self.nodes[node.consumers[0]].inputs) == 1:
+            node = self.nodes[node.consumers[0]]
+            chain.append(node.name)
+        return tuple(chain)
+
+    def chain_heads(self) -> list[str]:
+        """The steps that start a chain (see `chain_after`), in plan order; every step is in exactly one chain."""
+        inside = {name for head in self.order for name in self.chain_after(head)}
+        return [name for name in self.order if name not in inside]
+
     @property
     def is_chain(self) -> bool:
         """True when every step has at most one input and one consumer (run one after another)."""

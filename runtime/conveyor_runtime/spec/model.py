@@ -462,6 +462,12 @@ class GatewaySpec(_Spec):
     defaultTimeoutSeconds: float = Field(
         60.0, ge=0.001, le=86_400, description="Deadline of a request that carries none, applied at every hop."
     )
+    dataPath: Literal["stepToStep", "gateway"] = Field(
+        "stepToStep",
+        description="stepToStep: a step sends its outputs straight to the next step of a chain (balanced, retried, "
+        "within the request's deadline); the gateway carries only a request's inputs and its answer. gateway: every "
+        "tensor between two steps goes through the gateway.",
+    )
 
 
 class PipelineSpec(_Spec):

@@ -16,6 +16,7 @@ from .cpus import (
     parse_cpu_quantity,
     step_cpu_budget,
 )
+from .forwarder import Forwarder, PeerSources, peer_sources
 from .inputs import validate_inputs
 from .metrics import BATCH_REASONS, StepMetrics
 from .model_file import ensure_model
@@ -46,9 +47,11 @@ __all__ = [
     "BatchPlan",
     "Batcher",
     "CpuBudget",
+    "Forwarder",
     "ModelOp",
     "ModelSession",
     "OpLoop",
+    "PeerSources",
     "StepMetrics",
     "StepServer",
     "StepServicer",
@@ -64,6 +67,7 @@ __all__ = [
     "parse_cfs_quota",
     "parse_cpu_max",
     "parse_cpu_quantity",
+    "peer_sources",
     "plan_devices",
     "plan_memory_limits",
     "plan_precision",

@@ -18,8 +18,10 @@ import grpc.aio
 
 from ..errors import ConveyorError
 from ..protocol import SERVICE_NAME, add_inference_servicer
+from ..routing import DEFAULT_TIMEOUT_S
 from ..serving import SERVING, HealthService, MetricsEndpoint, format_address
 from ..spec import StepSpec
+from .forwarder import Forwarder, PeerSources
 from .metrics import StepMetrics
 from .op_loop import OpLoop
 from .servicer import StepServicer
@@ -35,6 +37,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_GRACE_S = 20.0
 #: What `conveyor step` waits after SIGTERM, still answering calls, while endpoint lists drop the pod.
 DEFAULT_PRE_STOP_S = 5.0
+#: Calls a forwarding step may hold beyond its own work: requests whose outputs it sent on and whose answer from
+#: the later steps it awaits (the gateway's maxConcurrentRequests bounds them per gateway).
+FORWARDING_HEADROOM = 4096
 
 
 class StepServer:
@@ -52,8 +57,10 @@ class StepServer:
         pre_stop_s: float,
         max_message_bytes: int,
         where: str,
+        peers: PeerSources | None,
     ) -> None:
         self.spec = step
+        self.peers = peers
         self.host = host
         self.port = port
         self.metrics_port = metrics_port
@@ -66,6 +73,7 @@ class StepServer:
         self.op_loop: OpLoop | None = None
         self._server: grpc.aio.Server | None = None
         self._servicer: StepServicer | None = None
+        self._forwarder: Forwarder | None = None
         self._health = HealthService(["", SERVICE_NAME])
         self._endpoint: MetricsEndpoint | None = None
         self._stopping = False
@@ -84,16 +92,21 @@ class StepServer:
         self.op_loop = op_loop
         await op_loop.start(on_failure=self._batcher_died)
         batching = self.spec.batching
+        if self.peers is not None:
+            self._forwarder = Forwarder(
+                self.spec.name, self.peers, self.metrics.registry, default_timeout_s=DEFAULT_TIMEOUT_S
+            )
+        own_work = batching.maxQueueSize + op_loop.concurrency * max(1, batching.maxBatchSize) + 64
         server = grpc.aio.server(
             # Bounds memory beside maxQueueSize: requests in pre/postprocess or compute count here too.
-            maximum_concurrent_rpcs=batching.maxQueueSize + op_loop.concurrency * max(1, batching.maxBatchSize) + 64,
+            maximum_concurrent_rpcs=own_work + (FORWARDING_HEADROOM if self._forwarder is not None else 0),
             options=[
                 ("grpc.max_receive_message_length", 2 * self.max_message_bytes),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self._servicer = StepServicer(op_loop, max_message_bytes=self.max_message_bytes)
+        self._servicer = StepServicer(op_loop, max_message_bytes=self.max_message_bytes, forwarder=self._forwarder)
         add_inference_servicer(server, self._servicer)
         self._health.add_to(server)
         address = format_address(self.host, self.port)
@@ -182,6 +195,8 @@ class StepServer:
                 await self._server.stop(grace)
             if self.op_loop is not None:
                 await self.op_loop.aclose()
+            if self._forwarder is not None:
+                await self._forwarder.aclose()
             took = time.monotonic() - started
             if took >= grace:
                 log.warning("step %s: the %.1fs grace period ran out; calls still running were cancelled", self.spec.name, grace)
@@ -220,11 +235,13 @@ def create_step_server(
     pre_stop_s: float = 0.0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     where: str = "step",
+    peers: PeerSources | None = None,
 ) -> StepServer:
     """A server for `step` (not started). ``port=0`` picks a free port; ``metrics_port=None`` serves no metrics.
 
     ``pre_stop_s`` is 0 here (tests, embedding); `conveyor step` defaults to `DEFAULT_PRE_STOP_S`. ``where`` is
-    the step's field path in errors about its spec (``spec.steps[2]`` when it came from a manifest).
+    the step's field path in errors about its spec (``spec.steps[2]`` when it came from a manifest). ``peers`` says
+    where the steps it may forward to are (`peer_sources`); None: it forwards nothing.
     """
     return StepServer(
         step,
@@ -236,4 +253,5 @@ def create_step_server(
         pre_stop_s=pre_stop_s,
         max_message_bytes=max_message_bytes,
         where=where,
+        peers=peers,
     )

@@ -1,4 +1,5 @@
-"""The step's `inference.GRPCInferenceService`: converts and delegates to its `OpLoop`, maps errors at one seam."""
+"""The step's `inference.GRPCInferenceService`: converts and delegates to its `OpLoop`, maps errors at one seam, and
+forwards its outputs to the next step of the request's route when it can (see `protocol.route`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections.abc import Sequence
 
 import grpc.aio
 
-from ..errors import InvalidRequest, RequestError
+from ..errors import InvalidRequest, RequestError, StepCallError
 from ..ops import TensorSpec
-from ..protocol import ModelServicerBase, TensorInfo, fail_with, pb
+from ..protocol import FAILED_STEP_METADATA, ModelServicerBase, TensorInfo, fail_with, mark_answer, pb, route_of
+from .forwarder import Forwarder
 from .op_loop import OpLoop
 
 __all__ = ["SERVER_NAME", "StepServicer"]
@@ -25,8 +27,9 @@ class StepServicer(ModelServicerBase):
 
     server_name = SERVER_NAME
 
-    def __init__(self, op_loop: OpLoop, *, max_message_bytes: int) -> None:
+    def __init__(self, op_loop: OpLoop, *, max_message_bytes: int, forwarder: Forwarder | None = None) -> None:
         self.op_loop = op_loop
+        self.forwarder = forwarder
         self.ready = False
         self.max_message_bytes = max_message_bytes
 
@@ -59,6 +62,7 @@ class StepServicer(ModelServicerBase):
             size = request.ByteSize()
             if size > self.max_message_bytes:
                 raise _too_large(request, size, self.max_message_bytes)
+            route = route_of(request)
             response = await self.op_loop.infer(request, deadline=deadline)
         except RequestError as exc:
             error = exc
@@ -67,11 +71,31 @@ class StepServicer(ModelServicerBase):
             error = exc
         else:
             self.op_loop.metrics.request_done("OK", time.monotonic() - started)
-            return response
+            return await self._answer(response, route, request.id, deadline, context)
         status = error.status if isinstance(error, RequestError) else "INTERNAL"
         self.op_loop.metrics.request_done(status, time.monotonic() - started)
         fail_with(context, error)  # not abort: see fail_with
         return pb.ModelInferResponse()
+
+    async def _answer(
+        self,
+        response: pb.ModelInferResponse,
+        route: list[str],
+        request_id: str,
+        deadline: float | None,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.ModelInferResponse:
+        """This step's outputs, or (forwarded along `route`) the route's answer; a later step's failure is relayed
+        with its status and words, marked as that step's."""
+        if not route or self.forwarder is None or not await self.forwarder.can_reach(route[0]):
+            mark_answer(response, self.op_loop.name)
+            return response
+        try:
+            return await self.forwarder.forward(response, route, request_id, deadline)
+        except StepCallError as exc:
+            context.set_trailing_metadata(((FAILED_STEP_METADATA, exc.step),))
+            fail_with(context, exc)
+            return pb.ModelInferResponse()
 
 
 def _too_large(request: pb.ModelInferRequest, size: int, limit: int) -> RequestError:
