@@ -22,6 +22,7 @@ from ..sources import localize_config
 from ..spec import BatchingSpec, StepSpec
 from .batcher import Batcher, OnFailure
 from .cpus import CpuBudget, step_cpu_budget
+from .hook_runner import HookRunner
 from .inputs import validate_inputs
 from .metrics import StepMetrics
 from .model_file import ensure_model
@@ -126,6 +127,10 @@ class OpLoop:
             ThreadPoolExecutor(self.hook_threads, thread_name_prefix=f"{self.name}-hooks")
             if self._has_pre or self._has_post
             else None
+        )
+        #: short plain hooks run on the event loop instead of a thread (see `HookRunner`)
+        self._hook_runners = (
+            {hook: HookRunner(self._hook_pool) for hook in ("preprocess", "postprocess")} if self._hook_pool is not None else {}
         )
         self.batcher: Batcher | None = None
         if _overrides(op, "process"):
@@ -244,8 +249,7 @@ class OpLoop:
         try:
             if self._hooks_async[hook]:
                 return await fn(*args)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._hook_pool, fn, *args)
+            return await self._hook_runners[hook].run(fn, *args)
         except RequestError:
             raise
         except Exception:
