@@ -1,7 +1,8 @@
 """`conveyor bench pipeline`: drive a running pipeline with closed- and open-loop load; report throughput,
 p50/p95/p99, each step's realized batch size, queue and compute time (from its Prometheus metrics) and the
 bottleneck, next to the same steps run in this process in their best layout and batch size (`in_process`).
-With ``--policies`` the same levels run once per batching policy, each on a fresh pipeline, in one command.
+With ``--policies`` (batching policies) or ``--data-paths`` (step-to-step forwarding or every tensor through the
+gateway) the same levels run once per variant, each on a fresh pipeline, in one command.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from .in_process import LAYOUTS, BaselinePoint, best, in_process_baseline, layou
 from .load import LoadResult, closed_loop, open_loop
 from .local_pipeline import LocalPipeline
 
-__all__ = ["StepStats", "make_payloads", "policy_manifest", "register", "run", "scrape", "step_stats"]
+__all__ = ["StepStats", "make_payloads", "register", "run", "scrape", "step_stats", "variant_manifest"]
 
 POLICIES = ("workConserving", "fill")
+DATA_PATHS = ("stepToStep", "gateway")
 
 _PREPROCESS_OPS = {"image-preprocess", "preprocess", "conveyor_runtime.ops.vision:Preprocess"}
 
@@ -58,6 +60,12 @@ def register(modes: Any) -> None:
         default="",
         help="batching policies to compare (comma-separated: workConserving,fill), each on a fresh pipeline whose "
         "model steps get that batching.policy (default: the manifest as it is)",
+    )
+    parser.add_argument(
+        "--data-paths",
+        default="",
+        help="data paths to compare (comma-separated: stepToStep,gateway), each on a fresh pipeline with that "
+        "spec.gateway.dataPath (combine with --policies to compare both)",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
     parser.add_argument(
@@ -253,15 +261,23 @@ async def _measure(
     return Level(result, stats, cpu, elapsed)
 
 
-def policy_manifest(manifest_path: Path, policy: str) -> Path:
-    """A copy of the manifest whose model steps batch with `policy`, next to it (relative paths still resolve)."""
+def variant_manifest(manifest_path: Path, variant: str) -> Path:
+    """A copy of the manifest next to it (relative paths still resolve) with the `variant`: a batching policy for its
+    model steps (see `POLICIES`), or a `spec.gateway.dataPath` (see `DATA_PATHS`)."""
     data = yaml.safe_load(manifest_path.read_text())
-    for step in data["spec"]["steps"]:
-        if "model" in step:
-            step["batching"] = {**(step.get("batching") or {}), "policy": policy}
-    path = manifest_path.with_name(f".bench-{policy}-{manifest_path.name}")
+    if variant in DATA_PATHS:
+        data["spec"]["gateway"] = {**(data["spec"].get("gateway") or {}), "dataPath": variant}
+    else:
+        for step in data["spec"]["steps"]:
+            if "model" in step:
+                step["batching"] = {**(step.get("batching") or {}), "policy": variant}
+    path = manifest_path.with_name(f".bench-{variant}-{manifest_path.name}")
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def _describe(variant: str) -> str:
+    return f"data path {variant}" if variant in DATA_PATHS else f"batching policy {variant}"
 
 
 #: (policy or "" for the manifest as it is, what was measured at each level)
@@ -286,11 +302,11 @@ def _start_targets(manifest_path: Path, policies: list[str], workdir: Path, args
         pids = [r["pid"] for rs in addresses["steps"].values() for r in rs if "pid" in r]
         return [_Target("", addresses, pids)]
     for policy in policies or [""]:
-        path = policy_manifest(manifest_path, policy) if policy else manifest_path
+        path = variant_manifest(manifest_path, policy) if policy else manifest_path
         target = _Target(policy, {}, [], manifest=path if policy else None)
         targets.append(target)
         if policy:
-            print(f"batching policy {policy}:", flush=True)
+            print(f"{_describe(policy)}:", flush=True)
         target.pipeline = LocalPipeline.start(path, workdir / (policy or "manifest"), replicas=args.replicas, http=False)
         target.addresses = target.pipeline.addresses()
         target.pids = list(target.pipeline.pids().values())
@@ -372,8 +388,13 @@ def run(args: argparse.Namespace) -> int:
     for policy in policies:
         if policy not in POLICIES:
             raise SystemExit(f"--policies: each must be one of {', '.join(POLICIES)}, got {policy!r}")
+    data_paths = [p.strip() for p in args.data_paths.split(",") if p.strip()]
+    for data_path in data_paths:
+        if data_path not in DATA_PATHS:
+            raise SystemExit(f"--data-paths: each must be one of {', '.join(DATA_PATHS)}, got {data_path!r}")
+    policies += data_paths  # each a variant of its own, on a pipeline of its own
     if policies and args.addresses:
-        raise SystemExit("--policies starts a pipeline per policy; it cannot attach to --addresses")
+        raise SystemExit("--policies and --data-paths start a pipeline per variant; they cannot attach to --addresses")
     baseline: list[BaselinePoint] = []
     reference = None
     if not args.no_baseline:
@@ -420,7 +441,7 @@ def _report_levels(plan: ExecutionPlan, policy: str, measured: list[Level]) -> N
             ]
         )
     print()
-    print(f"pipeline {plan.pipeline}: {' -> '.join(plan.order)}" + (f", batching policy {policy}" if policy else ""))
+    print(f"pipeline {plan.pipeline}: {' -> '.join(plan.order)}" + (f", {_describe(policy)}" if policy else ""))
     print(_table(rows))
     for level in measured:
         result, stats = level.result, level.stats

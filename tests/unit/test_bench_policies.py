@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from conveyor_benchmarks.in_process import layouts_for
-from conveyor_benchmarks.pipeline_bench import policy_manifest
+from conveyor_benchmarks.pipeline_bench import variant_manifest
 from conveyor_runtime.spec import load_manifest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "defect-detection" / "pipeline-resnet18.yaml"
 
 
-def test_bench_policy_manifest_sets_the_policy_of_model_steps_only_and_sits_beside_the_original(tmp_path: Path) -> None:
+def test_bench_variant_manifest_sets_the_policy_of_model_steps_only_and_sits_beside_the_original(tmp_path: Path) -> None:
     original = tmp_path / "pipeline.yaml"
     original.write_text(EXAMPLE.read_text())
-    path = policy_manifest(original, "fill")
+    path = variant_manifest(original, "fill")
     assert path.parent == original.parent  # relative model paths resolve as in the original
     steps = load_manifest(path).spec.steps
     before = load_manifest(original).spec.steps
