@@ -27,3 +27,13 @@ def test_bench_in_process_layouts_give_one_thread_per_core_except_sequential() -
     layouts = layouts_for(2)
     assert [(x.name, x.threads, x.intra) for x in layouts] == [("sequential", 1, 2), ("parallel", 2, 1), ("pipelined", 2, 1)]
     assert [x.name for x in layouts_for(1)] == ["sequential", "pipelined"]
+
+
+def test_bench_variant_manifest_sets_the_data_path_and_leaves_the_steps_alone(tmp_path: Path) -> None:
+    original = tmp_path / "pipeline.yaml"
+    original.write_text(EXAMPLE.read_text())
+    path = variant_manifest(original, "gateway")
+    changed, before = load_manifest(path).spec, load_manifest(original).spec
+    assert before.gateway.dataPath == "stepToStep" and changed.gateway.dataPath == "gateway"
+    assert changed.steps == before.steps
+    assert changed.gateway.model_copy(update={"dataPath": "stepToStep"}) == before.gateway
