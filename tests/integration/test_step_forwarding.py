@@ -21,7 +21,8 @@ import pytest
 from conveyor_runtime.gateway import Gateway, create_gateway
 from conveyor_runtime.protocol import ROUTE_PARAMETER, InferenceStub, decode_tensors, encode_tensors, pb
 from conveyor_runtime.step import StepServer, create_step_server, peer_sources
-from tests.support.pipeline_fixtures import manifest
+from tests.support import step_fixtures
+from tests.support.pipeline_fixtures import eventually, manifest
 from tests.support.step_fixtures import step_spec
 
 ADD = "tests.support.step_fixtures:AddOp"
@@ -142,6 +143,35 @@ async def test_forwarding_waits_out_a_gone_peer_and_uses_it_again_once_it_is_bac
         result = await _infer(gateway, np.ones((1, 2), np.float32))  # b's health watch finds c again
         np.testing.assert_array_equal(result["out"], np.full((1, 2), 112.0))
         assert _served(gateway)["c"] == 0
+
+
+async def test_a_full_forwarded_step_gets_later_requests_refused_at_the_gateway_before_any_step_works() -> None:
+    gated = {"name": "b", "op": "tests.support.step_fixtures:GateOp", "batching": {"maxBatchSize": 1, "maxQueueSize": 1}}
+    steps = [_add_step("a", 1), gated, _add_step("c", 100, input="v", output="out")]
+    step_fixtures.GATE.clear()
+    step_fixtures.GateOp.entered.clear()
+    try:
+        async with _pipeline(steps, CHAIN_PEERS) as (gateway, servers):
+            received = lambda name: _counter(servers[name], "conveyor_step_received_total", {"step": name})  # noqa: E731
+            computing = asyncio.create_task(_infer(gateway, np.ones((1, 2), np.float32)))
+            await asyncio.to_thread(step_fixtures.GateOp.entered.wait, 10)
+            queued = asyncio.create_task(_infer(gateway, np.ones((1, 2), np.float32)))
+            await eventually(lambda: received("b") == 2, what="the second request queued at b")
+            with pytest.raises(grpc.aio.AioRpcError) as relayed:  # b's queue is full: refused there, relayed by a
+                await _infer(gateway, np.ones((1, 2), np.float32))
+            assert received("a") == 3
+            with pytest.raises(grpc.aio.AioRpcError) as at_entry:  # the gateway now knows: no step is called
+                await _infer(gateway, np.ones((1, 2), np.float32))
+            assert received("a") == 3 and received("b") == 3
+            step_fixtures.GATE.set()
+            answers = await asyncio.gather(computing, queued)
+    finally:
+        step_fixtures.GATE.set()
+    for error in (relayed.value, at_entry.value):  # b's own words both times, as on the gateway path
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (error.details() or "").startswith("step 'b': step 'b' queue is full"), error.details()
+    for answer in answers:  # GateOp doubles: (1 + 1) * 2 + 100
+        np.testing.assert_array_equal(answer["out"], np.full((1, 2), 104.0))
 
 
 async def test_a_step_that_cannot_reach_its_peer_answers_and_the_gateway_carries_on() -> None:

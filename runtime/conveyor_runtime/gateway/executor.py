@@ -7,7 +7,9 @@ pass through the gateway. Whatever a step does not forward, the gateway carries 
 answered, so results are the same either way; joins and fan-outs are always run here.
 
 A request is refused at the entry (RESOURCE_EXHAUSTED, no step called) while some step that the gateway calls has
-every replica known to be full, so that under overload a rejection costs no step any work and comes back at once.
+every replica known to be full, or a step reached by forwarding has relayed "queue full" while holding as many of
+this gateway's requests as are now on their way through it (`ForwardedLimits`), so that under overload a
+rejection costs no step any work and comes back at once.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
-from ..errors import InvalidRequest, RequestError, StepFailed
+from ..errors import InvalidRequest, RequestError, StepCallError, StepFailed
 from ..protocol import TensorInfo, WireTensor, answered_by, pb, set_route, wire_request, wire_tensors
-from ..routing import Balancer, InputNames
+from ..routing import TOO_LARGE_DETAILS, Balancer, InputNames
 from ..spec import ExecutionPlan, route_inputs
+from .forwarded_limits import ForwardedLimits
 
 __all__ = ["PipelineExecutor"]
 
@@ -49,6 +52,7 @@ class PipelineExecutor:
         #: ask steps to forward their outputs along chains (spec.gateway.dataPath stepToStep)
         self.forward = forward
         self._input_names = InputNames()
+        self.forwarded_limits = ForwardedLimits()
         self._chains = {head: (head, *plan.chain_after(head)) for head in plan.chain_heads()}
         self.registry = registry or CollectorRegistry()
         # process_cpu_seconds_total: the gateway's busy time, from which the operator sizes gateway replicas
@@ -131,6 +135,9 @@ class PipelineExecutor:
         for step in self.plan.order:
             if self.balancers[step].saturated():
                 raise self.balancers[step].full_error()
+        refusal = self.forwarded_limits.refusal(time.monotonic())
+        if refusal is not None:
+            raise refusal
         for step in self.plan.order:
             self.balancers[step].pending += 1
             reserved.add(step)
@@ -156,7 +163,16 @@ class PipelineExecutor:
         request = wire_request(step, tensors, request_id)
         set_route(request, route)
         start = time.monotonic()
-        response = await self.balancers[step].infer(request, deadline)
+        self.forwarded_limits.enter(route)
+        try:
+            response = await self.balancers[step].infer(request, deadline)
+        except StepCallError as exc:
+            full = exc.status == "RESOURCE_EXHAUSTED" and TOO_LARGE_DETAILS not in exc.message
+            if exc.relayed and full and exc.step in route:
+                self.forwarded_limits.learn_full(exc, time.monotonic())
+            raise
+        finally:
+            self.forwarded_limits.leave(route)
         self._step_timers[step].observe(time.monotonic() - start)
         answered = answered_by(response) or step
         if answered != step and answered not in route:

@@ -2,7 +2,7 @@
 and the input names a step expects (`inputs`). The gateway and a forwarding step both call steps through it.
 """
 
-from .balancer import CHANNEL_OPTIONS, DEFAULT_TIMEOUT_S, Balancer
+from .balancer import CHANNEL_OPTIONS, DEFAULT_TIMEOUT_S, TOO_LARGE_DETAILS, Balancer
 from .endpoints import DnsEndpoints, EndpointSource, StaticEndpoints, parse_endpoints, watch_endpoints
 from .inputs import InputNames
 from .replica import Replica
@@ -10,6 +10,7 @@ from .replica import Replica
 __all__ = [
     "CHANNEL_OPTIONS",
     "DEFAULT_TIMEOUT_S",
+    "TOO_LARGE_DETAILS",
     "Balancer",
     "DnsEndpoints",
     "EndpointSource",

@@ -32,7 +32,7 @@ from ..spec import GatewaySpec
 from .endpoints import EndpointSource, watch_endpoints
 from .replica import Replica
 
-__all__ = ["CHANNEL_OPTIONS", "DEFAULT_TIMEOUT_S", "Balancer", "Replica"]
+__all__ = ["CHANNEL_OPTIONS", "DEFAULT_TIMEOUT_S", "TOO_LARGE_DETAILS", "Balancer", "Replica"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ DEFAULT_TIMEOUT_S: float = GatewaySpec.model_fields["defaultTimeoutSeconds"].def
 #: How long a request waits for a replica of a step to become ready before UNAVAILABLE (within its deadline).
 DEFAULT_WAIT_S = 30.0
 #: gRPC's own RESOURCE_EXHAUSTED for a message over the receiver's limit: not a full queue, so never retried.
-_TOO_LARGE = "Received message larger than max"
+TOO_LARGE_DETAILS = "Received message larger than max"
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -358,7 +358,7 @@ class Balancer:
                 if code == grpc.StatusCode.UNAVAILABLE:
                     log.debug("step %s replica %s unavailable (%s); retrying elsewhere", self.step, replica.address, exc.details())
                     unavailable = exc
-                elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and not (exc.details() or "").startswith(_TOO_LARGE):
+                elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and not (exc.details() or "").startswith(TOO_LARGE_DETAILS):
                     replica.learn_full(time.monotonic(), holding=replica.outstanding - 1)
                     full = exc
                 else:
