@@ -4,6 +4,7 @@ gateway Service answers over gRPC and HTTP exactly what `conveyor run` answers o
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from conveyor_benchmarks.pipeline_bench import make_payloads
-from conveyor_runtime.spec import parse_manifest
+from conveyor_runtime.spec import ExecutionPlan, parse_manifest
 from tests.e2e.fixtures_pods import conveyor, conveyor_image, helm  # noqa: F401 - fixtures
 from tests.support.cluster import ClusterError
 from tests.support.pipeline_fixtures import start_run
@@ -208,6 +209,25 @@ def test_gateway_service_answers_like_conveyor_run(deployed: dict[str, Pipeline]
     for protocol in ("grpc", "http"):
         _assert_same(here["grpc"], on_pods[protocol], f"{example} over {protocol} through the gateway Service")
     _assert_same(here["grpc"], here["http"], f"{example} under conveyor run, HTTP against gRPC")
+
+
+@pytest.mark.parametrize("example", MANIFESTS)
+def test_example_steps_forward_tensors_to_each_other_on_pods(deployed: dict[str, Pipeline], example: str) -> None:
+    """With the default data path, each step of the entry chain sends its outputs to the next step's pods itself
+    (found by the Service DNS name), not back through the gateway."""
+    pipeline = deployed[example]
+    pipeline.wait_ready()
+    ip = pipeline.gateway_ip()
+    _answers(pipeline.name, f"{ip}:8001", f"{ip}:8000", example)  # one request over gRPC, one over HTTP
+    plan = ExecutionPlan.from_manifest(parse_manifest(yaml.safe_load(MANIFESTS[example].read_text())))
+    chain = [plan.entry, *plan.chain_after(plan.entry)]
+    assert len(chain) > 1, f"{example}: its entry step starts no chain"
+    for step, following in itertools.pairwise(chain):
+        forwarded = sum(
+            pipeline.metric(pod, "conveyor_step_forwarded_total", step=step, to=following, code="OK")
+            for pod in pipeline.pods(step=step)
+        )
+        assert forwarded >= 2, f"{example}: step {step} forwarded {forwarded} request(s) to {following}"
 
 
 def test_operator_logged_no_forbidden_answer_while_reconciling_the_examples(
