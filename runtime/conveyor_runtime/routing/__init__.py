@@ -5,6 +5,7 @@ and the input names a step expects (`inputs`). The gateway and a forwarding step
 from .balancer import CHANNEL_OPTIONS, DEFAULT_TIMEOUT_S, TOO_LARGE_DETAILS, Balancer
 from .endpoints import DnsEndpoints, EndpointSource, StaticEndpoints, parse_endpoints, watch_endpoints
 from .inputs import InputNames
+from .limit import LearnedLimit
 from .replica import Replica
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "DnsEndpoints",
     "EndpointSource",
     "InputNames",
+    "LearnedLimit",
     "Replica",
     "StaticEndpoints",
     "parse_endpoints",

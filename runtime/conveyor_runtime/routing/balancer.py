@@ -180,7 +180,7 @@ class Balancer:
         if replica.serving != serving:
             log.info("step %s replica %s is %s", self.step, replica.address, "ready" if serving else "not ready")
             replica.serving = serving
-            replica.limit = None  # a replica that (re)starts has an empty queue
+            replica.learned.forget()  # a replica that (re)starts has an empty queue
             if serving:
                 self._forget_metadata()  # a replica that (re)starts may serve a new model
             self._update_ready()
@@ -211,7 +211,7 @@ class Balancer:
                 if replica.ejected:
                     log.warning("step %s replica %s answers again; back in rotation", self.step, replica.address)
                     replica.ejected = False
-                    replica.limit = None
+                    replica.learned.forget()
                     self._update_ready()
                 return
         finally:

@@ -14,6 +14,7 @@ from typing import Any
 import grpc.aio
 
 from ..protocol import InferenceStub
+from .limit import LearnedLimit
 
 __all__ = ["Replica"]
 
@@ -30,9 +31,8 @@ class Replica:
     ejected: bool = False
     retired: bool = False
     served: int = 0
-    #: This gateway's calls that the replica held when it last answered RESOURCE_EXHAUSTED, and when.
-    limit: int | None = None
-    limit_at: float = 0.0
+    #: This caller's calls that the replica held when it last answered RESOURCE_EXHAUSTED, and when.
+    learned: LearnedLimit = field(default_factory=LearnedLimit)
     #: The latest deadline among the calls sent to it (a dropped replica's channel stays open until then).
     until: float = 0.0
     calls: set[Any] = field(default_factory=set, repr=False)
@@ -46,25 +46,18 @@ class Replica:
         """In rotation: SERVING, not ejected, still listed."""
         return self.serving and not self.ejected and not self.retired
 
+    @property
+    def limit(self) -> int | None:
+        """The calls it held at its last "queue full" answer (None while unknown or forgotten)."""
+        return self.learned.limit
+
     def learn_full(self, now: float, holding: int) -> None:
         """It answered "queue full" while `holding` other calls of ours: it has no room beyond those."""
-        self.limit = max(0, holding)
-        self.limit_at = now
+        self.learned.learn(now, holding)
 
     def room(self, now: float, memory_s: float) -> int | None:
-        """Calls it can take before it is full again; None when unknown.
-
-        Within `memory_s` of its last "queue full" answer, none beyond the calls it then held. After that, one
-        more (a single call finds out whether it has room now, and a "full" answer starts over); after twice
-        `memory_s` without such an answer, the limit is forgotten.
-        """
-        if self.limit is None:
-            return None
-        age = now - self.limit_at
-        if age > 2 * memory_s:
-            self.limit = None
-            return None
-        return max(0, self.limit + (1 if age > memory_s else 0) - self.outstanding)
+        """Calls it can take before it is full again; None when unknown (see `LearnedLimit.room`)."""
+        return self.learned.room(now, memory_s, self.outstanding)
 
     def abandon_calls(self) -> None:
         """Cancel the calls in flight to it (it stopped answering); the balancer sends them elsewhere."""
