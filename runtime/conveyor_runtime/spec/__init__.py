@@ -3,8 +3,9 @@
 Everything above this layer (operator, step, gateway, local runner) reads pipelines through these names only.
 """
 
-from .env import BATCHING_ENV, STEP_SPEC_ENV, step_from_env, step_to_env
+from .env import BATCHING_ENV, IN_PROCESS_STEPS_ENV, STEP_SPEC_ENV, in_process_steps_from_env, step_from_env, step_to_env
 from .graph import ExecutionPlan, StepNode, graph_errors, output_step, route_inputs, step_inputs, topological_order
+from .in_process import POD_LEVEL_FIELDS, guests_of, host_of, in_process_errors
 from .manifest import load_manifest, parse_manifest, validation_field_errors
 from .model import (
     API_GROUP,
@@ -52,11 +53,13 @@ __all__ = [
     "GPU_INSTANCES_RULE",
     "GPU_MEMORY_RULE",
     "IMPORT_REF",
+    "IN_PROCESS_STEPS_ENV",
     "KIND",
     "MAX_NAME",
     "MAX_SERVICE_NAME",
     "METRICS_PORT",
     "OP_RULE",
+    "POD_LEVEL_FIELDS",
     "STEP_GRPC_PORT",
     "STEP_SPEC_ENV",
     "TWO_AUTOSCALERS_RULE",
@@ -73,6 +76,10 @@ __all__ = [
     "gateway_resource_name",
     "graph_configmap_name",
     "graph_errors",
+    "guests_of",
+    "host_of",
+    "in_process_errors",
+    "in_process_steps_from_env",
     "load_manifest",
     "name_errors",
     "output_step",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ..errors import FieldError, InvalidManifest, StepFailed
+from .in_process import in_process_errors
 from .model import PipelineManifest, PipelineSpec, StepSpec
 from .names import GATEWAY_STEP_NAME
 
@@ -47,7 +48,7 @@ def output_step(spec: PipelineSpec) -> str:
 
 
 def graph_errors(spec: PipelineSpec, prefix: str = "spec") -> list[FieldError]:
-    """Rules the schema cannot express: unique names, known inputs, one entry step, no cycles."""
+    """Rules the schema cannot express: unique names, known inputs, one entry step, no cycles, in-process edges."""
     errors: list[FieldError] = []
     seen: dict[str, int] = {}
     for index, step in enumerate(spec.steps):
@@ -81,7 +82,7 @@ def graph_errors(spec: PipelineSpec, prefix: str = "spec") -> list[FieldError]:
     if cycle:
         first = next(i for i, s in enumerate(spec.steps) if s.name == cycle[0])
         errors.append(FieldError(f"{prefix}.steps[{first}].inputs", "cycle: " + " -> ".join(cycle + [cycle[0]])))
-    return errors
+    return errors + in_process_errors(spec, inputs, prefix)
 
 
 def _find_cycle(inputs: Mapping[str, list[str]]) -> list[str]:

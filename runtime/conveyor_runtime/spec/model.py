@@ -382,6 +382,14 @@ class StepSpec(_Spec):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     image: str | None = Field(None, min_length=1, description="Image of this step's pods; default: the pipeline's `image`.")
     pod: PodSettings = Field(default_factory=PodSettings, description="Pod settings of this step's pods.")
+    inProcessWith: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_NAME,
+        description="Run this step inside the processes of the named step, its neighbour in the graph (an in-process "
+        "edge: tensors between them are handed over in memory, never serialized). It then has no pods of its own and "
+        "scales with that step; pod settings (replicas, resources, image, pod, ...) go on that step.",
+    )
 
     @field_validator("name")
     @classmethod
