@@ -66,11 +66,17 @@ class LocalPipeline:
         pids = {"gateway": self.process.pid}
         for step, replicas in self.addresses()["steps"].items():
             for index, replica in enumerate(replicas):
-                pids[f"{step}[{index}]"] = replica["pid"]
+                if "inProcessWith" not in replica:  # a step in another's process: listed under that step already
+                    pids[f"{step}[{index}]"] = replica["pid"]
         return pids
 
     def restarts(self) -> dict[str, int]:
-        return {f"{s}[{i}]": r["restarts"] for s, rs in self.addresses()["steps"].items() for i, r in enumerate(rs)}
+        return {
+            f"{s}[{i}]": r["restarts"]
+            for s, rs in self.addresses()["steps"].items()
+            for i, r in enumerate(rs)
+            if "inProcessWith" not in r
+        }
 
     def stop(self) -> None:
         """SIGTERM (the runner stops the gateway, then the replicas); SIGKILL to the group after 30 s."""

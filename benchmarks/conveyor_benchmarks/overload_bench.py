@@ -281,7 +281,12 @@ def run(args: argparse.Namespace) -> int:
         pipeline = None
         if args.addresses:
             addresses = json.loads(Path(args.addresses).read_text())
-            pids = {f"{s}[{i}]": r["pid"] for s, rs in addresses["steps"].items() for i, r in enumerate(rs)}
+            pids = {
+                f"{s}[{i}]": r["pid"]
+                for s, rs in addresses["steps"].items()
+                for i, r in enumerate(rs)
+                if "inProcessWith" not in r
+            }
         else:
             runnable = with_queue_sizes(manifest_path, args.max_queue_size, Path(workdir))
             pipeline = LocalPipeline.start(runnable, Path(workdir), replicas=args.replicas, http=False)

@@ -1,8 +1,9 @@
 """`conveyor bench pipeline`: drive a running pipeline with closed- and open-loop load; report throughput,
 p50/p95/p99, each step's realized batch size, queue and compute time (from its Prometheus metrics) and the
 bottleneck, next to the same steps run in this process in their best layout and batch size (`in_process`).
-With ``--policies`` (batching policies) or ``--data-paths`` (step-to-step forwarding or every tensor through the
-gateway) the same levels run once per variant, each on a fresh pipeline, in one command.
+With ``--policies`` (batching policies), ``--data-paths`` (step-to-step forwarding or every tensor through the
+gateway) or ``--placements`` (op steps in processes of their own or in a model step's) the same levels run once per
+variant, each on a fresh pipeline, in one command.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy.typing as npt
 import yaml
 
 from conveyor_runtime.protocol import encode_tensors, pb
-from conveyor_runtime.spec import ExecutionPlan, PipelineManifest, load_manifest
+from conveyor_runtime.spec import POD_LEVEL_FIELDS, ExecutionPlan, PipelineManifest, load_manifest
 from conveyor_runtime.step import step_cpu_budget
 
 from .cpu import cpu_seconds
@@ -37,6 +38,9 @@ __all__ = ["StepStats", "make_payloads", "register", "run", "scrape", "step_stat
 
 POLICIES = ("workConserving", "fill")
 DATA_PATHS = ("stepToStep", "gateway")
+#: processPerStep: every step in processes of its own; inProcess: each op step (no model) runs in the process of a
+#: neighbouring model step (`inProcessWith`; its consumer when that is a model step, else its input).
+PLACEMENTS = ("processPerStep", "inProcess")
 
 _PREPROCESS_OPS = {"image-preprocess", "preprocess", "conveyor_runtime.ops.vision:Preprocess"}
 
@@ -66,6 +70,12 @@ def register(modes: Any) -> None:
         default="",
         help="data paths to compare (comma-separated: stepToStep,gateway), each on a fresh pipeline with that "
         "spec.gateway.dataPath (combine with --policies to compare both)",
+    )
+    parser.add_argument(
+        "--placements",
+        default="",
+        help="step placements to compare (comma-separated: processPerStep,inProcess), each on a fresh pipeline: every "
+        "step in processes of its own, or each op step inProcessWith a neighbouring model step",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
     parser.add_argument(
@@ -122,8 +132,9 @@ def make_payloads(
 # --- metrics -------------------------------------------------------------------------------------------------
 
 
-def scrape(address: str, timeout: float = 5.0) -> dict[str, float]:
-    """A metrics endpoint's samples as {"name{labels}": value} (only the conveyor_step_* series)."""
+def scrape(address: str, timeout: float = 5.0, step: str | None = None) -> dict[str, float]:
+    """A metrics endpoint's samples as {"name{labels}": value} (only the conveyor_step_* series; with `step`, only
+    that step's: a process also serves the steps that run in it, `inProcessWith`)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout) as response:
@@ -131,7 +142,7 @@ def scrape(address: str, timeout: float = 5.0) -> dict[str, float]:
     samples: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name.startswith("conveyor_step_"):
+            if sample.name.startswith("conveyor_step_") and (step is None or sample.labels.get("step", step) == step):
                 labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "step")
                 samples[f"{sample.name}{{{labels}}}"] = float(sample.value)
     return samples
@@ -240,7 +251,7 @@ async def _measure(
 
     metrics = {name: [r["metrics"] for r in addresses["steps"][name]] for name in plan.order}
     mode, value = level
-    before = {name: [await asyncio.to_thread(scrape, a) for a in m] for name, m in metrics.items()}
+    before = {name: [await asyncio.to_thread(scrape, a, step=name) for a in m] for name, m in metrics.items()}
     cpu_before = sum(cpu_seconds(pid) for pid in pids)
     started = time.monotonic()
     if mode == "closed":
@@ -255,7 +266,7 @@ async def _measure(
         )
     elapsed = time.monotonic() - started
     cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
-    after = {name: [await asyncio.to_thread(scrape, a) for a in m] for name, m in metrics.items()}
+    after = {name: [await asyncio.to_thread(scrape, a, step=name) for a in m] for name, m in metrics.items()}
     # metrics cover warm-up and window alike, so per-step figures use the whole elapsed time
     stats = [step_stats(name, before[name], after[name], elapsed) for name in plan.order]
     return Level(result, stats, cpu, elapsed)
@@ -267,6 +278,8 @@ def variant_manifest(manifest_path: Path, variant: str) -> Path:
     data = yaml.safe_load(manifest_path.read_text())
     if variant in DATA_PATHS:
         data["spec"]["gateway"] = {**(data["spec"].get("gateway") or {}), "dataPath": variant}
+    elif variant in PLACEMENTS:
+        _place(data["spec"]["steps"], in_process=variant == "inProcess")
     else:
         for step in data["spec"]["steps"]:
             if "model" in step:
@@ -276,8 +289,32 @@ def variant_manifest(manifest_path: Path, variant: str) -> Path:
     return path
 
 
+def _place(steps: list[dict[str, Any]], *, in_process: bool) -> None:
+    """Set each op step's `inProcessWith` (see `PLACEMENTS`) in a manifest's steps, in place; its pod-level fields go."""
+    inputs = {
+        step["name"]: list(step["inputs"]) if step.get("inputs") is not None else ([steps[i - 1]["name"]] if i else [])
+        for i, step in enumerate(steps)
+    }
+    models = {step["name"] for step in steps if "model" in step}
+    for step in steps:
+        step.pop("inProcessWith", None)
+        if not in_process or "model" in step:
+            continue
+        consumers = [name for name, upstream in inputs.items() if step["name"] in upstream and name in models]
+        producers = [name for name in inputs[step["name"]] if name in models]
+        host = (consumers or producers or [None])[0]
+        if host is not None:
+            step["inProcessWith"] = host
+            for field in POD_LEVEL_FIELDS:
+                step.pop(field, None)
+
+
 def _describe(variant: str) -> str:
-    return f"data path {variant}" if variant in DATA_PATHS else f"batching policy {variant}"
+    if variant in DATA_PATHS:
+        return f"data path {variant}"
+    if variant in PLACEMENTS:
+        return f"placement {variant}"
+    return f"batching policy {variant}"
 
 
 #: (policy or "" for the manifest as it is, what was measured at each level)
@@ -299,7 +336,7 @@ def _start_targets(manifest_path: Path, policies: list[str], workdir: Path, args
     targets: list[_Target] = []
     if args.addresses:
         addresses = json.loads(Path(args.addresses).read_text())
-        pids = [r["pid"] for rs in addresses["steps"].values() for r in rs if "pid" in r]
+        pids = [r["pid"] for rs in addresses["steps"].values() for r in rs if "pid" in r and "inProcessWith" not in r]
         return [_Target("", addresses, pids)]
     for policy in policies or [""]:
         path = variant_manifest(manifest_path, policy) if policy else manifest_path
@@ -392,9 +429,15 @@ def run(args: argparse.Namespace) -> int:
     for data_path in data_paths:
         if data_path not in DATA_PATHS:
             raise SystemExit(f"--data-paths: each must be one of {', '.join(DATA_PATHS)}, got {data_path!r}")
-    policies += data_paths  # each a variant of its own, on a pipeline of its own
+    placements = [p.strip() for p in args.placements.split(",") if p.strip()]
+    for placement in placements:
+        if placement not in PLACEMENTS:
+            raise SystemExit(f"--placements: each must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    policies += data_paths + placements  # each a variant of its own, on a pipeline of its own
     if policies and args.addresses:
-        raise SystemExit("--policies and --data-paths start a pipeline per variant; they cannot attach to --addresses")
+        raise SystemExit(
+            "--policies, --data-paths and --placements start a pipeline per variant; they cannot attach to --addresses"
+        )
     baseline: list[BaselinePoint] = []
     reference = None
     if not args.no_baseline:

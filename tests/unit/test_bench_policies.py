@@ -37,3 +37,14 @@ def test_bench_variant_manifest_sets_the_data_path_and_leaves_the_steps_alone(tm
     assert before.gateway.dataPath == "stepToStep" and changed.gateway.dataPath == "gateway"
     assert changed.steps == before.steps
     assert changed.gateway.model_copy(update={"dataPath": "stepToStep"}) == before.gateway
+
+
+def test_bench_in_process_placement_puts_each_op_step_in_a_neighbouring_model_steps_process(tmp_path: Path) -> None:
+    original = tmp_path / "pipeline.yaml"
+    original.write_text((EXAMPLE.parent.parents[1] / "benchmarks" / "manifests" / "resnet18-float32.yaml").read_text())
+    steps = load_manifest(variant_manifest(original, "inProcess")).spec.steps
+    assert [s.inProcessWith for s in steps] == ["classify", None, "classify"]
+    assert "replicas" not in steps[0].model_fields_set, "a step in another's process has no replicas of its own"
+    separate = load_manifest(variant_manifest(original, "processPerStep")).spec.steps
+    assert [s.inProcessWith for s in separate] == [None, None, None]
+    assert separate == load_manifest(original).spec.steps

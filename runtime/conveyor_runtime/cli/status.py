@@ -66,7 +66,7 @@ def _urls(addresses: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, str |
 
 def _scrape(addresses: Mapping[str, Any]) -> Scrape:
     urls, owners = _urls(addresses)
-    samples = fetch_samples(urls)
+    samples = fetch_samples(urls, steps={key: step for key, step in owners.items() if step is not None})
     steps: dict[str, dict[str, Any]] = {}
     gateway = {}
     for key, sample in samples.items():

@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConveyorError, UsageError
 from ..routing import parse_endpoints
 from ..serving import freeze_startup_objects, stop_on_signals
-from ..spec import METRICS_PORT, STEP_GRPC_PORT, StepSpec, load_manifest, step_from_env
+from ..spec import METRICS_PORT, STEP_GRPC_PORT, StepSpec, in_process_steps_from_env, load_manifest, step_from_env
 from ..step import (
     DEFAULT_GRACE_S,
     DEFAULT_PRE_STOP_S,
@@ -106,52 +107,78 @@ def register(subparsers: Any) -> None:
 
 def load_step_spec(manifest: Path | None, step_name: str | None) -> tuple[StepSpec, Path | None]:
     """The step's spec and the base dir for its relative paths (the manifest's directory, if any)."""
-    spec, base_dir, _ = _load_step(manifest, step_name)
-    return spec, base_dir
+    loaded = _load_step(manifest, step_name)
+    return loaded.spec, loaded.base_dir
 
 
-def _load_step(manifest: Path | None, step_name: str | None) -> tuple[StepSpec, Path | None, str]:
-    """`load_step_spec` plus the step's field path for errors (``spec.steps[2]``; ``step`` from the env)."""
+@dataclass(frozen=True)
+class _LoadedStep:
+    """A step to serve: its spec, base dir, field path for errors (``spec.steps[2]``; ``step`` from the env), and the
+    steps that run in its process (`inProcessWith` it) with their field paths."""
+
+    spec: StepSpec
+    base_dir: Path | None
+    where: str
+    in_process: list[StepSpec] = field(default_factory=list)
+    in_process_where: list[str] = field(default_factory=list)
+
+
+def _load_step(manifest: Path | None, step_name: str | None) -> _LoadedStep:
     if manifest is None:
         if step_name is not None:
             raise UsageError("--step needs --manifest FILE")
-        return step_from_env(), None, "step"
+        return _LoadedStep(step_from_env(), None, "step", in_process_steps_from_env())
     if step_name is None:
         raise UsageError(f"--manifest {manifest} needs --step NAME: name the step to serve from it")
     pipeline = load_manifest(manifest)
-    for index, step in enumerate(pipeline.spec.steps):
-        if step.name == step_name:
-            return step, manifest.resolve().parent, f"spec.steps[{index}]"
-    names = ", ".join(s.name for s in pipeline.spec.steps)
+    steps = pipeline.spec.steps
+    for index, step in enumerate(steps):
+        if step.name != step_name:
+            continue
+        if step.inProcessWith is not None:
+            raise UsageError(
+                f"--step {step_name}: this step runs in the processes of step {step.inProcessWith!r} (inProcessWith); "
+                f"serve --step {step.inProcessWith}, which serves both"
+            )
+        guests = [(i, s) for i, s in enumerate(steps) if s.inProcessWith == step_name]
+        return _LoadedStep(
+            step,
+            manifest.resolve().parent,
+            f"spec.steps[{index}]",
+            [s for _, s in guests],
+            [f"spec.steps[{i}]" for i, _ in guests],
+        )
+    names = ", ".join(s.name for s in steps)
     raise UsageError(f"--step: {manifest} has no step {step_name!r}; steps: {names}")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        spec, base_dir, where = _load_step(args.manifest, args.step_name)
+        loaded = _load_step(args.manifest, args.step_name)
         pre_stop = pre_stop_delay(args)
         peers = peer_sources(parse_endpoints(args.peers, "--peer"), pipeline=os.environ.get(PIPELINE_ENV) or None)
         freeze_startup_objects()  # see serving.heap
-        asyncio.run(_serve(spec, args, base_dir, pre_stop, where, peers))
+        asyncio.run(_serve(loaded, args, pre_stop, peers))
     except Exception as exc:  # the step's own words where `kubectl describe` and the operator read them
         write_termination_message(exc, args.termination_log)
         raise
     return 0
 
 
-async def _serve(
-    spec: StepSpec, args: argparse.Namespace, base_dir: Path | None, pre_stop_s: float, where: str, peers: PeerSources
-) -> None:
+async def _serve(loaded: _LoadedStep, args: argparse.Namespace, pre_stop_s: float, peers: PeerSources) -> None:
+    spec = loaded.spec
     server = create_step_server(
         spec,
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port or None,
-        base_dir=base_dir,
+        base_dir=loaded.base_dir,
         grace_s=args.grace,
         pre_stop_s=pre_stop_s,
-        where=where,
+        where=loaded.where,
         peers=peers,
+        in_process=loaded.in_process,
+        in_process_where=loaded.in_process_where,
     )
     log.info("step %s: loading", spec.name)
     hurry = asyncio.Event()

@@ -118,7 +118,7 @@ def create_http_app(model: GatewayServicer, serving: Callable[[], bool] = lambda
             model.check_model(request.match_info["name"], request.match_info.get("version", ""))
         except RequestError as exc:
             return _error(exc)
-        inputs, outputs = await model.tensor_metadata()
+        inputs, outputs = await model.tensor_metadata(model.model_name)
         return web.json_response(
             {
                 "name": model.model_name,

@@ -46,7 +46,7 @@ class GatewayServicer(ModelServicerBase):
     def is_ready(self) -> bool:
         return self.executor.ready
 
-    async def tensor_metadata(self) -> tuple[Sequence[TensorInfo], Sequence[TensorInfo]]:
+    async def tensor_metadata(self, model: str) -> tuple[Sequence[TensorInfo], Sequence[TensorInfo]]:
         return await self.executor.metadata()
 
     async def infer(

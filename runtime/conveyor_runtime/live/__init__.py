@@ -3,7 +3,7 @@
 
 from .figures import REJECTED_CODE, StepCapacity, StepFigures, bottleneck, histogram_quantile, saturated_steps, step_figures
 from .samples import Buckets, HistogramSample, PodSample, parse_metrics
-from .scrape import SCRAPE_TIMEOUT_S, fetch_samples
+from .scrape import SCRAPE_TIMEOUT_S, fetch_pages, fetch_samples
 from .table import format_rate, format_seconds, render_report, render_table
 from .tracker import LiveTracker, PipelineFigures, Scrape, gateway_figures
 
@@ -19,6 +19,7 @@ __all__ = [
     "StepCapacity",
     "StepFigures",
     "bottleneck",
+    "fetch_pages",
     "fetch_samples",
     "format_rate",
     "format_seconds",

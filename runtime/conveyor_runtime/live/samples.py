@@ -84,12 +84,20 @@ def _histogram(samples: Sequence[tuple[str, Mapping[str, str], float]]) -> Histo
     return HistogramSample(buckets=tuple(sorted(buckets.items())), sum=total, count=count)
 
 
-def parse_metrics(text: str) -> PodSample:
-    """The live figures' series from a `/metrics` page (a step's or a gateway's; other series are ignored)."""
+def parse_metrics(text: str, step: str | None = None) -> PodSample:
+    """The live figures' series from a `/metrics` page (a step's or a gateway's; other series are ignored).
+
+    With `step`, only that step's series count (labelled ``step="<step>"``): a step's process also serves the steps
+    that run in it (`inProcessWith`), each with series of its own on the same page.
+    """
     fields: dict[str, object] = {}
     requests: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        samples = [(s.name, s.labels, float(s.value)) for s in family.samples]
+        samples = [
+            (s.name, s.labels, float(s.value))
+            for s in family.samples
+            if step is None or s.labels.get("step", step) == step
+        ]
         if family.name in _HISTOGRAMS:
             fields[_HISTOGRAMS[family.name]] = _histogram(samples)
         elif family.name in _REQUESTS:

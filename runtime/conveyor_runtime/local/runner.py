@@ -25,7 +25,7 @@ from ..errors import FieldError, InvalidManifest, RunnerFailed
 from ..gateway import Gateway, StaticEndpoints
 from ..serving import TaskSet, free_ports
 from ..sources import cache_dir, cached_path, local_file, remote_values
-from ..spec import ExecutionPlan, load_manifest
+from ..spec import ExecutionPlan, host_of, load_manifest
 from ..spec.uris import is_remote_uri
 from ..step import ensure_model
 from .output import forward_lines
@@ -63,6 +63,10 @@ class LocalRunner:
         self.manifest_path = Path(manifest_path).resolve()
         self.manifest = load_manifest(self.manifest_path)
         self.plan = ExecutionPlan.from_manifest(self.manifest)
+        #: each planned step's host: the step whose processes serve it (itself, unless it is `inProcessWith` another)
+        self.hosts = {name: host_of(self.manifest.spec, name) for name in self.plan.order}
+        #: the steps with processes of their own, in plan order (a host outside the plan still serves its guests)
+        self.process_steps = list(dict.fromkeys(self.hosts[name] for name in self.plan.order))
         self.replica_counts = self._replica_counts(replicas or {})
         gateway = self.manifest.spec.gateway
         self.grpc_port = gateway.grpcPort if grpc_port is None else grpc_port
@@ -88,19 +92,26 @@ class LocalRunner:
 
     def _replica_counts(self, overrides: Mapping[str, int]) -> dict[str, int]:
         """Replicas per step; zero cannot serve here (a cluster may park a pipeline at zero, a local run cannot)."""
-        wrong = {step: count for step, count in overrides.items() if step not in self.plan.nodes or count < 1}
+        guests = {step: self.hosts[step] for step in overrides if self.hosts.get(step, step) != step}
+        if guests:
+            step, host = next(iter(guests.items()))
+            raise ValueError(
+                f"replicas: step {step!r} runs in the processes of step {host!r} (inProcessWith); scale {host!r} instead"
+            )
+        wrong = {step: count for step, count in overrides.items() if step not in self.process_steps or count < 1}
         if wrong:
-            raise ValueError(f"replicas: expected {{step: count >= 1}} for steps {list(self.plan.order)}, got {wrong}")
+            raise ValueError(f"replicas: expected {{step: count >= 1}} for steps {self.process_steps}, got {wrong}")
         zero = "0 replicas cannot serve under conveyor run; set at least 1"
         errors = [FieldError("spec.gateway.replicas", zero)] if self.manifest.spec.gateway.replicas == 0 else []
         errors += [
             FieldError(f"spec.steps[{index}].replicas", f"{zero}, or pass --replicas {step.name}=1")
             for index, step in enumerate(self.manifest.spec.steps)
-            if step.replicas == 0 and step.name not in overrides
+            if step.replicas == 0 and step.name not in overrides and step.name in self.process_steps
         ]
         if errors:
             raise InvalidManifest(errors, str(self.manifest_path))
-        return {name: overrides.get(name, self.plan.nodes[name].spec.replicas) for name in self.plan.order}
+        specs = {step.name: step for step in self.manifest.spec.steps}
+        return {name: overrides.get(name, specs[name].replicas) for name in self.process_steps}
 
     def _say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -200,10 +211,10 @@ class LocalRunner:
         await self.build_models()
         # Every port this run picks, picked at once: the gateway's too when asked for 0, since a later bind to port 0
         # could take a port just handed to a replica that has not bound it yet.
-        picked = sum(self.replica_counts[name] for name in self.plan.order) * 2
+        picked = sum(self.replica_counts.values()) * 2
         picked += sum(1 for port in (self.grpc_port, self.http_port, self.metrics_port) if port == 0)
         ports = iter(free_ports(picked))
-        for name in self.plan.order:
+        for name in self.process_steps:
             for index in range(self.replica_counts[name]):
                 self.replicas.append(ReplicaProcess(name, index, next(ports), next(ports)))
         if self.grpc_port == 0:
@@ -212,9 +223,12 @@ class LocalRunner:
             self.http_port = next(ports)
         if self.metrics_port == 0:
             self.metrics_port = next(ports)
-        addresses = {name: [r.address for r in self.replicas if r.step == name] for name in self.plan.order}
-        for replica in self.replicas:  # a replica may forward its outputs along its chain (spec.gateway.dataPath)
-            replica.peers = {peer: addresses[peer] for peer in self.plan.chain_after(replica.step)}
+        # a step in another's process (inProcessWith) is reached at its host's replicas
+        addresses = {name: [r.address for r in self.replicas if r.step == self.hosts[name]] for name in self.plan.order}
+        for replica in self.replicas:  # a replica may forward outputs along the chains of the steps it serves
+            served = [name for name in self.plan.order if self.hosts[name] == replica.step]
+            after = [peer for name in served for peer in self.plan.chain_after(name)]
+            replica.peers = {peer: addresses[peer] for peer in dict.fromkeys(after) if self.hosts[peer] != replica.step}
         sources = {name: StaticEndpoints(addresses[name]) for name in self.plan.order}
         self.gateway = Gateway(
             self.manifest,
@@ -288,9 +302,11 @@ class LocalRunner:
                         "metrics": f"127.0.0.1:{r.metrics_port}",
                         "pid": r.process.pid if r.process is not None else None,
                         "restarts": r.restarts,
+                        # a step in another's process (inProcessWith) lists its host's replicas: the same processes
+                        **({"inProcessWith": r.step} if r.step != name else {}),
                     }
                     for r in self.replicas
-                    if r.step == name
+                    if r.step == self.hosts[name]
                 ]
                 for name in self.plan.order
             },
@@ -303,7 +319,7 @@ class LocalRunner:
         rows = [("STEP", "REPLICAS", "PORTS (gRPC/metrics)", "RUNS", "STATE")]
         for name in self.plan.order:
             spec = self.plan.nodes[name].spec
-            mine = [r for r in self.replicas if r.step == name]
+            mine = [r for r in self.replicas if r.step == self.hosts[name]]
             ready = sum(r.address in healthy for r in mine)
             ports = " ".join(f"{r.port}/{r.metrics_port}" for r in mine)
             providers = sorted({r.provider for r in mine if r.provider})
@@ -311,6 +327,8 @@ class LocalRunner:
             if spec.model is not None:
                 source = spec.model.path or spec.model.uri or ""
                 runs = f"{source.rsplit('/', 1)[-1]} [{', '.join(providers) or spec.model.device}]"
+            if self.hosts[name] != name:
+                runs = f"{runs} (in {self.hosts[name]}'s processes)"
             rows.append((name, f"{ready}/{len(mine)}", ports, runs, "ready" if ready == len(mine) else "degraded"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

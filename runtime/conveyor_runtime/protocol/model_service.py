@@ -1,6 +1,7 @@
-"""The health and metadata half of `inference.GRPCInferenceService`, shared by every server of one model.
+"""The health and metadata half of `inference.GRPCInferenceService`, shared by every server here.
 
-A step and the gateway each serve one model; they differ only in `ModelInfer`, their name, readiness and tensors.
+The gateway serves one model; a step serves its own and those of the steps running in its process (`inProcessWith`).
+They differ only in `ModelInfer`, their names, readiness and tensors.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ class TensorInfo:
 
 
 class ModelServicerBase:
-    """ServerLive/Ready/Metadata and ModelReady/Metadata for one model; subclasses add `ModelInfer`.
+    """ServerLive/Ready/Metadata and ModelReady/Metadata for its models; subclasses add `ModelInfer`.
 
-    An empty model name in a request means "the model this server serves".
+    An empty model name in a request means `model_name`, the server's own model.
     """
 
     #: ServerMetadata's name and extensions, ModelMetadata's platform.
@@ -52,19 +53,31 @@ class ModelServicerBase:
     def is_ready(self) -> bool:
         raise NotImplementedError
 
-    async def tensor_metadata(self) -> tuple[Sequence[TensorInfo], Sequence[TensorInfo]]:
-        """(inputs, outputs) of the model; empty while unknown."""
+    def platform_of(self, model: str) -> str:
+        """ModelMetadata's platform of `model` (default: `platform`)."""
+        return self.platform
+
+    @property
+    def model_names(self) -> Sequence[str]:
+        """Every model this server serves (`model_name` first)."""
+        return (self.model_name,)
+
+    async def tensor_metadata(self, model: str) -> tuple[Sequence[TensorInfo], Sequence[TensorInfo]]:
+        """(inputs, outputs) of `model` (one of `model_names`); empty while unknown."""
         raise NotImplementedError
 
-    def check_model(self, name: str, version: str = "") -> None:
-        """Raise NOT_FOUND unless `name` is empty or this server's model, and `version` empty or its only one."""
-        if name and name != self.model_name:
-            raise RequestError(f"unknown model {name!r}; this server serves {self.model_name!r}", status="NOT_FOUND")
+    def check_model(self, name: str, version: str = "") -> str:
+        """The model a request names (empty: `model_name`); NOT_FOUND for another name or a version but the only one."""
+        model = name or self.model_name
+        if model not in self.model_names:
+            served = ", ".join(repr(n) for n in self.model_names)
+            raise RequestError(f"unknown model {name!r}; this server serves {served}", status="NOT_FOUND")
         if version and version != MODEL_VERSION:
             raise RequestError(
-                f"model {self.model_name!r} has no version {version!r}; it has version {MODEL_VERSION!r}",
+                f"model {model!r} has no version {version!r}; it has version {MODEL_VERSION!r}",
                 status="NOT_FOUND",
             )
+        return model
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -88,11 +101,11 @@ class ModelServicerBase:
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         try:
-            self.check_model(request.name, request.version)
+            model = self.check_model(request.name, request.version)
         except RequestError as exc:
             await abort_with(context, exc)
-        inputs, outputs = await self.tensor_metadata()
-        response = pb.ModelMetadataResponse(name=self.model_name, versions=[MODEL_VERSION], platform=self.platform)
+        inputs, outputs = await self.tensor_metadata(model)
+        response = pb.ModelMetadataResponse(name=model, versions=[MODEL_VERSION], platform=self.platform_of(model))
         for info in inputs:
             response.inputs.add(name=info.name, datatype=info.datatype, shape=info.shape)
         for info in outputs:

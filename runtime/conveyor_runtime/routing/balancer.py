@@ -417,7 +417,7 @@ class Balancer:
             if remaining <= 0:
                 break
             try:
-                self._metadata = await replica.stub.ModelMetadata(pb.ModelMetadataRequest(name=""), timeout=remaining)
+                self._metadata = await replica.stub.ModelMetadata(pb.ModelMetadataRequest(name=self.step), timeout=remaining)
                 return self._metadata
             except grpc.aio.AioRpcError as exc:
                 log.warning("step %s replica %s gave no metadata: %s", self.step, replica.address, exc.details())

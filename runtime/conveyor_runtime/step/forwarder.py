@@ -75,19 +75,27 @@ class Forwarder:
         return await self._balancer(step) is not None
 
     async def forward(
-        self, response: pb.ModelInferResponse, route: Sequence[str], request_id: str, deadline: float | None
+        self,
+        response: pb.ModelInferResponse,
+        route: Sequence[str],
+        request_id: str,
+        deadline: float | None,
+        *,
+        sender: str | None = None,
     ) -> pb.ModelInferResponse:
-        """Send this step's outputs (`response`) to ``route[0]``, asking it to go on through ``route[1:]``.
+        """Send the outputs (`response`) of `sender` (default: this step; else one running in its process) to
+        ``route[0]``, asking it to go on through ``route[1:]``.
 
         Failures are raised as `StepCallError`s naming the step that failed (see `protocol.route`).
         """
+        sender = sender or self.step
         target, rest = route[0], route[1:]
         balancer = await self._balancer(target)
         assert balancer is not None, "call can_reach first"
         code = "OK"
         try:
             expected = await self._input_names.of(balancer, deadline)
-            tensors = route_inputs(target, [(self.step, wire_tensors(response, trusted=True))], expected)
+            tensors = route_inputs(target, [(sender, wire_tensors(response, trusted=True))], expected)
             request = wire_request(target, tensors, request_id)
             set_route(request, rest)
             return await balancer.infer(request, deadline)
@@ -98,7 +106,7 @@ class Forwarder:
             code = exc.status
             raise StepCallError(target, exc.status, exc.message, relayed=True) from None
         finally:
-            self._forwarded.labels(self.step, target, code).inc()
+            self._forwarded.labels(sender, target, code).inc()
 
     async def aclose(self) -> None:
         for balancer in self._balancers.values():

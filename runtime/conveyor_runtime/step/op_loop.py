@@ -41,9 +41,7 @@ def load_step_op(spec: StepSpec, base_dir: Path, *, cpus: CpuBudget | None = Non
     """Build the step's op: the ONNX model (fetched or built first if missing) or the op class with its config."""
     if spec.model is not None:
         path = ensure_model(spec.model, base_dir)
-        return ModelOp(
-            path, spec.model, spec.batching, cpus=cpus, gpus=spec.resources.gpu, gpu_memory=spec.resources.gpuMemory
-        )
+        return ModelOp(path, spec.model, spec.batching, cpus=cpus, gpus=spec.resources.gpu, gpu_memory=spec.resources.gpuMemory)
     assert spec.op is not None
     try:
         cls = load_op(spec.op)
@@ -202,9 +200,16 @@ class OpLoop:
 
     async def infer(self, request: pb.ModelInferRequest, *, deadline: float | None = None) -> pb.ModelInferResponse:
         """Answer one ModelInferRequest; raises RequestError (with its status) when the request fails."""
+        outputs = await self.infer_arrays(request, deadline=deadline)
+        response = pb.ModelInferResponse(model_name=self.name, id=request.id)
+        encode_tensors(response, outputs.items())
+        return response
+
+    async def infer_arrays(self, request: pb.ModelInferRequest, *, deadline: float | None = None) -> Arrays:
+        """`infer`'s outputs (those the request asks for, else all) before they are encoded."""
         if self.batcher is not None:
             self.batcher.refuse_if_full()
-        inputs = validate_inputs(self.name, self.op.inputs, decode_tensors(request), any_name=self.op.any_input_name)
+        decoded = decode_tensors(request)
         requested = [o.name for o in request.outputs]
         if self._output_names:
             for name in requested:
@@ -212,7 +217,23 @@ class OpLoop:
                     raise InvalidRequest(
                         f"unknown output {name!r} requested; step {self.name!r} has {', '.join(sorted(self._output_names))}"
                     )
-        context = RequestContext(id=request.id, parameters=_parameters(request))
+        outputs = await self._compute(decoded, RequestContext(id=request.id, parameters=_parameters(request)), deadline)
+        if not requested:
+            return dict(outputs)
+        missing = [n for n in requested if n not in outputs]
+        if missing:
+            raise InvalidRequest(f"step {self.name!r} did not produce requested output(s) {missing}")
+        return {name: outputs[name] for name in requested}
+
+    async def run(self, inputs: Arrays, *, request_id: str, deadline: float | None = None) -> Arrays:
+        """One request's outputs from tensors handed over in memory (an in-process edge: nothing to decode)."""
+        if self.batcher is not None:
+            self.batcher.refuse_if_full()
+        return dict(await self._compute(inputs, RequestContext(id=request_id, parameters={}), deadline))
+
+    async def _compute(self, decoded: Arrays, context: RequestContext, deadline: float | None) -> Arrays:
+        """Validate, preprocess, batch and process (or skip), postprocess."""
+        inputs = validate_inputs(self.name, self.op.inputs, decoded, any_name=self.op.any_input_name)
         prepared: Arrays | Skip = inputs
         if self._has_pre:
             prepared = await self._hook("preprocess", self.op.preprocess, inputs, context)
@@ -228,15 +249,8 @@ class OpLoop:
             outputs = prepared
         if self._has_post:
             outputs = await self._hook("postprocess", self.op.postprocess, outputs, context)
-        response = pb.ModelInferResponse(model_name=self.name, id=request.id)
-        if requested:
-            missing = [n for n in requested if n not in outputs]
-            if missing:
-                raise InvalidRequest(f"step {self.name!r} did not produce requested output(s) {missing}")
-            encode_tensors(response, ((name, outputs[name]) for name in requested))
-        else:
-            encode_tensors(response, outputs.items())
-        return response
+        result: Arrays = outputs
+        return result
 
     async def _process(self, batch: Arrays) -> Arrays:
         if self._hooks_async["process"]:

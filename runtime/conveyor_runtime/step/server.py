@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -20,7 +21,7 @@ from ..errors import ConveyorError
 from ..protocol import SERVICE_NAME, add_inference_servicer
 from ..routing import DEFAULT_TIMEOUT_S
 from ..serving import SERVING, HealthService, MetricsEndpoint, format_address
-from ..spec import StepSpec
+from ..spec import IN_PROCESS_STEPS_ENV, StepSpec
 from .forwarder import Forwarder, PeerSources
 from .metrics import StepMetrics
 from .op_loop import OpLoop
@@ -58,8 +59,11 @@ class StepServer:
         max_message_bytes: int,
         where: str,
         peers: PeerSources | None,
+        in_process: Sequence[tuple[StepSpec, str]] = (),
     ) -> None:
         self.spec = step
+        #: the steps that run in this process (`inProcessWith` this one), each with its field path for errors
+        self.in_process = list(in_process)
         self.peers = peers
         self.host = host
         self.port = port
@@ -71,6 +75,8 @@ class StepServer:
         self.where = where
         self.metrics = StepMetrics(step.name)
         self.op_loop: OpLoop | None = None
+        #: this step's op loop first, then those of the steps that run in its process
+        self.op_loops: list[OpLoop] = []
         self._server: grpc.aio.Server | None = None
         self._servicer: StepServicer | None = None
         self._forwarder: Forwarder | None = None
@@ -88,15 +94,21 @@ class StepServer:
 
     async def start(self) -> None:
         """Load and warm up the model (off the event loop), bind, start, then report SERVING."""
-        op_loop = await asyncio.to_thread(OpLoop.load, self.spec, self.base_dir, self.metrics, where=self.where)
-        self.op_loop = op_loop
-        await op_loop.start(on_failure=self._batcher_died)
-        batching = self.spec.batching
+        try:
+            for spec, where, metrics in [
+                (self.spec, self.where, self.metrics),
+                *((guest, at, StepMetrics(guest.name, self.metrics.registry)) for guest, at in self.in_process),
+            ]:
+                loaded = await asyncio.to_thread(OpLoop.load, spec, self.base_dir, metrics, where=where)
+                self.op_loops.append(loaded)
+                await loaded.start(on_failure=self._batcher_died)
+        except BaseException:
+            await self._close_op_loops()
+            raise
+        op_loop = self.op_loop = self.op_loops[0]
         if self.peers is not None:
-            self._forwarder = Forwarder(
-                self.spec.name, self.peers, self.metrics.registry, default_timeout_s=DEFAULT_TIMEOUT_S
-            )
-        own_work = batching.maxQueueSize + op_loop.concurrency * max(1, batching.maxBatchSize) + 64
+            self._forwarder = Forwarder(self.spec.name, self.peers, self.metrics.registry, default_timeout_s=DEFAULT_TIMEOUT_S)
+        own_work = sum(_own_work(loop) for loop in self.op_loops)
         server = grpc.aio.server(
             # Bounds memory beside maxQueueSize: requests in pre/postprocess or compute count here too.
             maximum_concurrent_rpcs=own_work + (FORWARDING_HEADROOM if self._forwarder is not None else 0),
@@ -104,9 +116,9 @@ class StepServer:
                 ("grpc.max_receive_message_length", 2 * self.max_message_bytes),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
-        self._servicer = StepServicer(op_loop, max_message_bytes=self.max_message_bytes, forwarder=self._forwarder)
+        self._servicer = StepServicer(self.op_loops, max_message_bytes=self.max_message_bytes, forwarder=self._forwarder)
         add_inference_servicer(server, self._servicer)
         self._health.add_to(server)
         address = format_address(self.host, self.port)
@@ -118,7 +130,7 @@ class StepServer:
         else:
             reason = "the port may be in use"
         if not bound:
-            await op_loop.aclose()
+            await self._close_op_loops()
             raise ConveyorError(f"step {self.spec.name!r}: cannot listen on {address} ({reason}); choose another --port")
         self.port = bound
         if self.metrics_port is not None:
@@ -126,7 +138,7 @@ class StepServer:
             try:
                 self.metrics_port = await self._endpoint.start()
             except OSError as exc:
-                await op_loop.aclose()
+                await self._close_op_loops()
                 raise ConveyorError(
                     f"step {self.spec.name!r}: cannot serve metrics on port {self.metrics_port} ({exc.strerror}); "
                     "choose another --metrics-port or 0 to disable"
@@ -137,12 +149,17 @@ class StepServer:
             self._health.set(service, SERVING)  # ignored once a dead batcher has shut health down
         self._servicer.ready = self.failure is None
         log.info(
-            "step %s SERVING on %s (provider %s%s)",
+            "step %s SERVING on %s (provider %s%s%s)",
             self.spec.name,
             format_address(self.host, self.port),
             op_loop.provider,
             f", metrics on port {self.metrics_port}" if self.metrics_port is not None else "",
+            "".join(f", in process: step {loop.name}" for loop in self.op_loops[1:]),
         )
+
+    async def _close_op_loops(self) -> None:
+        for loop in self.op_loops:
+            await loop.aclose()
 
     def _batcher_died(self, error: BaseException) -> None:
         log.critical(
@@ -193,8 +210,7 @@ class StepServer:
             started = time.monotonic()
             if self._server is not None:
                 await self._server.stop(grace)
-            if self.op_loop is not None:
-                await self.op_loop.aclose()
+            await self._close_op_loops()
             if self._forwarder is not None:
                 await self._forwarder.aclose()
             took = time.monotonic() - started
@@ -211,6 +227,12 @@ class StepServer:
     async def wait_for_termination(self) -> None:
         """Return once `stop` has finished."""
         await self._stopped.wait()
+
+
+def _own_work(loop: OpLoop) -> int:
+    """Calls a step may hold for its own work: its queue, its batches in compute, and some in pre/postprocess."""
+    batching = loop.spec.batching
+    return batching.maxQueueSize + loop.concurrency * max(1, batching.maxBatchSize) + 64
 
 
 async def _wait_at_most(event: asyncio.Event | None, seconds: float) -> None:
@@ -236,13 +258,18 @@ def create_step_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     where: str = "step",
     peers: PeerSources | None = None,
+    in_process: Sequence[StepSpec] = (),
+    in_process_where: Sequence[str] = (),
 ) -> StepServer:
     """A server for `step` (not started). ``port=0`` picks a free port; ``metrics_port=None`` serves no metrics.
 
     ``pre_stop_s`` is 0 here (tests, embedding); `conveyor step` defaults to `DEFAULT_PRE_STOP_S`. ``where`` is
     the step's field path in errors about its spec (``spec.steps[2]`` when it came from a manifest). ``peers`` says
-    where the steps it may forward to are (`peer_sources`); None: it forwards nothing.
+    where the steps it may forward to are (`peer_sources`); None: it forwards nothing. ``in_process`` are the steps
+    that run in this step's process (`inProcessWith` it), served on the same port; ``in_process_where`` their field
+    paths in errors (default: their place in $CONVEYOR_IN_PROCESS_STEPS).
     """
+    wheres = list(in_process_where) or [f"{IN_PROCESS_STEPS_ENV}[{index}]" for index in range(len(in_process))]
     return StepServer(
         step,
         host=host,
@@ -254,4 +281,5 @@ def create_step_server(
         max_message_bytes=max_message_bytes,
         where=where,
         peers=peers,
+        in_process=list(zip(in_process, wheres)),
     )

@@ -1,17 +1,30 @@
-"""The step's `inference.GRPCInferenceService`: converts and delegates to its `OpLoop`, maps errors at one seam, and
-forwards its outputs to the next step of the request's route when it can (see `protocol.route`)."""
+"""The step's `inference.GRPCInferenceService`: converts and delegates to its `OpLoop`s, maps errors at one seam, and
+carries its outputs on to the next step of the request's route when it can (see `protocol.route`): in memory to a
+step running in this process, forwarded to one elsewhere."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import grpc.aio
 
+from ..arrays import Arrays, shared_rows
 from ..errors import InvalidRequest, RequestError, StepCallError
 from ..ops import TensorSpec
-from ..protocol import FAILED_STEP_METADATA, ModelServicerBase, TensorInfo, fail_with, mark_answer, pb, route_of
+from ..protocol import (
+    FAILED_STEP_METADATA,
+    ModelServicerBase,
+    TensorInfo,
+    encode_tensors,
+    fail_with,
+    mark_answer,
+    pb,
+    route_of,
+)
+from ..spec import route_inputs
 from .forwarder import Forwarder
 from .op_loop import OpLoop
 
@@ -23,79 +36,112 @@ SERVER_NAME = "conveyor-step"
 
 
 class StepServicer(ModelServicerBase):
-    """Open Inference Protocol for one step; the model name is the step's name (an empty name also works)."""
+    """Open Inference Protocol for a step and the steps that run in its process (`inProcessWith` it).
+
+    Each is a model named after its step (an empty name means the first, the process's own step). Where a request's
+    route goes on to a step in this process, its tensors are handed over in memory; the rest of the route is
+    forwarded (`Forwarder`), and a later step's failure is relayed marked as that step's.
+    """
 
     server_name = SERVER_NAME
 
-    def __init__(self, op_loop: OpLoop, *, max_message_bytes: int, forwarder: Forwarder | None = None) -> None:
-        self.op_loop = op_loop
+    def __init__(self, op_loops: Sequence[OpLoop], *, max_message_bytes: int, forwarder: Forwarder | None = None) -> None:
+        self.op_loops = {loop.name: loop for loop in op_loops}
+        self.own = op_loops[0]
         self.forwarder = forwarder
         self.ready = False
         self.max_message_bytes = max_message_bytes
 
     @property
     def model_name(self) -> str:
-        return self.op_loop.name
+        return self.own.name
+
+    @property
+    def model_names(self) -> Sequence[str]:
+        return tuple(self.op_loops)
 
     @property
     def platform(self) -> str:
-        return self.op_loop.op.platform
+        return self.own.op.platform
+
+    def platform_of(self, model: str) -> str:
+        return self.op_loops[model].op.platform
 
     @property
     def is_ready(self) -> bool:
         return self.ready
 
-    async def tensor_metadata(self) -> tuple[Sequence[TensorInfo], Sequence[TensorInfo]]:
+    async def tensor_metadata(self, model: str) -> tuple[Sequence[TensorInfo], Sequence[TensorInfo]]:
         def infos(specs: Sequence[TensorSpec]) -> list[TensorInfo]:
             return [TensorInfo(s.name, s.datatype, tuple(s.reported_shape)) for s in specs]
 
-        return infos(self.op_loop.inputs), infos(self.op_loop.outputs)
+        loop = self.op_loops[model]
+        return infos(loop.inputs), infos(loop.outputs)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         started = time.monotonic()
         remaining = context.time_remaining()
         deadline = started + remaining if remaining is not None else None
-        self.op_loop.metrics.request_received(_rows(request))
+        loop = self.op_loops.get(request.model_name or self.own.name, self.own)
+        loop.metrics.request_received(_rows(request))
         error: BaseException
         try:
-            self.check_model(request.model_name, request.model_version)
+            loop = self.op_loops[self.check_model(request.model_name, request.model_version)]
             size = request.ByteSize()
             if size > self.max_message_bytes:
                 raise _too_large(request, size, self.max_message_bytes)
             route = route_of(request)
-            response = await self.op_loop.infer(request, deadline=deadline)
+            outputs = await loop.infer_arrays(request, deadline=deadline)
         except RequestError as exc:
             error = exc
         except Exception as exc:
-            log.exception("step %s: request %r failed", self.op_loop.name, request.id)
+            log.exception("step %s: request %r failed", loop.name, request.id)
             error = exc
         else:
-            self.op_loop.metrics.request_done("OK", time.monotonic() - started)
-            return await self._answer(response, route, request.id, deadline, context)
+            loop.metrics.request_done("OK", time.monotonic() - started)
+            try:
+                return await self._answer(loop.name, outputs, route, request.id, deadline, context)
+            except StepCallError as exc:  # a later step failed: relayed as that step's
+                context.set_trailing_metadata(((FAILED_STEP_METADATA, exc.step),))
+                fail_with(context, exc)
+                return pb.ModelInferResponse()
         status = error.status if isinstance(error, RequestError) else "INTERNAL"
-        self.op_loop.metrics.request_done(status, time.monotonic() - started)
+        loop.metrics.request_done(status, time.monotonic() - started)
         fail_with(context, error)  # not abort: see fail_with
         return pb.ModelInferResponse()
 
     async def _answer(
-        self,
-        response: pb.ModelInferResponse,
-        route: list[str],
-        request_id: str,
-        deadline: float | None,
-        context: grpc.aio.ServicerContext,
+        self, step: str, outputs: Arrays, route: list[str], request_id: str, deadline: float | None, context: Any
     ) -> pb.ModelInferResponse:
-        """This step's outputs, or (forwarded along `route`) the route's answer; a later step's failure is relayed
-        with its status and words, marked as that step's."""
+        """`step`'s outputs, carried on along `route`: in memory through the steps in this process, then forwarded
+        to the next step elsewhere when it can be reached; the answer is the last step's outputs, marked as its."""
+        while route and route[0] in self.op_loops:
+            target = self.op_loops[route[0]]
+            tensors = route_inputs(target.name, [(step, outputs)], [spec.name for spec in target.inputs])
+            outputs = await self._in_process(target, tensors, request_id, deadline)
+            step, route = target.name, route[1:]
+        response = pb.ModelInferResponse(model_name=step, id=request_id)
+        encode_tensors(response, outputs.items())
         if not route or self.forwarder is None or not await self.forwarder.can_reach(route[0]):
-            mark_answer(response, self.op_loop.name)
+            mark_answer(response, step)
             return response
+        return await self.forwarder.forward(response, route, request_id, deadline, sender=step)
+
+    async def _in_process(self, loop: OpLoop, inputs: Arrays, request_id: str, deadline: float | None) -> Arrays:
+        """One step of the route run in this process, counted in its own metrics; its failure is a `StepCallError`."""
+        started = time.monotonic()
+        loop.metrics.request_received(shared_rows(inputs) or 1)
         try:
-            return await self.forwarder.forward(response, route, request_id, deadline)
-        except StepCallError as exc:
-            context.set_trailing_metadata(((FAILED_STEP_METADATA, exc.step),))
-            fail_with(context, exc)
-            return pb.ModelInferResponse()
+            outputs = await loop.run(inputs, request_id=request_id, deadline=deadline)
+        except RequestError as exc:
+            loop.metrics.request_done(exc.status, time.monotonic() - started)
+            raise StepCallError(loop.name, exc.status, exc.message) from None
+        except Exception:
+            log.exception("step %s: request %r failed", loop.name, request_id)
+            loop.metrics.request_done("INTERNAL", time.monotonic() - started)
+            raise StepCallError(loop.name, "INTERNAL", "the step failed; see its log") from None
+        loop.metrics.request_done("OK", time.monotonic() - started)
+        return outputs
 
 
 def _too_large(request: pb.ModelInferRequest, size: int, limit: int) -> RequestError:
