@@ -3,7 +3,8 @@ per replica, with HPA-style stabilization windows both ways so that it does not 
 
 A step's capacity comes from its own figures (conveyor_runtime.live): items computed per second over the share of its
 instances that were busy, per pod. Sizing every step to the items that arrive at it keeps the bottleneck fed: the
-steps before it are sized to the offered load, the ones after it follow as it speeds up.
+steps before it are sized to the offered load, the ones after it follow as it speeds up. A step whose pods also run
+other steps (`inProcessWith` it) gets what the most demanding of them needs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from conveyor_runtime.live import StepFigures
 from conveyor_runtime.spec import GATEWAY_STEP_NAME
 from conveyor_runtime.spec.model import AutoscalingSpec
 
-__all__ = ["Autoscaler", "Decision", "recommend", "with_replicas"]
+__all__ = ["Autoscaler", "Decision", "recommend", "recommend_with_guests", "with_replicas"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,19 @@ def recommend(figures: StepFigures, policy: AutoscalingSpec) -> tuple[int, str] 
     )
 
 
+def recommend_with_guests(figures: StepFigures, guests: Sequence[StepFigures], policy: AutoscalingSpec) -> tuple[int, str] | None:
+    """Replicas for a step and the steps that run in its processes (`guests`): each replica serves them all, so the
+    most that one of them needs; None while one of them cannot be sized (its load is not known yet)."""
+    found = recommend(figures, policy)
+    for guest in guests:
+        needed = recommend(guest, policy)
+        if found is None or needed is None:
+            return None
+        if needed[0] > found[0]:
+            found = needed[0], f"for step {guest.name!r}, which runs in its pods: {needed[1]}"
+    return found
+
+
 class Autoscaler:
     """Remembers each step's recommendations (by key, e.g. namespace/pipeline/step) and decides when to act on them:
     up to the lowest recommendation of the up window, down to the highest of the down window, each only once the
@@ -69,8 +83,19 @@ class Autoscaler:
             self._history.pop(key, None)
             self._since.pop(key, None)
 
-    def decide(self, key: str, figures: StepFigures, policy: AutoscalingSpec, *, current: int, now: float) -> Decision | None:
-        found = recommend(figures, policy)
+    def decide(
+        self,
+        key: str,
+        figures: StepFigures,
+        policy: AutoscalingSpec,
+        *,
+        current: int,
+        now: float,
+        guests: Sequence[StepFigures] = (),
+    ) -> Decision | None:
+        """Scale the step to the figures' recommendation once it held for its window; `guests` are the figures of the
+        steps that run in its processes (see `recommend_with_guests`)."""
+        found = recommend_with_guests(figures, guests, policy)
         if found is None:
             return None
         history = self._history.setdefault(key, deque())

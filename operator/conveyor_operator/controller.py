@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conveyor_runtime.live import PipelineFigures
-from conveyor_runtime.spec import API_GROUP, API_VERSION, GATEWAY_STEP_NAME, KIND, PipelineSpec
+from conveyor_runtime.spec import API_GROUP, API_VERSION, GATEWAY_STEP_NAME, KIND, PipelineSpec, guests_of
 
 from .autoscaler import Autoscaler, with_replicas
 from .cluster import Cluster, ClusterError
@@ -40,6 +40,7 @@ def status_changes(
     A reconcile does not compute `live` and the `Saturated` condition: without new ones, the current ones are kept.
     """
     new = outcome.status.model_dump(mode="json")
+    new["steps"] = [step.model_dump(mode="json", exclude_none=True) for step in outcome.status.steps]
     new["live"] = live if live is not None else current.get("live")
     kept = next((c for c in current.get("conditions") or [] if c.get("type") == "Saturated"), None)
     extra = saturated.model_dump(mode="json") if saturated is not None else kept
@@ -125,7 +126,10 @@ class PipelineController:
             current = min(policy.maxReplicas, max(policy.minReplicas, current))
             replicas[name] = current
             if name in measured:
-                decision = self.autoscaler.decide(f"{key[0]}/{key[1]}/{name}", measured[name], policy, current=current, now=now)
+                guests = [measured[guest.name] for guest in guests_of(spec, name) if guest.name in measured]
+                decision = self.autoscaler.decide(
+                    f"{key[0]}/{key[1]}/{name}", measured[name], policy, current=current, now=now, guests=guests
+                )
                 if decision is not None:
                     replicas[name] = decision.replicas
                     events.append(Event("Normal", "Autoscaled", decision.message))
@@ -141,14 +145,17 @@ class PipelineController:
             return None, None, []  # not due, a first read, or no step pod answered twice: nothing measured
         now = utc_now()
         previous = current.get("conditions") or []
-        saturated = saturated_condition(figures, now=now, generation=outcome.status.observedGeneration, previous=previous)
+        hosts = {step.name: step.inProcessWith for step in outcome.status.steps if step.inProcessWith}
+        saturated = saturated_condition(
+            figures, now=now, generation=outcome.status.observedGeneration, previous=previous, hosts=hosts
+        )
         events = []
         was: Mapping[str, Any] = next((c for c in previous if c.get("type") == "Saturated"), {})
         if saturated.status == "True" and (was.get("status") != "True" or was.get("message") != saturated.message):
             events.append(Event("Warning", "Saturated", saturated.message, transition=True))
         elif saturated.status == "False" and was.get("status") == "True":
             events.append(Event("Normal", "Unsaturated", saturated.message, transition=True))
-        new = live_status(figures, now=now).model_dump(mode="json", exclude_none=True)
+        new = live_status(figures, now=now, hosts=hosts).model_dump(mode="json", exclude_none=True)
         old = current.get("live")
         age = seconds_between(str(old.get("sampledAt")), now) if isinstance(old, Mapping) else float("inf")
         return (new if live_changed(old, new, age_s=age) else None), saturated, events

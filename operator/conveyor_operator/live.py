@@ -21,14 +21,16 @@ from conveyor_runtime.live import (
     Scrape,
     StepCapacity,
     StepFigures,
-    fetch_samples,
+    fetch_pages,
     format_rate,
     format_seconds,
+    parse_metrics,
 )
-from conveyor_runtime.spec import METRICS_PORT, PipelineSpec
+from conveyor_runtime.spec import METRICS_PORT, PipelineSpec, guests_of
 
 from .cluster import POD_KIND, ClusterError
 from .labels import COMPONENT_LABEL, STEP_LABEL, child_selector
+from .scrape import step_samples
 from .status import Condition, LiveStatus, LiveStepStatus, condition
 
 __all__ = [
@@ -57,7 +59,8 @@ _FRACTIONS = frozenset({"utilization", "batchFill"})
 #: Derived from other fields, or moving by nature: never a reason to write on their own.
 _IGNORED = frozenset({"sampledAt", "windowSeconds", "throughput", "p99", "bottleneckReason"})
 
-Fetch = Callable[[Mapping[str, str]], dict[str, PodSample]]
+#: Reads `/metrics` pages: key -> URL in, key -> page out (pages that could not be read left out).
+Fetch = Callable[[Mapping[str, str]], dict[str, str]]
 
 
 class PodLister(Protocol):
@@ -106,16 +109,22 @@ def _step(f: StepFigures) -> LiveStepStatus:
     )
 
 
-def live_status(figures: PipelineFigures, *, now: str) -> LiveStatus:
+def _where(step: str, hosts: Mapping[str, str]) -> str:
+    """Where a step that runs in another's processes (`inProcessWith`) runs: what to scale for it."""
+    return f" (it runs in the pods of step {hosts[step]!r}: scale that step)" if step in hosts else ""
+
+
+def live_status(figures: PipelineFigures, *, now: str, hosts: Mapping[str, str] | None = None) -> LiveStatus:
     """status.live from one window's figures: the printer columns' strings plus each step's figures, rounded to three
-    significant digits (ms for times) so that the patch stays small."""
+    significant digits (ms for times) so that the patch stays small. `hosts` maps each step that runs in another's
+    processes to that step: a bottleneck among them says so."""
     return LiveStatus(
         sampledAt=now,
         windowSeconds=round(figures.window_s, 1),
         throughput=f"{format_rate(figures.throughput_per_s)}/s",
         p99=format_seconds(figures.p99_s),
         bottleneck=figures.bottleneck,
-        bottleneckReason=figures.bottleneck_reason,
+        bottleneckReason=figures.bottleneck_reason + (_where(figures.bottleneck, hosts) if hosts else ""),
         throughputPerSecond=_round(figures.throughput_per_s),
         p50Ms=_ms(figures.p50_s),
         p99Ms=_ms(figures.p99_s),
@@ -152,11 +161,18 @@ def seconds_between(earlier: str, later: str) -> float:
 
 
 def saturated_condition(
-    figures: PipelineFigures, *, now: str, generation: int, previous: Sequence[Mapping[str, Any]]
+    figures: PipelineFigures,
+    *,
+    now: str,
+    generation: int,
+    previous: Sequence[Mapping[str, Any]],
+    hosts: Mapping[str, str] | None = None,
 ) -> Condition:
-    """`Saturated`: True naming each step whose queue keeps growing or that refuses requests, else False."""
+    """`Saturated`: True naming each step whose queue keeps growing or that refuses requests, else False; for a step
+    that runs in another's processes (`hosts`: step -> its host), the step to add replicas to."""
     if figures.saturated:
-        message = "; ".join(figures.saturated.values()) + "; add replicas to it or send less"
+        named = [why + _where(step, hosts or {}) for step, why in figures.saturated.items()]
+        message = "; ".join(named) + "; add replicas to it or send less"
         return condition("Saturated", "True", "StepSaturated", message, now=now, generation=generation, previous=previous)
     return condition(
         "Saturated",
@@ -177,7 +193,7 @@ class LiveSampler:
         cluster: PodLister,
         *,
         interval_s: float = LIVE_INTERVAL_S,
-        fetch: Fetch = fetch_samples,
+        fetch: Fetch = fetch_pages,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cluster = cluster
@@ -193,7 +209,10 @@ class LiveSampler:
 
     def sample(self, namespace: str, name: str, spec: PipelineSpec) -> PipelineFigures | None:
         """The figures since this pipeline's previous read; None when it is not due yet, on its first read, or when
-        its pods cannot be listed. Blocking (API call and HTTP reads): call from a worker thread."""
+        its pods cannot be listed. Blocking (API call and HTTP reads): call from a worker thread.
+
+        A step's figures come from the series labelled with its name on the pods that serve it: its own, or for a
+        step that runs in another's processes (`inProcessWith`), its host's."""
         key = (namespace, name)
         now = self._clock()
         if now - self._last.get(key, float("-inf")) < self.interval_s:
@@ -217,11 +236,19 @@ class LiveSampler:
             if url is not None and labels.get(COMPONENT_LABEL) in ("step", "gateway"):
                 urls[str(meta["name"])] = url
                 owners[str(meta["name"])] = labels.get(STEP_LABEL) if labels.get(COMPONENT_LABEL) == "step" else None
-        samples = self._fetch(urls)
+        pages = self._fetch(urls)
         at = self._clock()
+        guests = {step.name: [guest.name for guest in guests_of(spec, step.name)] for step in spec.steps}
         steps: dict[str, dict[str, PodSample]] = {}
         gateway: dict[str, PodSample] = {}
-        for pod_name, sample in samples.items():
+        for pod_name, page in pages.items():
             step = owners[pod_name]
-            (gateway if step is None else steps.setdefault(step, {}))[pod_name] = sample
+            try:
+                if step is None:
+                    gateway[pod_name] = parse_metrics(page)
+                    continue
+                for served, sample in step_samples(page, step, guests.get(step, [])).items():
+                    steps.setdefault(served, {})[pod_name] = sample
+            except ValueError as exc:
+                logger.debug("%s/%s: cannot parse the metrics of pod %s: %s", namespace, name, pod_name, exc)
         return tracker.update(Scrape(at=at, steps=steps, gateway=gateway))

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from conveyor_runtime.errors import FieldError
 from conveyor_runtime.spec import (
     BATCHING_ENV,
+    IN_PROCESS_STEPS_ENV,
     PipelineSpec,
     gateway_resource_name,
     graph_errors,
@@ -105,6 +106,15 @@ def _describe_child(obj: Mapping[str, Any]) -> str:
     return f"{obj['kind']} {obj['metadata']['name']} ({owner})"
 
 
+def _why_pruned(spec: PipelineSpec, obj: Mapping[str, Any]) -> str:
+    """Why a child is no longer rendered: gone from the spec, or (a Deployment) its step now runs in another's pods."""
+    step = ((obj.get("metadata") or {}).get("labels") or {}).get(STEP_LABEL)
+    host = next((s.inProcessWith for s in spec.steps if s.name == step), None)
+    if host is not None and obj.get("kind") == "Deployment":
+        return f"step {step!r} now runs in the pods of step {host!r} (inProcessWith)"
+    return "no longer in the spec"
+
+
 def _over(obj: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
     """`obj`, to be applied only over `before` as observed (else 409): the events then say what was really changed."""
     return {**obj, "metadata": {**obj["metadata"], "resourceVersion": before["metadata"]["resourceVersion"]}}
@@ -150,6 +160,9 @@ def _field_for_env(spec: PipelineSpec, step: str | None, variable: str) -> str:
     index = next((i for i, s in enumerate(spec.steps) if s.name == step), None)
     if index is None:
         return "spec"
+    if variable == IN_PROCESS_STEPS_ENV:  # the specs of the steps that run in this one's processes
+        guests = [f"spec.steps[{i}]" for i, s in enumerate(spec.steps) if s.inProcessWith == step]
+        return " or ".join(guests) or f"spec.steps[{index}]"
     batching = {var: name for name, var in BATCHING_ENV.items()}
     return f"spec.steps[{index}].batching.{batching[variable]}" if variable in batching else f"spec.steps[{index}]"
 
@@ -213,7 +226,7 @@ class Reconciler:
                     (retry if exc.temporary else failures).append(f"{_describe_child(obj)}: cannot delete it: {exc.message}")
                     continue
                 if deleted:
-                    events.append(Event("Normal", "Deleted", f"deleted {_describe_child(obj)}: no longer in the spec"))
+                    events.append(Event("Normal", "Deleted", f"deleted {_describe_child(obj)}: {_why_pruned(spec, obj)}"))
 
         pods = self._pods(owner)
         deployments = {

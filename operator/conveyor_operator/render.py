@@ -1,7 +1,8 @@
 """The children of an InferencePipeline, rendered as plain manifests (pure functions, no API calls).
 
 Per step: a Deployment and a headless Service; for the pipeline: the gateway Deployment and Service and a
-ConfigMap holding the manifest the gateway reads.
+ConfigMap holding the manifest the gateway reads. A step that runs in the processes of another (`inProcessWith`,
+a guest) has no Deployment: its Service selects its host's pods, which serve it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from conveyor_runtime.spec import (
     StepSpec,
     gateway_resource_name,
     graph_configmap_name,
+    guests_of,
     step_resource_name,
     step_to_env,
 )
@@ -271,7 +273,9 @@ def _model_sources(step: StepSpec, container: dict[str, Any], volumes: list[dict
     container["env"].extend(_env({"CONVEYOR_MODEL_CACHE": MODEL_CACHE_DIR}))
     resources = _resources(step.resources.model_copy(update={"gpu": 0}))
     fetch = {
-        **copy.deepcopy({key: container[key] for key in ("image", "imagePullPolicy", "workingDir", "env", "securityContext", "volumeMounts")}),
+        **copy.deepcopy(
+            {key: container[key] for key in ("image", "imagePullPolicy", "workingDir", "env", "securityContext", "volumeMounts")}
+        ),
         "name": "fetch",
         "command": ["conveyor", "fetch"],
         "resources": resources,
@@ -282,9 +286,10 @@ def _model_sources(step: StepSpec, container: dict[str, Any], volumes: list[dict
     return [fetch]
 
 
-def render_step_deployment(owner: Owner, step: StepSpec, image: str) -> dict[str, Any]:
+def render_step_deployment(owner: Owner, step: StepSpec, image: str, guests: Sequence[StepSpec] = ()) -> dict[str, Any]:
     """A step's Deployment: `conveyor step` with the step spec in its environment, probed over grpc.health.v1;
-    a remote model is fetched first by an init container (see `_model_sources`)."""
+    a remote model is fetched first by an init container (see `_model_sources`). `guests` are the steps that run
+    in its processes (`inProcessWith` it): their specs are in its environment too."""
     volumes, mounts = _scratch_volumes()
     grpc_probe = {"grpc": {"port": STEP_GRPC_PORT}}
     container: dict[str, Any] = {
@@ -293,7 +298,7 @@ def render_step_deployment(owner: Owner, step: StepSpec, image: str) -> dict[str
         "imagePullPolicy": "IfNotPresent",
         "command": ["conveyor", "step", "--port", str(STEP_GRPC_PORT), "--metrics-port", str(METRICS_PORT)],
         "workingDir": WORK_DIR,
-        "env": _env({**_base_env(owner.name), "CONVEYOR_STEP": step.name, **step_to_env(step)}),
+        "env": _env({**_base_env(owner.name), "CONVEYOR_STEP": step.name, **step_to_env(step, guests)}),
         "ports": [
             {"name": "grpc", "containerPort": STEP_GRPC_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
@@ -330,14 +335,17 @@ def render_step_deployment(owner: Owner, step: StepSpec, image: str) -> dict[str
 
 
 def render_step_service(owner: Owner, step: StepSpec) -> dict[str, Any]:
-    """A step's headless Service: its DNS name resolves to every ready replica, which the gateway balances over."""
+    """A step's headless Service: its DNS name resolves to every ready replica, which the gateway balances over.
+
+    A guest's (`inProcessWith`) selects its host's pods, which serve it: whoever calls the step by name reaches them.
+    """
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(owner, step_resource_name(owner.name, step.name), "step", step.name),
         "spec": {
             "clusterIP": "None",
-            "selector": selector_labels(owner.name, "step", step.name),
+            "selector": selector_labels(owner.name, "step", step.inProcessWith or step.name),
             "ports": [{"name": "grpc", "port": STEP_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"}],
             "publishNotReadyAddresses": False,
         },
@@ -458,7 +466,8 @@ def render_gateway_service(owner: Owner, spec: PipelineSpec) -> dict[str, Any]:
 
 
 def render_children(owner: Owner, spec: PipelineSpec, default_image: str = DEFAULT_IMAGE) -> list[dict[str, Any]]:
-    """Every child, in apply order: the graph ConfigMap, each step's Service and Deployment, then the gateway.
+    """Every child, in apply order: the graph ConfigMap, each step's Service and Deployment (none for a step that
+    runs in another's processes), then the gateway.
 
     The image is the step's or the gateway's own `image`, else `spec.image`, else `default_image` (the operator's
     CONVEYOR_IMAGE).
@@ -467,7 +476,8 @@ def render_children(owner: Owner, spec: PipelineSpec, default_image: str = DEFAU
     children = [render_graph_configmap(owner, spec)]
     for step in spec.steps:
         children.append(render_step_service(owner, step))
-        children.append(render_step_deployment(owner, step, image))
+        if step.inProcessWith is None:
+            children.append(render_step_deployment(owner, step, image, guests_of(spec, step.name)))
     children.append(render_gateway_service(owner, spec))
     children.append(render_gateway_deployment(owner, spec, image))
     return children

@@ -59,13 +59,16 @@ class Condition(_Status):
 
 
 class StepStatus(_Status):
-    """Replicas of one step's Deployment."""
+    """Replicas of one step's Deployment: for a step that runs in another's processes, its host's."""
 
     name: str
-    deployment: str
+    deployment: str = Field(..., description="The Deployment whose pods serve the step (its host's, for a guest).")
     desired: int = Field(0, ge=0)
     ready: int = Field(0, ge=0)
     updated: int = Field(0, ge=0)
+    inProcessWith: str | None = Field(
+        None, description="The step in whose processes this step runs (it has no pods of its own); absent otherwise."
+    )
 
 
 class GatewayStatus(_Status):
@@ -265,12 +268,25 @@ def compute_status(
     """
     steps: list[StepStatus] = []
     states: list[tuple[str, DeploymentState]] = []
+    by_name = {step.name: step for step in spec.steps}
     for step in spec.steps:
-        deployment = step_resource_name(pipeline, step.name)
+        # A guest (`inProcessWith`) has no Deployment: it shows its host's, whose state is judged once, as the host's.
+        host = by_name.get(step.inProcessWith or step.name, step)
+        deployment = step_resource_name(pipeline, host.name)
         state = deployments.get(deployment, DeploymentState())
-        desired = step.replicas if not state.exists else state.desired
-        steps.append(StepStatus(name=step.name, deployment=deployment, desired=desired, ready=state.ready, updated=state.updated))
-        states.append((f"step {step.name!r}", state))
+        desired = host.replicas if not state.exists else state.desired
+        steps.append(
+            StepStatus(
+                name=step.name,
+                deployment=deployment,
+                desired=desired,
+                ready=state.ready,
+                updated=state.updated,
+                inProcessWith=step.inProcessWith,
+            )
+        )
+        if step.inProcessWith is None:
+            states.append((f"step {step.name!r}", state))
     gateway_name = gateway_resource_name(pipeline)
     gateway_state = deployments.get(gateway_name, DeploymentState())
     states.append(("gateway", gateway_state))
@@ -278,6 +294,8 @@ def compute_status(
     failing = [f"{label}: {state.failure}" for label, state in states if state.failure]
     pending = [_describe(label, state) for label, state in states if not state.rolled_out]
     zero = [label for label, state in states if state.exists and state.desired == 0]
+
+    own = [s for s in steps if s.inProcessWith is None]  # a guest's replicas are its host's: counted once
 
     def cond(type_: ConditionType, status: ConditionStatus, reason: str, message: str) -> Condition:
         return condition(type_, status, reason, message, now=now, generation=generation, previous=previous)
@@ -306,7 +324,7 @@ def compute_status(
     return PipelineStatus(
         observedGeneration=generation,
         stepCount=len(spec.steps),
-        replicas=f"{sum(s.ready for s in steps)}/{sum(s.desired for s in steps)}",
+        replicas=f"{sum(s.ready for s in own)}/{sum(s.desired for s in own)}",
         endpoint=gateway_endpoint(pipeline, namespace, spec.gateway.grpcPort),
         httpEndpoint=f"http://{gateway_endpoint(pipeline, namespace, spec.gateway.httpPort)}",
         steps=steps,

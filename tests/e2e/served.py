@@ -3,6 +3,7 @@ snapshots of its pods and Deployments to compare before and after a change."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ from tests.support.cluster import ClusterError
 from tests.support.load import Check, Load
 from tests.support.pods import Pipeline, Pod, Release, apply_pipeline, fresh_namespace, wait_for
 
-__all__ = ["INPUTS", "RATE", "ranked", "ranked_check", "ranked_manifest", "serving", "snapshot", "step_pods", "templates"]
+__all__ = ["INPUTS", "RATE", "ranked", "ranked_check", "ranked_manifest", "ready_pipeline", "serving", "snapshot", "step_pods", "templates"]
 
 #: Requests per second of the background load (the node has 2 cores shared with the control plane and the tests).
 RATE = 40.0
@@ -48,12 +49,12 @@ def ranked_check(outputs: Mapping[str, np.ndarray]) -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def ranked(conveyor: Release) -> Iterator[Pipeline]:
-    """The pipeline, Ready, in a namespace of its own for the module (deleted afterwards, not waited for)."""
-    namespace = fresh_namespace(conveyor.cluster, "e2e-ranked")
+@contextlib.contextmanager
+def ready_pipeline(conveyor: Release, manifest: dict[str, Any], prefix: str) -> Iterator[Pipeline]:
+    """`manifest` applied, Ready, in a namespace of its own (deleted afterwards, not waited for)."""
+    namespace = fresh_namespace(conveyor.cluster, prefix)
     try:
-        pipeline = apply_pipeline(conveyor.cluster, ranked_manifest("ranked"), namespace)
+        pipeline = apply_pipeline(conveyor.cluster, manifest, namespace)
         pipeline.wait_ready(timeout=180)
         yield pipeline
     finally:
@@ -61,6 +62,13 @@ def ranked(conveyor: Release) -> Iterator[Pipeline]:
             conveyor.cluster.kubectl("delete", "namespace", namespace, "--wait=false")
         except ClusterError:
             pass
+
+
+@pytest.fixture(scope="module")
+def ranked(conveyor: Release) -> Iterator[Pipeline]:
+    """The pipeline, Ready, in a namespace of its own for the module."""
+    with ready_pipeline(conveyor, ranked_manifest("ranked"), "e2e-ranked") as pipeline:
+        yield pipeline
 
 
 def serving(pipeline: Pipeline, check: Check = ranked_check) -> Load:
