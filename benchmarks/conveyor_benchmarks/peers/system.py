@@ -1,0 +1,49 @@
+"""What the bench needs of each system under test: start, the pids whose CPU counts, one checked answer, a closed
+loop at C clients, and a clean stop."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+
+from ..load import LoadResult
+from .plan import PeerPlan
+
+__all__ = ["System"]
+
+
+class System(abc.ABC):
+    """One serving system running the plan's pipeline; `start` once, measure many levels, `stop` always."""
+
+    #: The name in --systems and in the table.
+    name: str = ""
+
+    def __init__(self, plan: PeerPlan, payloads: list[npt.NDArray[Any]], rows: int) -> None:
+        self.plan = plan
+        self.payloads = payloads
+        self.rows = rows
+        #: How it was configured and started, for the report (filled by `start`).
+        self.description = ""
+
+    @abc.abstractmethod
+    def start(self, workdir: Path) -> None:
+        """Start it and wait until it answers."""
+
+    @abc.abstractmethod
+    def pids(self) -> list[int]:
+        """Root processes of the system: their whole process trees count as its serving CPU."""
+
+    @abc.abstractmethod
+    async def labels(self, payload: npt.NDArray[Any]) -> list[list[str]]:
+        """The top-k labels of one request (compared across systems)."""
+
+    @abc.abstractmethod
+    async def closed_loop(self, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
+        """`concurrency` clients sending `payloads` in turn, as `load.closed_loop` does."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop it and everything it started (safe to call twice, and after a failed `start`)."""
