@@ -45,13 +45,16 @@ class LocalPipeline:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         pipeline = cls(process, addresses, log_path)
         started = time.monotonic()
-        while not (addresses.exists() and addresses.read_text().strip()):
-            if process.poll() is not None:
-                raise SystemExit(f"conveyor run exited with {process.returncode}; see {log_path}:\n{pipeline.log_tail()}")
-            if time.monotonic() - started > ready_timeout_s:
-                pipeline.stop()
-                raise SystemExit(f"the pipeline was not ready after {ready_timeout_s:.0f}s; see {log_path}")
-            time.sleep(0.5)
+        try:
+            while not (addresses.exists() and addresses.read_text().strip()):
+                if process.poll() is not None:
+                    raise SystemExit(f"conveyor run exited with {process.returncode}; see {log_path}:\n{pipeline.log_tail()}")
+                if time.monotonic() - started > ready_timeout_s:
+                    raise SystemExit(f"the pipeline was not ready after {ready_timeout_s:.0f}s; see {log_path}")
+                time.sleep(0.5)
+        except BaseException:  # not ready (or Ctrl-C while waiting): it runs in a session of its own, so stop it here
+            pipeline.stop()
+            raise
         print(f"pipeline ready in {time.monotonic() - started:.1f}s", flush=True)
         return pipeline
 
