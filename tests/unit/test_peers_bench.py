@@ -12,7 +12,7 @@ import pytest
 
 from conveyor_benchmarks.load import LoadResult
 from conveyor_benchmarks.peers import Measurement, compare_answers, parse_levels, parse_systems, peer_plan, render_table
-from conveyor_benchmarks.peers.peers_bench import ratio_lines, register, turn_order
+from conveyor_benchmarks.peers.peers_bench import open_rates, parse_rates, ratio_lines, register, turn_order
 from conveyor_benchmarks.peers.process_tree import descendants, parse_ppid
 from conveyor_benchmarks.peers.pytriton_app import stub_library_path, triton_models
 from conveyor_benchmarks.peers.ray_serve import ray_layout
@@ -179,3 +179,48 @@ def test_peers_ratio_lines_compare_conveyor_with_the_fastest_peer_per_level() ->
     assert ratio_lines(measured) == [
         "C=32: conveyor / best peer (ray): throughput 1.33x, p50 0.80x, p99 0.80x, serving CPU/request 1.00x"
     ]
+
+
+def test_peers_parse_rates_reads_numbers_or_auto_and_rejects_the_rest() -> None:
+    assert parse_rates("10, 20.5") == [10.0, 20.5]
+    assert parse_rates("auto") is None
+    for bad in ("fast", "10,-1", "0"):
+        with pytest.raises(SystemExit, match="--rates"):
+            parse_rates(bad)
+
+
+def test_peers_auto_rates_are_shares_of_the_slowest_systems_best_closed_loop() -> None:
+    measured = [
+        _measurement("conveyor", "C=1", 100, 0.010, 3.0),  # 10 req/s
+        _measurement("conveyor", "C=32", 400, 0.080, 12.0),  # 40 req/s
+        _measurement("ray", "C=1", 80, 0.012, 4.8),
+        _measurement("ray", "C=32", 200, 0.100, 9.0),  # 20 req/s: ray's best, the slowest system's best
+    ]
+    assert open_rates(measured) == [10.0, 16.0]
+
+
+def _open(system: str, rate: str, p99_s: float) -> Measurement:
+    result = LoadResult("open", rate, 10.0, 1, latencies=[p99_s] * 100)
+    return Measurement(system, result, cpu_s=5.0, others_cpu_s=0.0, client_cpu_s=0.5, elapsed_s=12.0)
+
+
+def test_peers_open_loop_levels_sort_after_closed_ones_and_compare_p99_with_each_peer() -> None:
+    measured = [
+        _open("ray", "16/s", 0.400),
+        _open("conveyor", "16/s", 0.100),
+        _open("pytriton", "16/s", 0.250),
+        _measurement("conveyor", "C=32", 400, 0.080, 12.0),
+        _measurement("ray", "C=32", 300, 0.100, 9.0),
+    ]
+    # by level (closed loops first), then systems in the order first measured
+    assert [line.split()[:2] for line in render_table(measured).splitlines()[1:]] == [
+        ["ray", "C=32"],
+        ["conveyor", "C=32"],
+        ["ray", "16/s"],
+        ["conveyor", "16/s"],
+        ["pytriton", "16/s"],
+    ]
+    lines = ratio_lines(measured)
+    assert lines[0].startswith("16/s: conveyor / best peer (pytriton):"), lines  # same rate: best = lowest p99
+    assert "p99 0.40x" in lines[0]
+    assert lines[1] == "16/s: conveyor p99 / each peer's p99: ray 0.25x, pytriton 0.40x"

@@ -1,5 +1,5 @@
 """Conveyor as `conveyor bench pipeline` runs it: `conveyor run MANIFEST` (`LocalPipeline`), loaded over gRPC by
-`load.closed_loop`."""
+`load.closed_loop` and `load.open_loop`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from conveyor_runtime.protocol import encode_tensors, pb
 
-from ..load import LoadResult, closed_loop
+from ..load import LoadResult, closed_loop, open_loop
 from ..local_pipeline import LocalPipeline
 from ..pipeline_bench import variant_manifest
 from .system import System
@@ -68,6 +68,17 @@ class ConveyorSystem(System):
             self._address,
             lambda n: requests[n % len(requests)],
             concurrency=concurrency,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            rows_per_request=self.rows,
+        )
+
+    async def open_loop(self, rate: float, duration_s: float, warmup_s: float) -> LoadResult:
+        requests = [self._request(p) for p in self.payloads]
+        return await open_loop(
+            self._address,
+            lambda n: requests[n % len(requests)],
+            rate=rate,
             duration_s=duration_s,
             warmup_s=warmup_s,
             rows_per_request=self.rows,

@@ -30,7 +30,9 @@ __all__ = [
     "SYSTEMS",
     "Measurement",
     "compare_answers",
+    "open_rates",
     "parse_levels",
+    "parse_rates",
     "parse_systems",
     "ratio_lines",
     "register",
@@ -56,6 +58,12 @@ def register(modes: Any) -> None:
         help=f"comma-separated, from {', '.join(SYSTEMS)} (default conveyor,ray,pytriton)",
     )
     parser.add_argument("--concurrency", default="1,32", help="closed-loop client counts, comma-separated (default 1,32)")
+    parser.add_argument(
+        "--rates",
+        default="",
+        help="open-loop requests/s after the closed loops, comma-separated, or auto: 50%%,80%% of the slowest system's "
+        "best closed-loop req/s, a rate every system sustains (default: none)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per system and level (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each (default 2)")
     parser.add_argument("--check", type=int, default=4, help="requests whose answers must match across systems (default 4)")
@@ -83,6 +91,29 @@ def parse_levels(text: str) -> list[int]:
     if not levels or min(levels) < 1:
         raise SystemExit(f"--concurrency: each count must be >= 1, got {text!r}")
     return levels
+
+
+def parse_rates(text: str) -> list[float] | None:
+    """--rates as requests/s; None for ``auto``; `SystemExit` for anything but positive numbers."""
+    if text.strip() == "auto":
+        return None
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise SystemExit(f"--rates: comma-separated requests/s like 10,20, or auto, got {text!r}") from None
+    if any(not r > 0 for r in rates):
+        raise SystemExit(f"--rates: each must be > 0 requests/s, got {text!r}")
+    return rates
+
+
+def open_rates(measurements: list[Measurement], fractions: Sequence[float] = (0.5, 0.8)) -> list[float]:
+    """``--rates auto``: `fractions` of the slowest system's best closed-loop req/s (every system sustains them)."""
+    best: dict[str, float] = {}
+    for m in measurements:
+        if m.result.mode == "closed":
+            best[m.system] = max(best.get(m.system, 0.0), m.result.requests_per_s)
+    slowest = min(best.values(), default=0.0)
+    return [round(f * slowest, 1) for f in fractions if f * slowest >= 0.1]
 
 
 def turn_order(names: Sequence[str], index: int) -> list[str]:
@@ -140,7 +171,7 @@ def render_table(measurements: list[Measurement]) -> str:
         ["system", "load", "req/s", "p50 ms", "p99 ms", "serving CPU ms/req", "client CPU ms/req", "idle others CPU %", "errors"]
     ]
     order = list(dict.fromkeys(m.system for m in measurements))
-    for m in sorted(measurements, key=lambda m: (int(m.result.level.removeprefix("C=")), order.index(m.system))):
+    for m in sorted(measurements, key=lambda m: (*_level_key(m.result), order.index(m.system))):
         rows.append(
             [
                 m.system,
@@ -157,8 +188,21 @@ def render_table(measurements: list[Measurement]) -> str:
     return _table(rows)
 
 
+def _level_key(result: LoadResult) -> tuple[int, float]:
+    """Closed loops first, by clients; then open loops, by rate."""
+    if result.mode == "closed":
+        return 0, float(result.level.removeprefix("C="))
+    return 1, float(result.level.removesuffix("/s"))
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b and not math.isnan(a) and not math.isnan(b) else "-"
+
+
 def ratio_lines(measurements: list[Measurement], reference: str = "conveyor") -> list[str]:
-    """Per level: the reference system against the best peer (most req/s): throughput, p50, p99 and CPU per request."""
+    """Per level: the reference system against the best peer (closed loop: most req/s; open loop, where every system
+    is offered the same rate: lowest p99), throughput, p50, p99 and CPU per request; at an open-loop level also its
+    p99 against each peer's."""
     lines = []
     for level in dict.fromkeys(m.result.level for m in measurements):
         here = [m for m in measurements if m.result.level == level]
@@ -166,10 +210,12 @@ def ratio_lines(measurements: list[Measurement], reference: str = "conveyor") ->
         peers = [m for m in here if not m.system.startswith("conveyor")]
         if not ours or not peers:
             continue
-        mine, best = ours[0], max(peers, key=lambda m: m.result.requests_per_s)
-
-        def ratio(a: float, b: float) -> str:
-            return f"{a / b:.2f}x" if b and not math.isnan(a) and not math.isnan(b) else "-"
+        mine = ours[0]
+        if mine.result.mode == "open":
+            best = min(peers, key=lambda m: (math.isnan(m.result.ms(99)), m.result.ms(99)))
+        else:
+            best = max(peers, key=lambda m: m.result.requests_per_s)
+        ratio = _ratio
 
         lines.append(
             f"{level}: {reference} / best peer ({best.system}): throughput "
@@ -177,6 +223,9 @@ def ratio_lines(measurements: list[Measurement], reference: str = "conveyor") ->
             f"{ratio(mine.result.ms(50), best.result.ms(50))}, p99 {ratio(mine.result.ms(99), best.result.ms(99))}, "
             f"serving CPU/request {ratio(mine.cpu_ms_per_request, best.cpu_ms_per_request)}"
         )
+        if mine.result.mode == "open":
+            each = ", ".join(f"{m.system} {ratio(mine.result.ms(99), m.result.ms(99))}" for m in peers)
+            lines.append(f"{level}: {reference} p99 / each peer's p99: {each}")
     return lines
 
 
@@ -194,11 +243,19 @@ def _make_system(name: str, plan: PeerPlan, payloads: list[npt.NDArray[Any]], ro
     return PyTritonSystem(plan, payloads, rows)
 
 
-def _measure(system: System, others: list[System], concurrency: int, args: argparse.Namespace) -> Measurement:
+#: A load level: ("closed", clients) or ("open", requests/s).
+Level = tuple[str, float]
+
+
+def _measure(system: System, others: list[System], level: Level, args: argparse.Namespace) -> Measurement:
     roots, other_roots = system.pids(), [p for o in others for p in o.pids()]
     before, others_before = tree_cpu_seconds(roots), tree_cpu_seconds(other_roots)
     client_before, started = time.process_time(), time.monotonic()
-    result = asyncio.run(system.closed_loop(concurrency, args.duration, args.warmup))
+    mode, value = level
+    if mode == "closed":
+        result = asyncio.run(system.closed_loop(int(value), args.duration, args.warmup))
+    else:
+        result = asyncio.run(system.open_loop(value, args.duration, args.warmup))
     elapsed, client = time.monotonic() - started, time.process_time() - client_before
     after, others_after = tree_cpu_seconds(roots), tree_cpu_seconds(other_roots)
     used = sum(v - before.get(pid, 0.0) for pid, v in after.items())
@@ -236,6 +293,7 @@ def _load() -> str:
 def run(args: argparse.Namespace) -> int:
     names = parse_systems(args.systems)
     levels = parse_levels(args.concurrency)
+    rates = parse_rates(args.rates) if args.rates else []
     manifest_path = Path(args.manifest).resolve()
     try:
         plan = peer_plan(manifest_path)
@@ -260,15 +318,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"{system.name}: CPU counted over {_processes(system.pids())}", flush=True)
         _check_answers(systems, payloads, args.check)
         print(
-            f"load: closed loop, {args.rows} row(s)/request, {args.warmup:g}s warm-up + {args.duration:g}s per system and level",
+            f"load: {args.rows} row(s)/request, {args.warmup:g}s warm-up + {args.duration:g}s per system and level",
             flush=True,
         )
-        for index, concurrency in enumerate(levels):
-            for name in turn_order(names, index):
-                system = next(s for s in systems if s.name == name)
-                print(f"  C={concurrency} {name} ... ({_load()})", flush=True)
-                others = [s for s in systems if s is not system]
-                measurements.append(_measure(system, others, concurrency, args))
+        schedule: list[Level] = [("closed", float(c)) for c in levels]
+        for index, level in enumerate(schedule):
+            _measure_level(systems, names, index, level, measurements, args)
+        if rates is None:
+            rates = open_rates(measurements)
+            print(f"open-loop rates (auto: 50%, 80% of the slowest system's best closed loop): {rates}", flush=True)
+        for index, rate in enumerate(rates, start=len(schedule)):
+            _measure_level(systems, names, index, ("open", rate), measurements, args)
         finished = True
     except KeyboardInterrupt:
         print("interrupted: stopping every system", flush=True)
@@ -287,6 +347,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"after: {_load()}")
     _report(systems, measurements)
     return 0
+
+
+def _measure_level(
+    systems: list[System], names: list[str], index: int, level: Level, measurements: list[Measurement], args: argparse.Namespace
+) -> None:
+    """Every system at one level, in `turn_order`."""
+    mode, value = level
+    label = f"C={value:g}" if mode == "closed" else f"open {value:g}/s"
+    for name in turn_order(names, index):
+        system = next(s for s in systems if s.name == name)
+        print(f"  {label} {name} ... ({_load()})", flush=True)
+        measurements.append(_measure(system, [s for s in systems if s is not system], level, args))
 
 
 def _report(systems: list[System], measurements: list[Measurement]) -> None:

@@ -15,9 +15,11 @@ this interpreter's stdlib, and every multi-instance model fails to load (``RLock
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import sysconfig
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..load import LoadResult
-from .drive import closed_loop_calls
+from .drive import closed_loop_calls, open_loop_calls
 from .plan import PeerPlan, peer_plan
 from .server_process import ServerProcess, free_port, wait_for_stop, write_ready
 from .system import System
@@ -233,7 +235,9 @@ class PyTritonSystem(System):
         async with InferenceServerClient(self._address) as client:
             return answer_labels(await self._pipeline(client, payload))
 
-    async def closed_loop(self, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
+    @contextlib.asynccontextmanager
+    async def _calls(self) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+        """`call(n)`: the n-th payload through the three models."""
         from tritonclient.grpc.aio import InferenceServerClient
 
         # two connections, as load.closed_loop uses for Conveyor (one HTTP/2 connection caps a client)
@@ -243,12 +247,20 @@ class PyTritonSystem(System):
             async def call(n: int) -> None:
                 await self._pipeline(clients[n % 2], self.payloads[n % len(self.payloads)])
 
-            return await closed_loop_calls(
-                call, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows
-            )
+            yield call
         finally:
             for client in clients:
                 await client.close()
+
+    async def closed_loop(self, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
+        async with self._calls() as call:
+            return await closed_loop_calls(
+                call, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows
+            )
+
+    async def open_loop(self, rate: float, duration_s: float, warmup_s: float) -> LoadResult:
+        async with self._calls() as call:
+            return await open_loop_calls(call, rate=rate, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows)
 
     def stop(self) -> None:
         if self.server is not None:

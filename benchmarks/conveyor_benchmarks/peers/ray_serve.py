@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,14 @@ from typing import Any
 import numpy.typing as npt
 
 from ..load import LoadResult
-from .drive import closed_loop_calls
+from .drive import closed_loop_calls, open_loop_calls
 from .plan import PeerPlan, peer_plan
 from .server_process import ServerProcess, free_port, wait_for_stop, write_ready
 from .system import System
 from .wire import encode_body
+
+#: Connections to Serve's proxy under an open loop: enough that no request waits for one at the rates measured.
+OPEN_LOOP_CONNECTIONS = 256
 
 __all__ = ["RayLayout", "RayServeSystem", "main", "ray_layout"]
 
@@ -223,12 +228,14 @@ class RayServeSystem(System):
         async with self._session(1) as session:
             return await self._post(session, payload)
 
-    async def closed_loop(self, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
+    @contextlib.asynccontextmanager
+    async def _calls(self, connections: int) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+        """`call(n)`: POST the n-th payload to Serve's HTTP proxy over at most `connections` connections."""
         import aiohttp
 
         bodies = [encode_body(p) for p in self.payloads]
 
-        async with self._session(concurrency) as session:
+        async with self._session(connections) as session:
 
             async def call(n: int) -> None:
                 body, content_type = bodies[n % len(bodies)]
@@ -237,9 +244,17 @@ class RayServeSystem(System):
                     if response.status != 200:
                         raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
 
+            yield call
+
+    async def closed_loop(self, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
+        async with self._calls(concurrency) as call:
             return await closed_loop_calls(
                 call, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows
             )
+
+    async def open_loop(self, rate: float, duration_s: float, warmup_s: float) -> LoadResult:
+        async with self._calls(OPEN_LOOP_CONNECTIONS) as call:
+            return await open_loop_calls(call, rate=rate, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows)
 
     def stop(self) -> None:
         if self.server is not None:

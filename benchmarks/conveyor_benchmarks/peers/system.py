@@ -1,5 +1,5 @@
 """What the bench needs of each system under test: start, the pids whose CPU counts, one checked answer, a closed
-loop at C clients, and a clean stop."""
+loop at C clients, an open loop at a rate, and a clean stop."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ class System(abc.ABC):
     @abc.abstractmethod
     async def closed_loop(self, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
         """`concurrency` clients sending `payloads` in turn, as `load.closed_loop` does."""
+
+    @abc.abstractmethod
+    async def open_loop(self, rate: float, duration_s: float, warmup_s: float) -> LoadResult:
+        """Requests sent at `rate` per second whatever the answers, as `load.open_loop` does."""
 
     @abc.abstractmethod
     def stop(self) -> None:
