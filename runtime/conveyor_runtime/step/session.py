@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +324,7 @@ class ModelSession:
             log.info("model %s has dynamic non-batch dimensions; skipping warm-up", self.path.name)
             return
         rng = np.random.default_rng(0)
+        started = time.monotonic()
         sessions = [self._sessions.get() for _ in range(self.instances)]
         try:
             for size in batch_sizes:
@@ -332,7 +334,9 @@ class ModelSession:
         finally:
             for session in sessions:
                 self._sessions.put(session)
-        log.info("model %s warmed up at batch sizes %s", self.path.name, list(batch_sizes))
+        sizes = list(batch_sizes)
+        shown = f"{sizes[0]}..{sizes[-1]} ({len(sizes)} sizes)" if len(sizes) > 8 else str(sizes)
+        log.info("model %s warmed up at batch sizes %s in %.1fs", self.path.name, shown, time.monotonic() - started)
 
 
 def _random(rng: np.random.Generator, spec: _Input, rows: int) -> npt.NDArray[Any]:
