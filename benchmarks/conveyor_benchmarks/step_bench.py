@@ -55,6 +55,12 @@ def register(modes: Any) -> None:
     parser.add_argument("--instances", type=int, default=1, help="model instances in the step (default 1)")
     parser.add_argument("--intra-threads", type=int, default=0, help="ONNX Runtime intra-op threads (default 0 = auto)")
     parser.add_argument("--in-process-server", action="store_true", help="run the step in this process (default: subprocess)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="model.device of the step (with resources.gpu 1) and the provider of the in-process baseline (default cpu)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -206,8 +212,13 @@ class InProcessRun:
         )
 
 
-def _in_process(path: Path, rows: int, layout: InProcessRun, seconds: float) -> InProcessRun:
-    """Items/s and CPU seconds per item of ONNX Runtime in this process at batch `rows`, laid out as `layout`."""
+#: The in-process baseline's providers per --device (CUDA's sessions as a step asks for them, CPU behind).
+_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def _in_process(path: Path, rows: int, layout: InProcessRun, seconds: float, device: str = "cpu") -> InProcessRun:
+    """Items/s and CPU seconds per item of ONNX Runtime in this process at batch `rows`, laid out as `layout`, on
+    `device`'s provider (`SystemExit` when this ONNX Runtime has none for it: the comparison would be void)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -216,9 +227,11 @@ def _in_process(path: Path, rows: int, layout: InProcessRun, seconds: float) -> 
     flag = "1" if layout.spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", flag)
     options.add_session_config_entry("session.inter_op.allow_spinning", flag)
+    available = ort.get_available_providers()
+    if _PROVIDERS[device][0] not in available:
+        raise SystemExit(f"--device {device}: this ONNX Runtime has {available}; install onnxruntime-gpu")
     sessions = [
-        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        for _ in range(layout.instances)
+        ort.InferenceSession(str(path), sess_options=options, providers=_PROVIDERS[device]) for _ in range(layout.instances)
     ]
     feed = _input_feed(path, rows)
     for session in sessions:
@@ -262,7 +275,13 @@ def _spec(args: argparse.Namespace, path: Path) -> Any:
     return StepSpec.model_validate(
         {
             "name": "bench",
-            "model": {"path": str(path), "instances": args.instances, "intraOpThreads": args.intra_threads},
+            "model": {
+                "path": str(path),
+                "instances": args.instances,
+                "intraOpThreads": args.intra_threads,
+                "device": args.device,
+            },
+            "resources": {"gpu": 1 if args.device != "cpu" else 0},
             "batching": {
                 "maxBatchSize": args.max_batch,
                 "maxQueueDelayMicroseconds": args.delay_us,
@@ -280,9 +299,10 @@ async def _with_in_process_server(args: argparse.Namespace, path: Path, feed: di
     await server.start()
     try:
         assert server.metrics_port is not None
-        before = _scrape(server.metrics_port)
+        # off the event loop: the step's metrics endpoint answers on this very loop
+        before = await asyncio.to_thread(_scrape, server.metrics_port)
         load = await _load(server.port, feed, args.concurrency, args.warmup, args.duration, os.getpid())
-        after = _scrape(server.metrics_port)
+        after = await asyncio.to_thread(_scrape, server.metrics_port)
     finally:
         await server.stop(grace=5)
     load.client_cpu_s = 0.0  # one process: all CPU is counted as the server's
@@ -351,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
     for spinning in (False, True):
         layout = InProcessRun(instances, intra, spinning)
         _progress(f"in-process ONNX Runtime at batch {batch} for {max(5.0, args.duration / 2):.0f}s: {layout.describe()}")
-        runs.append(_in_process(path, batch, layout, max(5.0, args.duration / 2)))
+        runs.append(_in_process(path, batch, layout, max(5.0, args.duration / 2), args.device))
     top = max(runs, key=lambda r: r.items_per_s)
     result = StepBenchResult(
         load.items, load.seconds, load.latencies_ms, load.errors, mean, batch, top.items_per_s,
@@ -366,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(result: StepBenchResult, args: argparse.Namespace, path: Path, runs: list[InProcessRun]) -> None:
     rows = [
-        ("model", f"{path.name} (maxBatchSize {args.max_batch}, {args.instances} instance(s))"),
+        ("model", f"{path.name} (maxBatchSize {args.max_batch}, {args.instances} instance(s), device {args.device})"),
         ("clients", f"{args.concurrency} closed-loop x {args.client_batch} row(s)"),
         ("step throughput", f"{result.items_per_s:.1f} items/s"),
         ("latency p50 / p99", f"{result.percentile(50):.1f} / {result.percentile(99):.1f} ms"),
