@@ -47,7 +47,7 @@ def grown_chart(tmp_path: Path) -> Path:
 def serving(make_pipeline: MakePipeline) -> Pipeline:
     pipeline = make_pipeline(identity_manifest("steady"), name="steady")
     pipeline.wait_ready(timeout=180)
-    _assert_echoes(pipeline)
+    _first_answer(pipeline)
     return pipeline
 
 
@@ -72,6 +72,23 @@ def _assert_echoes(pipeline: Pipeline) -> None:
     finally:
         client.close()
     np.testing.assert_array_equal(result.as_numpy("x"), values)
+
+
+def _first_answer(pipeline: Pipeline) -> None:
+    """Wait (bounded) for the first answer through the gateway Service, as `served.serving` does: twice in CI the host
+    had no route to a just-made Service's address for a moment ("Network is unreachable"); later calls found it."""
+    from tritonclient.utils import InferenceServerException
+
+    def answered() -> bool | None:
+        try:
+            _assert_echoes(pipeline)
+        except InferenceServerException as exc:
+            if exc.status() != "StatusCode.UNAVAILABLE":
+                raise
+            return None
+        return True
+
+    wait_for(answered, 60, f"{pipeline.name} to answer through its gateway Service")
 
 
 def _spec_fields(release: Release) -> set[str]:
