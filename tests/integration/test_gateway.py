@@ -20,7 +20,7 @@ from conveyor_runtime.errors import InvalidRequest
 from conveyor_runtime.gateway import Gateway, create_gateway
 from conveyor_runtime.live import parse_metrics
 from conveyor_runtime.protocol import InferenceStub, decode_tensors, encode_tensors, pb
-from tests.support.pipeline_fixtures import FakeStep, RunningStep, manifest, start_fake_step
+from tests.support.pipeline_fixtures import FakeStep, RunningStep, eventually, manifest, start_fake_step
 
 
 def _add(value: float) -> Any:
@@ -78,6 +78,9 @@ def _request(model: str, **arrays: np.ndarray) -> pb.ModelInferRequest:
 
 async def test_gateway_runs_a_chain_renaming_single_tensors(chain: tuple[Gateway, Any]) -> None:
     gateway, steps = chain
+    # ready means a replica of each step; the balancing assertion below needs both of `mid`'s (once, in CI, the
+    # second turned healthy only after the six calls)
+    await eventually(lambda: sum(r["healthy"] for r in gateway.balancers["mid"].snapshot()) == 2, what="both mid replicas healthy")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         stub = InferenceStub(channel)
         for _ in range(6):
