@@ -27,11 +27,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..load import LoadResult
-from .drive import closed_loop_calls, open_loop_calls
 from .plan import PeerPlan, peer_plan
 from .server_process import ServerProcess, free_port, wait_for_stop, write_ready
-from .system import System
+from .system import ServedSystem
 from .work import answer_labels
 
 __all__ = ["PyTritonSystem", "TritonModel", "main", "stub_library_path", "triton_models"]
@@ -174,14 +172,13 @@ def main(argv: list[str] | None = None) -> None:
         triton.stop()
 
 
-class PyTritonSystem(System):
+class PyTritonSystem(ServedSystem):
     """``pytriton``: the server process above; each client request is three gRPC calls (tritonclient.grpc.aio)."""
 
     name = "pytriton"
 
     def __init__(self, plan: PeerPlan, payloads: list[npt.NDArray[Any]], rows: int) -> None:
         super().__init__(plan, payloads, rows)
-        self.server: ServerProcess | None = None
         self._address = ""
 
     def start(self, workdir: Path) -> None:
@@ -212,8 +209,6 @@ class PyTritonSystem(System):
             "tritonclient.grpc.aio"
         )
 
-    def pids(self) -> list[int]:
-        return [] if self.server is None else [self.server.process.pid]
 
     async def _pipeline(self, client: Any, payload: npt.NDArray[Any]) -> npt.NDArray[Any]:
         from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -236,8 +231,8 @@ class PyTritonSystem(System):
             return answer_labels(await self._pipeline(client, payload))
 
     @contextlib.asynccontextmanager
-    async def _calls(self) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
-        """`call(n)`: the n-th payload through the three models."""
+    async def calls(self, connections: int) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+        """`call(n)`: the n-th payload through the three models (always over two connections, whatever `connections`)."""
         from tritonclient.grpc.aio import InferenceServerClient
 
         # two connections, as load.closed_loop uses for Conveyor (one HTTP/2 connection caps a client)
@@ -251,21 +246,6 @@ class PyTritonSystem(System):
         finally:
             for client in clients:
                 await client.close()
-
-    async def closed_loop(self, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
-        async with self._calls() as call:
-            return await closed_loop_calls(
-                call, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows
-            )
-
-    async def open_loop(self, rate: float, duration_s: float, warmup_s: float) -> LoadResult:
-        async with self._calls() as call:
-            return await open_loop_calls(call, rate=rate, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
 
 
 if __name__ == "__main__":

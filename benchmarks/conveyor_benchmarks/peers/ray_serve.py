@@ -22,15 +22,10 @@ from typing import Any
 
 import numpy.typing as npt
 
-from ..load import LoadResult
-from .drive import closed_loop_calls, open_loop_calls
 from .plan import PeerPlan, peer_plan
 from .server_process import ServerProcess, free_port, wait_for_stop, write_ready
-from .system import System
+from .system import ServedSystem
 from .wire import encode_body
-
-#: Connections to Serve's proxy under an open loop: enough that no request waits for one at the rates measured.
-OPEN_LOOP_CONNECTIONS = 256
 
 __all__ = ["RayLayout", "RayServeSystem", "main", "ray_layout"]
 
@@ -166,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         ray.shutdown()
 
 
-class RayServeSystem(System):
+class RayServeSystem(ServedSystem):
     """``ray`` (throughput-optimized mode) or ``ray-default``: the server process above, loaded with aiohttp."""
 
     def __init__(
@@ -182,7 +177,6 @@ class RayServeSystem(System):
         super().__init__(plan, payloads, rows)
         self.name = "ray" if throughput_optimized else "ray-default"
         self.cpus, self.max_clients, self.throughput_optimized = cpus, max_clients, throughput_optimized
-        self.server: ServerProcess | None = None
         self._url = ""
 
     def start(self, workdir: Path) -> None:
@@ -208,8 +202,6 @@ class RayServeSystem(System):
             f"per replica, access log off; aiohttp POSTs raw bytes to Serve's HTTP proxy"
         )
 
-    def pids(self) -> list[int]:
-        return [] if self.server is None else [self.server.process.pid]
 
     async def _post(self, session: Any, payload: npt.NDArray[Any]) -> list[list[str]]:
         body, content_type = encode_body(payload)
@@ -229,7 +221,7 @@ class RayServeSystem(System):
             return await self._post(session, payload)
 
     @contextlib.asynccontextmanager
-    async def _calls(self, connections: int) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+    async def calls(self, connections: int) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
         """`call(n)`: POST the n-th payload to Serve's HTTP proxy over at most `connections` connections."""
         import aiohttp
 
@@ -245,21 +237,6 @@ class RayServeSystem(System):
                         raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
 
             yield call
-
-    async def closed_loop(self, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
-        async with self._calls(concurrency) as call:
-            return await closed_loop_calls(
-                call, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows
-            )
-
-    async def open_loop(self, rate: float, duration_s: float, warmup_s: float) -> LoadResult:
-        async with self._calls(OPEN_LOOP_CONNECTIONS) as call:
-            return await open_loop_calls(call, rate=rate, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
 
 
 if __name__ == "__main__":
