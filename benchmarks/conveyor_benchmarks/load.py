@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -19,7 +19,7 @@ import grpc.aio
 from conveyor_runtime.gateway import CHANNEL_OPTIONS
 from conveyor_runtime.protocol import InferenceStub, pb
 
-__all__ = ["LoadResult", "closed_loop", "open_loop", "percentile"]
+__all__ = ["Call", "LoadResult", "closed_loop", "closed_loop_calls", "open_loop", "open_loop_calls", "percentile"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,8 +57,6 @@ class LoadResult:
     def ms(self, q: float) -> float:
         return percentile(self.latencies, q) * 1000.0
 
-    def add_error(self, code: grpc.StatusCode) -> None:
-        self.errors[code.name] = self.errors.get(code.name, 0) + 1
 
 
 @contextlib.asynccontextmanager
@@ -72,12 +70,84 @@ async def _stubs(address: str, channels: int) -> AsyncIterator[list[InferenceStu
             await channel.close()
 
 
-async def _call(stub: InferenceStub, request: pb.ModelInferRequest, timeout: float) -> grpc.StatusCode:
-    try:
-        await stub.ModelInfer(request, timeout=timeout)
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
+#: One request of a load level: ``call(n)`` sends request number `n` and returns None when it succeeded, else the
+#: failure's name (a gRPC status code's name, an exception's type) under which the level counts it.
+Call = Callable[[int], Awaitable[str | None]]
+
+
+async def closed_loop_calls(
+    call: Call, *, concurrency: int, duration_s: float, warmup_s: float = 0.0, rows_per_request: int = 1
+) -> LoadResult:
+    """`concurrency` clients each send a request, wait for its answer and send the next; only requests sent and
+    answered inside the window (after `warmup_s`) count."""
+    result = LoadResult("closed", f"C={concurrency}", duration_s, rows_per_request)
+    start = time.monotonic() + warmup_s
+    end = start + duration_s
+
+    async def client(index: int) -> None:
+        n = index
+        while True:
+            sent = time.monotonic()
+            if sent >= end:
+                return
+            failure = await call(n)
+            n += concurrency
+            done = time.monotonic()
+            if sent < start or done > end:
+                continue
+            if failure is None:
+                result.latencies.append(done - sent)
+            else:
+                result.errors[failure] = result.errors.get(failure, 0) + 1
+
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    return result
+
+
+async def open_loop_calls(
+    call: Call, *, rate: float, duration_s: float, warmup_s: float = 0.0, rows_per_request: int = 1
+) -> LoadResult:
+    """Requests sent at a fixed `rate` per second whatever the answers; latency from each scheduled send time. Every
+    call must end by itself (a timeout of its own): the level waits for the last one."""
+    if rate <= 0:
+        raise ValueError(f"rate must be > 0 requests/s, got {rate}")
+    result = LoadResult("open", f"{rate:g}/s", duration_s, rows_per_request)
+    begin = time.monotonic()
+    start, interval = begin + warmup_s, 1.0 / rate
+    end = start + duration_s
+
+    async def one(n: int, scheduled: float) -> None:
+        failure = await call(n)
+        if scheduled < start:
+            return
+        if failure is None:
+            result.latencies.append(time.monotonic() - scheduled)
+        else:
+            result.errors[failure] = result.errors.get(failure, 0) + 1
+
+    tasks = []
+    n = 0
+    while (scheduled := begin + n * interval) < end:
+        delay = scheduled - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(n, scheduled)))
+        n += 1
+    await asyncio.gather(*tasks)
+    return result
+
+
+def _grpc_call(stubs: list[InferenceStub], make_request: Callable[[int], pb.ModelInferRequest], timeout: float) -> Call:
+    """Request `n` on stub ``n % len(stubs)``, failing by its status code's name."""
+
+    async def call(n: int) -> str | None:
+        try:
+            await stubs[n % len(stubs)].ModelInfer(make_request(n), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            return str(exc.code().name)
+        return None
+
+    return call
 
 
 async def closed_loop(
@@ -91,30 +161,15 @@ async def closed_loop(
     timeout_s: float = 60.0,
     channels: int = 2,
 ) -> LoadResult:
-    """`concurrency` clients each send a request, wait for its answer and send the next; only the window counts."""
-    result = LoadResult("closed", f"C={concurrency}", duration_s, rows_per_request)
-    start = time.monotonic() + warmup_s
-    end = start + duration_s
-
-    async def client(index: int, stub: InferenceStub) -> None:
-        n = index
-        while True:
-            sent = time.monotonic()
-            if sent >= end:
-                return
-            code = await _call(stub, make_request(n), timeout_s)
-            n += concurrency
-            done = time.monotonic()
-            if sent < start or done > end:
-                continue
-            if code == grpc.StatusCode.OK:
-                result.latencies.append(done - sent)
-            else:
-                result.add_error(code)
-
+    """`closed_loop_calls` of Open Inference Protocol requests to `address`, over `channels` connections."""
     async with _stubs(address, channels) as stubs:
-        await asyncio.gather(*(client(i, stubs[i % len(stubs)]) for i in range(concurrency)))
-    return result
+        return await closed_loop_calls(
+            _grpc_call(stubs, make_request, timeout_s),
+            concurrency=concurrency,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            rows_per_request=rows_per_request,
+        )
 
 
 async def open_loop(
@@ -128,42 +183,12 @@ async def open_loop(
     timeout_s: float = 60.0,
     channels: int = 2,
 ) -> LoadResult:
-    """Requests sent at a fixed `rate` per second whatever the answers; latency from each scheduled send time."""
-    if rate <= 0:
-        raise ValueError(f"rate must be > 0 requests/s, got {rate}")
-    result = LoadResult("open", f"{rate:g}/s", duration_s, rows_per_request)
-    begin = time.monotonic()
-    start = begin + warmup_s
-    end = start + duration_s
-    interval = 1.0 / rate
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def one(stub: InferenceStub, n: int, scheduled: float) -> None:
-        code = await _call(stub, make_request(n), timeout_s)
-        if scheduled < start:
-            return
-        if code == grpc.StatusCode.OK:
-            result.latencies.append(time.monotonic() - scheduled)
-        else:
-            result.add_error(code)
-
+    """`open_loop_calls` of Open Inference Protocol requests to `address` (each bounded by `timeout_s`)."""
     async with _stubs(address, channels) as stubs:
-        try:
-            n = 0
-            while True:
-                scheduled = begin + n * interval
-                if scheduled >= end:
-                    break
-                delay = scheduled - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.create_task(one(stubs[n % len(stubs)], n, scheduled))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                n += 1
-            if tasks:
-                await asyncio.wait(tasks, timeout=timeout_s)
-        finally:
-            for task in tasks:
-                task.cancel()
-    return result
+        return await open_loop_calls(
+            _grpc_call(stubs, make_request, timeout_s),
+            rate=rate,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            rows_per_request=rows_per_request,
+        )

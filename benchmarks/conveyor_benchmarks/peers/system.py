@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from ..load import LoadResult
-from .drive import closed_loop_calls, open_loop_calls
+from ..load import Call, LoadResult, closed_loop_calls, open_loop_calls
 from .plan import PeerPlan
 from .server_process import ServerProcess
 
@@ -77,14 +76,34 @@ class ServedSystem(System):
     async def closed_loop(self, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
         async with self.calls(concurrency) as call:
             return await closed_loop_calls(
-                call, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows
+                _failure_named(call),
+                concurrency=concurrency,
+                duration_s=duration_s,
+                warmup_s=warmup_s,
+                rows_per_request=self.rows,
             )
 
     async def open_loop(self, rate: float, duration_s: float, warmup_s: float) -> LoadResult:
         async with self.calls(OPEN_LOOP_CONNECTIONS) as call:
-            return await open_loop_calls(call, rate=rate, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows)
+            return await open_loop_calls(
+                _failure_named(call), rate=rate, duration_s=duration_s, warmup_s=warmup_s, rows_per_request=self.rows
+            )
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+
+def _failure_named(call: Callable[[int], Awaitable[None]]) -> Call:
+    """`call`, with a raised failure counted under its exception's type (any client or server failure is an error of
+    the level, not of the bench)."""
+
+    async def counted(n: int) -> str | None:
+        try:
+            await call(n)
+        except Exception as exc:
+            return type(exc).__name__
+        return None
+
+    return counted
