@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor_runtime.errors import ModelLoadError
 from conveyor_runtime.protocol import SERVICE_NAME, decode_tensors, encode_tensors, pb
-from conveyor_runtime.step import create_step_server
+from conveyor_runtime.step import cpu_count, create_step_server
 from tests.support.step_fixtures import ModelFiles, model_files, running_step, step_spec, stub_for  # noqa: F401
 
 
@@ -176,6 +176,29 @@ async def test_step_server_metrics_endpoint_reports_requests_and_batches(model_f
     assert 'conveyor_step_batches_total{reason="full",step="classify"} 1.0' in text
     assert 'conveyor_step_queue_depth{step="classify"} 0.0' in text
     assert "conveyor_step_compute_seconds_count" in text and "conveyor_step_queue_seconds_count" in text
+
+
+def _counter(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+@pytest.mark.skipif(cpu_count() < 2, reason="a batch computed alone gets more threads than an instance only with 2+ CPUs")
+async def test_step_server_computes_a_lone_request_alone_on_every_thread_and_a_burst_side_by_side(
+    model_files: ModelFiles,
+) -> None:
+    spec = step_spec(model={"path": str(model_files.resnet(32)), "instances": 2}, batching={"maxBatchSize": 2})
+    x = np.random.default_rng(5).random((1, 3, 32, 32), dtype=np.float32)
+    async with running_step(spec, metrics_port=0) as server, stub_for(server) as stub:
+        lone = [await stub.ModelInfer(_request(x)) for _ in range(4)]
+        burst = await asyncio.gather(*(stub.ModelInfer(_request(x)) for _ in range(16)))
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+    alone, batches = _counter(text, "conveyor_step_alone_batches_total"), _counter(text, "conveyor_step_batches_total")
+    assert alone >= 4, text  # each request of an idle step ran alone
+    assert batches - alone >= 2, (alone, batches)  # a burst queues up: its batches compute side by side
+    expected = decode_tensors(lone[0])["logits"]
+    for response in [*lone, *burst]:  # both sessions compute the same answer
+        np.testing.assert_allclose(decode_tensors(response)["logits"], expected, rtol=1e-4, atol=1e-5)
 
 
 async def test_step_server_serves_fixed_batch_models_unbatched(model_files: ModelFiles) -> None:

@@ -530,3 +530,42 @@ def test_form_batch_work_conserving_never_leaves_a_free_instance_idle_with_live_
         assert (plan.take, plan.reason) == (filling.take, filling.reason)
     elif plan.take:
         assert plan.reason == "idle" and plan.take[0] == live[0]
+
+
+async def test_batcher_runs_a_batch_alone_when_nothing_computes_or_waits_and_side_by_side_under_load() -> None:
+    gate = asyncio.Event()
+    alone, beside = Recorder(gate), Recorder()
+    metrics = StepMetrics("m")
+    batcher = Batcher(beside, name="m", max_batch_size=2, concurrency=2, process_alone=alone, metrics=metrics)
+    await batcher.start()
+    try:
+        first = asyncio.ensure_future(batcher.submit(_request(0, 1, 2)))
+        await alone.entered.wait()  # an idle step: the lone request runs on the session with every thread
+        rest = [asyncio.ensure_future(batcher.submit(_request(i, 1, 2))) for i in range(1, 4)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert batcher.queued_rows == 3 and not beside.entered.is_set(), "nothing computes beside a batch run alone"
+        gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, *rest), 30)
+    finally:
+        await batcher.aclose()
+    assert [a["y"][0, 0] for a in answers] == [0, 10000, 20000, 30000]
+    assert [rows for rows, _ in alone.batches] == [1]
+    assert [rows for rows, _ in beside.batches] == [2, 1]  # three queued: two batches, side by side
+    assert batcher.stats.alone == 1
+    text = metrics.text()
+    assert 'conveyor_step_alone_batches_total{step="m"} 1.0' in text
+    samples = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("conveyor_step")}
+    compute, busy = samples['conveyor_step_compute_seconds_sum{step="m"}'], samples['conveyor_step_busy_seconds_total{step="m"}']
+    assert compute < busy < 2 * compute + 1e-9  # the batch run alone held both instances
+
+
+async def test_batcher_with_one_slot_never_runs_a_batch_alone() -> None:
+    alone, beside = Recorder(), Recorder()
+    batcher = Batcher(beside, max_batch_size=2, concurrency=1, process_alone=alone)
+    await batcher.start()
+    try:
+        await batcher.submit(_request(0, 1, 2))
+    finally:
+        await batcher.aclose()
+    assert (len(alone.batches), len(beside.batches), batcher.stats.alone) == (0, 1, 0)

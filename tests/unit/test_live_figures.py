@@ -26,7 +26,7 @@ from conveyor_runtime.step import StepMetrics
 def _traffic(metrics: StepMetrics, batches: int, rows: int, compute_s: float, queue_s: float) -> None:
     for _ in range(batches):
         metrics.batch_sent(rows, "full", [queue_s] * rows)
-        metrics.compute_time.observe(compute_s)
+        metrics.batch_computed(compute_s)
         for _ in range(rows):
             metrics.request_received(1)
             metrics.request_done("OK", queue_s + compute_s)
@@ -269,3 +269,18 @@ def test_gateway_figures_are_requests_in_and_answered_and_cpu_busy_share_per_pod
     assert figures.arrival_requests_per_s == pytest.approx((200 + 20 + 180) / 2)
     assert figures.completed_requests_per_s == pytest.approx((200 + 180) / 2)
     assert figures.utilization == pytest.approx((1.5 + 0.5) / (2.0 * 2))
+
+
+def test_step_utilization_counts_a_batch_computed_alone_as_holding_every_instance() -> None:
+    metrics = StepMetrics("classify")
+    before = _sample(metrics)
+    for _ in range(10):  # idle step: each batch alone on all its threads, 0.5 s each
+        metrics.batch_sent(1, "idle", [0.0])
+        metrics.batch_computed(0.5, instances=2)
+    capacity = StepCapacity(max_batch_size=8, instances=2)
+    figures = step_figures("classify", {"p": before}, {"p": _sample(metrics)}, seconds=10.0, capacity=capacity)
+    assert figures.utilization == pytest.approx(0.5)  # 5 s of both instances in 10 s, not 5 s of one
+    assert figures.compute_p50_s is not None and figures.compute_p50_s <= 0.5
+    older = PodSample(compute=_sample(metrics).compute)  # a step without the busy counter: its compute time
+    figures = step_figures("classify", {"p": PodSample()}, {"p": older}, seconds=10.0, capacity=capacity)
+    assert figures.utilization == pytest.approx(0.25)

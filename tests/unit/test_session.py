@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from conveyor_runtime.errors import ModelLoadError
 from conveyor_runtime.spec import ModelSpec
-from conveyor_runtime.step import CpuBudget, ModelSession, plan_devices, plan_precision, plan_providers, plan_threads
+from conveyor_runtime.step import (
+    CpuBudget,
+    ModelSession,
+    plan_devices,
+    plan_precision,
+    plan_providers,
+    plan_threads,
+    plan_wide_threads,
+)
 from tests.support.step_fixtures import ModelFiles, model_files  # noqa: F401 (fixture)
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -139,3 +148,59 @@ def test_session_bad_file_is_a_model_load_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not onnx")
     with pytest.raises(ModelLoadError, match="cannot load"):
         ModelSession(bad, ModelSpec(path=str(bad)))
+
+
+@pytest.mark.parametrize(
+    ("fields", "cpus", "provider", "expected"),
+    [
+        ({"instances": 2}, 2, CPU, 2),  # two 1-thread instances, lone batches on both cores
+        ({"instances": 4}, 8, CPU, 8),
+        ({"instances": 3}, 2, CPU, 2),
+        ({"instances": 1}, 4, CPU, None),  # the one instance has the whole budget already
+        ({"instances": 2}, 1, CPU, None),  # one CPU: nothing wider to run on
+        ({"instances": 2, "intraOpThreads": 1}, 4, CPU, None),  # explicit threads win
+        ({"instances": 2, "adaptiveThreads": False}, 4, CPU, None),
+        ({"instances": 2}, 4, CUDA, None),  # GPU sessions are not sized by CPU threads
+    ],
+)
+def test_session_plan_wide_threads_only_when_a_lone_batch_would_get_more_cores(
+    fields: dict[str, Any], cpus: int, provider: str, expected: int | None
+) -> None:
+    assert plan_wide_threads(_model(**fields), cpus, provider) == expected
+
+
+class _Recording:
+    """Stands in for a session: records the batches it runs, answers zeros."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def run(self, names: list[str], feed: dict[str, Any]) -> list[Any]:
+        self.rows.append(len(next(iter(feed.values()))))
+        return [np.zeros((self.rows[-1], 10), np.float32)]
+
+
+def test_session_runs_a_batch_alone_on_the_session_with_the_whole_budget(
+    model_files: ModelFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = model_files.resnet(32)
+    caplog.set_level("INFO")
+    session = ModelSession(path, ModelSpec(path=str(path), instances=2), cpus=CpuBudget(2, "2 CPU(s)"))
+    assert (session.threads, session.wide_threads) == (1, 2)
+    assert "runs on one more session with 2 intra-op threads" in caplog.text
+    image = {"image": np.random.default_rng(0).random((2, 3, 32, 32), np.float32)}
+    np.testing.assert_allclose(session.run_alone(image)["logits"], session.run(image)["logits"], rtol=1e-4, atol=1e-5)
+    wide = _Recording()
+    session._wide = wide  # type: ignore[assignment]
+    session.run(image)
+    assert wide.rows == []  # a batch beside others runs on an instance
+    session.run_alone(image)
+    assert wide.rows == [2]
+
+
+def test_session_without_adaptive_threads_runs_a_batch_alone_on_an_instance(model_files: ModelFiles) -> None:
+    path = model_files.resnet(32)
+    spec = ModelSpec(path=str(path), instances=2, adaptiveThreads=False)
+    session = ModelSession(path, spec, cpus=CpuBudget(2, "2 CPU(s)"))
+    assert session.wide_threads is None
+    assert session.run_alone({"image": np.zeros((1, 3, 32, 32), np.float32)})["logits"].shape == (1, 10)

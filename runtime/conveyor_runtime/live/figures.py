@@ -96,6 +96,7 @@ def step_figures(
     depth_change = 0.0
     received: float | None = 0.0
     received_rows = 0.0
+    busy: float | None = 0.0
     for pod in pods:
         old, new = before[pod], after[pod]
         for code, count in counter_deltas(new.requests, old.requests).items():
@@ -105,6 +106,10 @@ def step_figures(
         compute = compute.plus(new.compute.minus(old.compute))
         batches = batches.plus(new.batch_size.minus(old.batch_size))
         depth_change += new.queue_depth - (0.0 if restarted else old.queue_depth)
+        if busy is not None and new.busy_seconds is not None and old.busy_seconds is not None:
+            busy += new.busy_seconds - (0.0 if new.busy_seconds < old.busy_seconds else old.busy_seconds)
+        else:
+            busy = None  # a pod without the counter (an older step): its batches' compute time instead
         counted = (new.received, new.received_rows, old.received, old.received_rows)
         if received is not None and None not in counted:
             got = counter_deltas(
@@ -133,7 +138,7 @@ def step_figures(
         compute_p99_s=compute_p99,
         mean_batch_size=mean_batch,
         batch_fill=mean_batch / capacity.max_batch_size if mean_batch is not None and capacity.max_batch_size else None,
-        utilization=min(1.0, compute.sum / (seconds * instances)) if instances else 0.0,
+        utilization=min(1.0, (compute.sum if busy is None else busy) / (seconds * instances)) if instances else 0.0,
         queue_depth=sum(after[pod].queue_depth for pod in after),
         errors_per_s={code: count / seconds for code, count in sorted(requests.items()) if code != "OK" and count > 0},
     )

@@ -55,6 +55,7 @@ class PodSample:
     queue_depth: float = 0.0
     received: float | None = None  # requests received (steps that count them)
     received_rows: float | None = None
+    busy_seconds: float | None = None  # model instance-seconds computing (steps that count them)
     cpu_seconds: float | None = None  # the process's CPU time (a gateway's busy time)
 
 
@@ -67,7 +68,12 @@ _HISTOGRAMS = {
     "conveyor_gateway_request_seconds": "latency",
 }
 _REQUESTS = ("conveyor_step_requests", "conveyor_gateway_requests")
-_RECEIVED = {"conveyor_step_received": "received", "conveyor_step_received_rows": "received_rows"}
+#: counters -> PodSample field (steps that count them; older steps do not)
+_COUNTERS = {
+    "conveyor_step_received": "received",
+    "conveyor_step_received_rows": "received_rows",
+    "conveyor_step_busy_seconds": "busy_seconds",
+}
 
 
 def _histogram(samples: Sequence[tuple[str, Mapping[str, str], float]]) -> HistogramSample:
@@ -105,8 +111,8 @@ def parse_metrics(text: str, step: str | None = None) -> PodSample:
                 if name.endswith("_total"):
                     code = labels.get("code", "")
                     requests[code] = requests.get(code, 0.0) + value
-        elif family.name in _RECEIVED:
-            fields[_RECEIVED[family.name]] = sum(value for name, _, value in samples if name.endswith("_total"))
+        elif family.name in _COUNTERS:
+            fields[_COUNTERS[family.name]] = sum(value for name, _, value in samples if name.endswith("_total"))
         elif family.name == "process_cpu_seconds":
             fields["cpu_seconds"] = sum(value for _, _, value in samples)
         elif family.name == "conveyor_step_queue_depth":

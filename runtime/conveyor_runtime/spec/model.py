@@ -176,6 +176,12 @@ class ModelSpec(_Spec):
     instances: int = Field(1, ge=1, le=64, description="Model instances (sessions) in one process.")
     intraOpThreads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 = its default.")
     interOpThreads: int = Field(0, ge=0, le=256, description="ONNX Runtime inter-op threads; 0 = its default.")
+    adaptiveThreads: bool = Field(
+        True,
+        description="On CPU with several instances and intraOpThreads 0: a batch that leaves while nothing else computes "
+        "or waits runs alone on one more session with all the step's CPU threads (a lone request is answered sooner); "
+        "under load the instances compute side by side. Costs one more copy of the model in memory.",
+    )
     build: str | None = Field(
         None,
         pattern=IMPORT_REF,

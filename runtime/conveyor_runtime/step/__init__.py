@@ -32,6 +32,7 @@ from .session import (
     plan_precision,
     plan_providers,
     plan_threads,
+    plan_wide_threads,
 )
 from .termination import TERMINATION_LOG, TERMINATION_MESSAGE_LIMIT, termination_message, write_termination_message
 
@@ -73,6 +74,7 @@ __all__ = [
     "plan_precision",
     "plan_providers",
     "plan_threads",
+    "plan_wide_threads",
     "split_rows",
     "step_cpu_budget",
     "termination_message",

@@ -3,11 +3,16 @@
 `form_batch` is the pure decision (which queued items leave now, and why); `Batcher` drives it with asyncio, asking
 only while a model instance is free. Work-conserving (the default): a free instance takes what is queued at once, so
 batches grow only while every instance is busy. Fill: a batch waits up to the queue delay for more, as Triton does.
+
+Alone: with a `process_alone` (a model whose one extra session has all the step's CPU threads), a batch that leaves
+while nothing computes and nothing else is queued takes every slot and runs there, so a lone request at low load gets
+every core and no batch ever computes beside it on too few cores; under load batches still run side by side.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -140,6 +145,7 @@ class _Stats:
     batches: int = 0
     rows: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    alone: int = 0  # batches computed alone, holding every slot
 
 
 class Batcher:
@@ -161,7 +167,9 @@ class Batcher:
         concurrency: int = 1,
         policy: str = "workConserving",
         metrics: StepMetrics | None = None,
+        process_alone: Process | None = None,
     ) -> None:
+        """`process_alone`: computes a batch that runs with nothing beside it (see the module's docstring)."""
         if max_batch_size < 0:
             raise ValueError(f"max_batch_size must be >= 0, got {max_batch_size}")
         if max_queue_delay_s < 0:
@@ -176,6 +184,7 @@ class Batcher:
             if size < 1 or (max_batch_size and size > max_batch_size):
                 raise ValueError(f"preferred batch sizes must be in 1..{max_batch_size}, got {size}")
         self._process = process
+        self._process_alone = process_alone if concurrency > 1 else None
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -280,7 +289,19 @@ class Batcher:
             except BaseException:
                 self._slots.release()
                 raise
-            self._running.spawn(self._execute(items, reason), name=f"batch-{self.name}", on_done=self._batch_done)
+            process, held = self._process, 1
+            if self._process_alone is not None and not self._running and not self._queue:
+                # nothing computes and nothing waits: the other slots are free, and holding them keeps any batch
+                # formed meanwhile from computing beside this one on the cores it uses
+                for _ in range(self.concurrency - 1):
+                    await self._slots.acquire()
+                process, held = self._process_alone, self.concurrency
+                self.stats.alone += 1
+            self._running.spawn(
+                self._execute(items, reason, process, held),
+                name=f"batch-{self.name}",
+                on_done=functools.partial(self._batch_done, held),
+            )
 
     async def _next_batch(self) -> tuple[list[_Item], str]:
         while True:
@@ -323,7 +344,8 @@ class Batcher:
             except TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 pass
 
-    async def _execute(self, items: list[_Item], reason: str) -> None:
+    async def _execute(self, items: list[_Item], reason: str, process: Process, slots: int) -> None:
+        """Compute one batch with `process`, holding `slots` of the batcher's (its busy time counts that many)."""
         started = time.monotonic()
         total = sum(item.rows for item in items)
         self.stats.batches += 1
@@ -336,7 +358,7 @@ class Batcher:
                 batch = items[0].arrays
             else:
                 batch = {name: np.concatenate([item.arrays[name] for item in items]) for name in items[0].arrays}
-            outputs = await self._process(batch)
+            outputs = await process(batch)
             for name, array in outputs.items():
                 if array.ndim == 0 or array.shape[0] != total:
                     raise StepFailed(
@@ -356,7 +378,7 @@ class Batcher:
             raise
         finally:
             if self._metrics is not None:
-                self._metrics.compute_time.observe(time.monotonic() - started)
+                self._metrics.batch_computed(time.monotonic() - started, slots)
         offset = 0
         for item in items:
             if not item.future.done():
@@ -387,8 +409,9 @@ class Batcher:
         if self._metrics is not None:
             self._metrics.queue_depth.set(self._queued_rows)
 
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._slots.release()
+    def _batch_done(self, slots: int, task: asyncio.Task[None]) -> None:
+        for _ in range(slots):
+            self._slots.release()
 
     def _loop_done(self, task: asyncio.Task[None]) -> None:
         error = None if task.cancelled() else task.exception()

@@ -40,6 +40,19 @@ class _Families:
         self.batches = Counter(
             "conveyor_step_batches", "Batches sent to compute, by why they were sent", ["step", "reason"], registry=r
         )
+        self.busy = Counter(
+            "conveyor_step_busy_seconds",
+            "Model instance-seconds spent computing batches (a batch computed alone on all the step's threads holds "
+            "every instance)",
+            ["step"],
+            registry=r,
+        )
+        self.alone = Counter(
+            "conveyor_step_alone_batches",
+            "Batches computed alone, on a session with all the step's CPU threads (model.adaptiveThreads)",
+            ["step"],
+            registry=r,
+        )
         self.depth = Gauge("conveyor_step_queue_depth", "Rows waiting in the batch queue", ["step"], registry=r)
         self.received = Counter(
             "conveyor_step_received", "Inference requests received, before any check", ["step"], registry=r
@@ -72,6 +85,8 @@ class StepMetrics:
         self.latency = families.latency.labels(step)
         self.queue_time = families.queue.labels(step)
         self.compute_time = families.compute.labels(step)
+        self.busy_seconds = families.busy.labels(step)
+        self.alone_batches = families.alone.labels(step)
         self.batch_size = families.batch_size.labels(step)
         self.queue_depth = families.depth.labels(step)
         self.received = families.received.labels(step)
@@ -91,6 +106,13 @@ class StepMetrics:
         self._batches.labels(self.step, reason).inc()
         for seconds in queue_seconds:
             self.queue_time.observe(seconds)
+
+    def batch_computed(self, seconds: float, instances: int = 1) -> None:
+        """A batch took `seconds` to compute, holding `instances` model instances meanwhile."""
+        self.compute_time.observe(seconds)
+        self.busy_seconds.inc(seconds * instances)
+        if instances > 1:
+            self.alone_batches.inc()
 
     def text(self) -> str:
         """The exposition text (what the endpoint serves)."""

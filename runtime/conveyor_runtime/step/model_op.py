@@ -47,6 +47,15 @@ class ModelOp(Op):
     def process(self, batch: Arrays) -> Arrays:
         return self.session.run(batch)
 
+    def process_alone(self, batch: Arrays) -> Arrays:
+        """`process` for a batch that computes with nothing beside it: on all the step's CPU threads."""
+        return self.session.run_alone(batch)
+
+    @property
+    def alone_threads(self) -> int | None:
+        """Intra-op threads of a batch computed alone, when more than an instance's (``model.adaptiveThreads``)."""
+        return self.session.wide_threads
+
     def warm_up(self, batch_sizes: list[int]) -> None:
         fixed = self.session.fixed_batch
         self.session.warm_up([fixed] if fixed else batch_sizes)

@@ -163,6 +163,7 @@ class OpLoop:
                 concurrency=self.concurrency,
                 policy=spec.batching.policy,
                 metrics=metrics,
+                process_alone=self._process_alone if isinstance(op, ModelOp) and op.alone_threads else None,
             )
         self._output_names = {o.name for o in op.outputs}
 
@@ -277,6 +278,10 @@ class OpLoop:
             return result
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._compute_pool, self.op.process, batch)
+
+    async def _process_alone(self, batch: Arrays) -> Arrays:
+        assert isinstance(self.op, ModelOp)
+        return await asyncio.get_running_loop().run_in_executor(self._compute_pool, self.op.process_alone, batch)
 
     async def _hook(self, hook: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:

@@ -6,6 +6,10 @@ installed build offers, and the log names the provider that really runs.
 Threads: ``intraOpThreads: 0`` gives each of the ``instances`` sessions ``budget // instances`` threads, where the
 budget is the step's CPUs (`cpus.cpu_budget`: quota, ``resources.cpu``, affinity), never the node's core count.
 GPUs: with ``resources.gpu: N``, instance ``i`` runs on device ``i % N`` (ids as CUDA_VISIBLE_DEVICES shows them).
+
+Adaptive threads (``model.adaptiveThreads``, CPU only): instances split the budget so that under load batches compute
+side by side, but then a lone request at low load would run on a fraction of the cores. So one more session with the
+whole budget computes the batches that run alone (`run_alone`; the batcher decides, see `Batcher`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ __all__ = [
     "plan_precision",
     "plan_providers",
     "plan_threads",
+    "plan_wide_threads",
 ]
 
 log = logging.getLogger(__name__)
@@ -144,6 +149,15 @@ def plan_threads(model: ModelSpec, cpus: int) -> tuple[int, int]:
     return intra, model.interOpThreads
 
 
+def plan_wide_threads(model: ModelSpec, cpus: int, provider: str) -> int | None:
+    """Intra-op threads of the session that takes lone batches (the whole budget), or None when there is none: off,
+    not on CPU, threads set explicitly, or every instance already has the whole budget."""
+    if not model.adaptiveThreads or provider != CPU or model.intraOpThreads or model.instances < 2:
+        return None
+    intra, _ = plan_threads(model, cpus)
+    return cpus if cpus > intra else None
+
+
 @dataclass(frozen=True)
 class _Input:
     name: str
@@ -220,6 +234,17 @@ class ModelSession:
             self._sessions.put(self._open(source, options, plan))
         self.instances = model.instances
         self.threads = intra
+        #: Intra-op threads of the session for lone batches (None: none, every batch runs on an instance).
+        self.wide_threads = plan_wide_threads(model, cpus.cpus, self.provider)
+        self._wide: ort.InferenceSession | None = None
+        if self.wide_threads is not None:
+            wide_options = ort.SessionOptions()
+            wide_options.intra_op_num_threads = self.wide_threads
+            wide_options.inter_op_num_threads = inter
+            wide_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            wide_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            wide_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            self._wide = self._open(source, wide_options, wanted)
         self._inputs = [
             _Input(i.name, _datatype(i.type, path, i.name), tuple(i.shape)) for i in first.get_inputs()
         ]
@@ -242,6 +267,13 @@ class ModelSession:
             intra,
             why,
         )
+        if self.wide_threads is not None:
+            log.info(
+                "model %s: a batch that runs alone (nothing else computing or queued) runs on one more session with %d "
+                "intra-op threads (model.adaptiveThreads; one more copy of the model in memory)",
+                path.name,
+                self.wide_threads,
+            )
         if wanted[0][0] != CPU:
             self._log_gpus(devices, gpus)
 
@@ -318,6 +350,13 @@ class ModelSession:
             self._sessions.put(session)
         return dict(zip(self._output_names, results))
 
+    def run_alone(self, batch: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Run a batch that nothing else computes beside, on the session with the whole CPU budget (`wide_threads`;
+        an instance when there is none). The caller keeps other batches from starting meanwhile."""
+        if self._wide is None:
+            return self.run(batch)
+        return dict(zip(self._output_names, self._wide.run(self._output_names, batch)))
+
     def warm_up(self, batch_sizes: Sequence[int]) -> None:
         """Run random data through every instance at each batch size (dims other than the batch must be fixed)."""
         if any(not isinstance(d, int) or d < 1 for i in self._inputs for d in i.shape[1:]):
@@ -329,7 +368,7 @@ class ModelSession:
         try:
             for size in batch_sizes:
                 feed = {i.name: _random(rng, i, size) for i in self._inputs}
-                for session in sessions:
+                for session in [*sessions, *([self._wide] if self._wide is not None else [])]:
                     session.run(self._output_names, feed)
         finally:
             for session in sessions:
