@@ -2,8 +2,8 @@
 p50/p95/p99, each step's realized batch size, queue and compute time (from its Prometheus metrics) and the
 bottleneck, next to the same steps run in this process in their best layout and batch size (`in_process`).
 With ``--policies`` (batching policies), ``--data-paths`` (step-to-step forwarding or every tensor through the
-gateway) or ``--placements`` (op steps in processes of their own or in a model step's) the same levels run once per
-variant, each on a fresh pipeline, in one command.
+gateway), ``--placements`` (op steps in processes of their own or in a model step's) or ``--threading`` (model
+sessions sized for a lone batch when idle, or not) the same levels run once per variant, each on a fresh pipeline, in one command.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ DATA_PATHS = ("stepToStep", "gateway")
 #: processPerStep: every step in processes of its own; inProcess: each op step (no model) runs in the process of a
 #: neighbouring model step (`inProcessWith`; its consumer when that is a model step, else its input).
 PLACEMENTS = ("processPerStep", "inProcess")
+#: adaptive: model steps' ``adaptiveThreads`` on (a lone batch runs on all the step's CPUs); fixed: off.
+THREADINGS = ("adaptive", "fixed")
 
 _PREPROCESS_OPS = {"image-preprocess", "preprocess", "conveyor_runtime.ops.vision:Preprocess"}
 
@@ -76,6 +78,12 @@ def register(modes: Any) -> None:
         default="",
         help="step placements to compare (comma-separated: processPerStep,inProcess), each on a fresh pipeline: every "
         "step in processes of its own, or each op step inProcessWith a neighbouring model step",
+    )
+    parser.add_argument(
+        "--threading",
+        default="",
+        help="model threading to compare (comma-separated: adaptive,fixed), each on a fresh pipeline whose model steps "
+        "get that model.adaptiveThreads (adaptive: a lone batch runs on all the step's CPUs)",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
     parser.add_argument(
@@ -160,7 +168,8 @@ class StepStats:
     queue_ms: float
     compute_ms: float
     request_ms: float
-    busy: float  # compute (or, for steps without batches, request) seconds per replica-second of the window
+    busy: float  # model instance- (or, for steps without batches, request) seconds per replica-second of the window
+    alone: float = math.nan  # share of the batches computed alone on all the step's threads (model.adaptiveThreads)
 
 
 def _delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
@@ -181,7 +190,9 @@ def step_stats(step: str, before: list[dict[str, float]], after: list[dict[str, 
     requests = sum(v for k, v in total.items() if k.startswith("conveyor_step_requests_total{"))
     request_s = total.get("conveyor_step_request_seconds_sum{}", 0.0)
     request_n = total.get("conveyor_step_request_seconds_count{}", 0.0)
-    busy_s = compute_s if compute_n else request_s  # steps that never batch (per-request ops) do their work per request
+    # instance-seconds (a batch computed alone holds every instance); steps that never batch work per request
+    busy_s = total.get("conveyor_step_busy_seconds_total{}", compute_s) if compute_n else request_s
+    alone = total.get("conveyor_step_alone_batches_total{}", 0.0)
     return StepStats(
         step=step,
         replicas=len(after),
@@ -192,6 +203,7 @@ def step_stats(step: str, before: list[dict[str, float]], after: list[dict[str, 
         compute_ms=1000.0 * compute_s / compute_n if compute_n else math.nan,
         request_ms=1000.0 * request_s / request_n if request_n else math.nan,
         busy=busy_s / (seconds * max(len(after), 1)) if seconds > 0 else math.nan,
+        alone=alone / batches if batches else math.nan,
     )
 
 
@@ -272,6 +284,15 @@ async def _measure(
     return Level(result, stats, cpu, elapsed)
 
 
+def _chosen(flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+    """The comma-separated variants of one flag, each checked against `allowed`."""
+    chosen = [v.strip() for v in text.split(",") if v.strip()]
+    for variant in chosen:
+        if variant not in allowed:
+            raise SystemExit(f"{flag}: each must be one of {', '.join(allowed)}, got {variant!r}")
+    return chosen
+
+
 def variant_manifest(manifest_path: Path, variant: str) -> Path:
     """A copy of the manifest next to it (relative paths still resolve) with the `variant`: a batching policy for its
     model steps (see `POLICIES`), or a `spec.gateway.dataPath` (see `DATA_PATHS`)."""
@@ -280,6 +301,10 @@ def variant_manifest(manifest_path: Path, variant: str) -> Path:
         data["spec"]["gateway"] = {**(data["spec"].get("gateway") or {}), "dataPath": variant}
     elif variant in PLACEMENTS:
         _place(data["spec"]["steps"], in_process=variant == "inProcess")
+    elif variant in THREADINGS:
+        for step in data["spec"]["steps"]:
+            if "model" in step:
+                step["model"]["adaptiveThreads"] = variant == "adaptive"
     else:
         for step in data["spec"]["steps"]:
             if "model" in step:
@@ -314,6 +339,8 @@ def _describe(variant: str) -> str:
         return f"data path {variant}"
     if variant in PLACEMENTS:
         return f"placement {variant}"
+    if variant in THREADINGS:
+        return f"{variant} threads"
     return f"batching policy {variant}"
 
 
@@ -421,22 +448,16 @@ def run(args: argparse.Namespace) -> int:
     plan = ExecutionPlan.from_manifest(manifest)
     width, _, height = args.frame.partition("x")
     payloads = make_payloads(manifest, args.payload, args.rows, (int(width), int(height)))
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    for policy in policies:
-        if policy not in POLICIES:
-            raise SystemExit(f"--policies: each must be one of {', '.join(POLICIES)}, got {policy!r}")
-    data_paths = [p.strip() for p in args.data_paths.split(",") if p.strip()]
-    for data_path in data_paths:
-        if data_path not in DATA_PATHS:
-            raise SystemExit(f"--data-paths: each must be one of {', '.join(DATA_PATHS)}, got {data_path!r}")
-    placements = [p.strip() for p in args.placements.split(",") if p.strip()]
-    for placement in placements:
-        if placement not in PLACEMENTS:
-            raise SystemExit(f"--placements: each must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
-    policies += data_paths + placements  # each a variant of its own, on a pipeline of its own
+    policies = [  # each a variant of its own, on a pipeline of its own
+        *_chosen("--policies", args.policies, POLICIES),
+        *_chosen("--data-paths", args.data_paths, DATA_PATHS),
+        *_chosen("--placements", args.placements, PLACEMENTS),
+        *_chosen("--threading", args.threading, THREADINGS),
+    ]
     if policies and args.addresses:
         raise SystemExit(
-            "--policies, --data-paths and --placements start a pipeline per variant; they cannot attach to --addresses"
+            "--policies, --data-paths, --placements and --threading start a pipeline per variant; "
+            "they cannot attach to --addresses"
         )
     baseline: list[BaselinePoint] = []
     reference = None
@@ -453,7 +474,8 @@ def run(args: argparse.Namespace) -> int:
         )
         seconds = max(3.0, args.duration / 2)
         baseline = in_process_baseline(manifest_path, payloads, sizes, layouts, seconds=seconds, progress=print)
-        again = [best(baseline), *[p for p in baseline if p.batch == 1 and p.latencies][:1]]
+        top_point = best(baseline)
+        again = [top_point, *[p for p in baseline if p.batch == 1 and p.latencies and p is not top_point][:1]]
 
         def reference() -> list[BaselinePoint]:
             return remeasure(manifest_path, payloads, again, seconds)
@@ -490,13 +512,14 @@ def _report_levels(plan: ExecutionPlan, policy: str, measured: list[Level]) -> N
         result, stats = level.result, level.stats
         print()
         print(f"per step at {result.mode} {result.level}" + (f" ({policy})" if policy else "") + ":")
-        step_rows = [["step", "replicas", "batch", "queue ms", "compute ms/batch", "request ms", "busy %"]]
+        step_rows = [["step", "replicas", "batch", "alone %", "queue ms", "compute ms/batch", "request ms", "busy %"]]
         for s in stats:
             step_rows.append(
                 [
                     s.step,
                     str(s.replicas),
                     _fmt(s.mean_batch, 2),
+                    _fmt(100 * s.alone, 0),
                     _fmt(s.queue_ms, 2),
                     _fmt(s.compute_ms, 2),
                     _fmt(s.request_ms, 2),
@@ -561,7 +584,7 @@ def _report_nearby(nearby: Nearby) -> None:
     print()
     rows = [["in-process, measured next to", "limit rows/s", "batch-1 p50 ms"]]
     for label, points in nearby.items():
-        latency = [p for p in points if p.latencies]
+        latency = [p for p in points if p.batch == 1 and p.latencies]
         rows.append([label, _fmt(points[0].rows_per_s), _fmt(latency[0].latency_ms(50), 2) if latency else "-"])
     print(_table(rows))
 
@@ -599,7 +622,7 @@ def _report(
             run_summary["ratio"] = saturation / limit if limit else math.nan
             line += f"; {100 * run_summary['ratio']:.1f}% of the up-front limit"
         single = [lv.result for lv in closed if lv.result.level == "C=1"]
-        reference = [p.latency_ms(50) for p in nearby.get("C=1", []) if p.latencies]
+        reference = [p.latency_ms(50) for p in nearby.get("C=1", []) if p.batch == 1 and p.latencies]
         if not reference and "in_process_batch1_p50_ms" in summary:
             reference = [summary["in_process_batch1_p50_ms"]]
         if single and reference:

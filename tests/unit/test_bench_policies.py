@@ -48,3 +48,13 @@ def test_bench_in_process_placement_puts_each_op_step_in_a_neighbouring_model_st
     separate = load_manifest(variant_manifest(original, "processPerStep")).spec.steps
     assert [s.inProcessWith for s in separate] == [None, None, None]
     assert separate == load_manifest(original).spec.steps
+
+
+def test_bench_threading_variants_set_adaptive_threads_of_model_steps_only(tmp_path: Path) -> None:
+    original = tmp_path / "pipeline.yaml"
+    original.write_text(EXAMPLE.read_text())
+    before = load_manifest(original).spec.steps
+    for variant, adaptive in (("fixed", False), ("adaptive", True)):
+        steps = load_manifest(variant_manifest(original, variant)).spec.steps
+        assert [s.model.adaptiveThreads if s.model else None for s in steps] == [None, adaptive, None]
+        assert [s.model_dump(exclude={"model"}) for s in steps] == [s.model_dump(exclude={"model"}) for s in before]

@@ -1,0 +1,30 @@
+"""`conveyor bench pipeline` end to end: it starts one pipeline per variant, loads each with a closed and an open loop
+over real gRPC, prints a table per variant with numbers in it, and stops what it started."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conveyor_benchmarks.peers.process_tree import descendants
+from conveyor_runtime.cli.main import main
+
+MANIFEST = Path(__file__).resolve().parents[2] / "examples" / "digits" / "pipeline.yaml"
+
+
+def test_pipeline_bench_measures_every_variant_and_leaves_no_process_behind(capsys: pytest.CaptureFixture[str]) -> None:
+    before = set(descendants(os.getpid()))
+    argv = ["bench", "pipeline", str(MANIFEST), "--concurrency", "2", "--rates", "20", "--duration", "1",
+            "--warmup", "0.3", "--no-baseline", "--threading", "adaptive,fixed"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for variant in ("adaptive", "fixed"):
+        table = out.split(f"pipeline digits: preprocess -> classify -> postprocess, {variant} threads\n")[1]
+        rows = {" ".join(line.split()[:2]): line.split() for line in table.splitlines()[1:3]}
+        assert set(rows) == {"closed C=2", "open 20/s"}, table[:400]
+        for row in rows.values():
+            assert float(row[2]) > 0 and row[-1] == "0", row  # req/s measured, no errors
+        assert "alone %" in table and "bottleneck:" in table
+    assert set(descendants(os.getpid())) <= before  # both pipelines stopped
