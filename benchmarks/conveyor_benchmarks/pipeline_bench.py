@@ -172,6 +172,9 @@ class StepStats:
     alone: float = math.nan  # share of the batches computed alone on all the step's threads (model.adaptiveThreads)
 
 
+BUSY, COMPUTE = "conveyor_step_busy_seconds_total{}", "conveyor_step_compute_seconds_sum{}"
+
+
 def _delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
@@ -190,8 +193,9 @@ def step_stats(step: str, before: list[dict[str, float]], after: list[dict[str, 
     requests = sum(v for k, v in total.items() if k.startswith("conveyor_step_requests_total{"))
     request_s = total.get("conveyor_step_request_seconds_sum{}", 0.0)
     request_n = total.get("conveyor_step_request_seconds_count{}", 0.0)
-    # instance-seconds (a batch computed alone holds every instance); steps that never batch work per request
-    busy_s = total.get("conveyor_step_busy_seconds_total{}", compute_s) if compute_n else request_s
+    # instance-seconds (a batch computed alone holds every instance; a replica without the counter: its compute
+    # time); steps that never batch do their work per request
+    busy_s = sum(_delta(b, a, BUSY if BUSY in a else COMPUTE) for b, a in zip(before, after)) if compute_n else request_s
     alone = total.get("conveyor_step_alone_batches_total{}", 0.0)
     return StepStats(
         step=step,

@@ -58,3 +58,20 @@ def test_bench_threading_variants_set_adaptive_threads_of_model_steps_only(tmp_p
         steps = load_manifest(variant_manifest(original, variant)).spec.steps
         assert [s.model.adaptiveThreads if s.model else None for s in steps] == [None, adaptive, None]
         assert [s.model_dump(exclude={"model"}) for s in steps] == [s.model_dump(exclude={"model"}) for s in before]
+
+
+def test_bench_step_stats_count_busy_in_instance_seconds_and_the_share_of_batches_run_alone() -> None:
+    from conveyor_benchmarks.pipeline_bench import step_stats
+
+    before = [{}, {}]
+    after = [  # two replicas over 10 s: 4 batches each, one of them alone (1 s holding both instances)
+        {"conveyor_step_batch_size_count{}": 4, "conveyor_step_batch_size_sum{}": 16,
+         "conveyor_step_compute_seconds_count{}": 4, "conveyor_step_compute_seconds_sum{}": 4.0,
+         "conveyor_step_busy_seconds_total{}": 5.0, "conveyor_step_alone_batches_total{}": 1},
+        {"conveyor_step_batch_size_count{}": 4, "conveyor_step_batch_size_sum{}": 16,
+         "conveyor_step_compute_seconds_count{}": 4, "conveyor_step_compute_seconds_sum{}": 4.0},
+    ]  # fmt: skip
+    stats = step_stats("classify", before, after, 10.0)
+    assert stats.busy == (5.0 + 4.0) / 20  # the second replica predates the counter: its compute time
+    assert stats.alone == 1 / 8
+    assert stats.compute_ms == 1000.0 and stats.mean_batch == 4
