@@ -204,3 +204,21 @@ def test_session_without_adaptive_threads_runs_a_batch_alone_on_an_instance(mode
     session = ModelSession(path, spec, cpus=CpuBudget(2, "2 CPU(s)"))
     assert session.wide_threads is None
     assert session.run_alone({"image": np.zeros((1, 3, 32, 32), np.float32)})["logits"].shape == (1, 10)
+
+
+def test_session_without_room_for_the_lone_batch_session_serves_on_its_instances(
+    model_files: ModelFiles, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = model_files.resnet(32)
+    opened = ModelSession._open
+
+    def open_all_but_the_wide(source: Any, options: Any, wanted: Any) -> Any:
+        if options.intra_op_num_threads == 2:
+            raise ModelLoadError("ONNX Runtime cannot load the model: out of memory")
+        return opened(source, options, wanted)
+
+    monkeypatch.setattr(ModelSession, "_open", staticmethod(open_all_but_the_wide))
+    session = ModelSession(path, ModelSpec(path=str(path), instances=2), cpus=CpuBudget(2, "2 CPU(s)"))
+    assert session.wide_threads is None
+    assert "no session for lone batches" in caplog.text
+    assert session.run_alone({"image": np.zeros((1, 3, 32, 32), np.float32)})["logits"].shape == (1, 10)

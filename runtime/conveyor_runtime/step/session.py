@@ -244,7 +244,11 @@ class ModelSession:
             wide_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             wide_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             wide_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-            self._wide = self._open(source, wide_options, wanted)
+            try:
+                self._wide = self._open(source, wide_options, wanted)
+            except ModelLoadError as exc:  # e.g. no memory for one more copy: the instances still serve everything
+                log.warning("model %s: no session for lone batches (%s); every batch runs on an instance", path.name, exc)
+                self.wide_threads = None
         self._inputs = [
             _Input(i.name, _datatype(i.type, path, i.name), tuple(i.shape)) for i in first.get_inputs()
         ]
