@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from conveyor_runtime.errors import DeadlineExceeded, InvalidRequest, ModelNotReady, OpError, QueueFull, StepFailed
 from conveyor_runtime.step import Batcher, StepMetrics, batch_key, form_batch
+from conveyor_runtime.step.alone_policy import AlonePolicy
 
 Arrays = dict[str, np.ndarray]
 
@@ -569,3 +570,34 @@ async def test_batcher_with_one_slot_never_runs_a_batch_alone() -> None:
     finally:
         await batcher.aclose()
     assert (len(alone.batches), len(beside.batches), batcher.stats.alone) == (0, 1, 0)
+
+
+class Sleeper:
+    """Fake compute taking `seconds` per batch; counts its batches."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.batches = 0
+
+    async def __call__(self, batch: Arrays) -> Arrays:
+        self.batches += 1
+        await asyncio.sleep(self.seconds)
+        return {"y": batch["x"][:, :1]}
+
+
+async def test_batcher_stops_running_lone_batches_alone_where_alone_was_not_faster() -> None:
+    alone, beside = Sleeper(0.06), Sleeper(0.02)  # two threads gaining nothing: a contended node
+    batcher = Batcher(beside, max_batch_size=1, concurrency=2, process_alone=alone)
+    batcher.alone_policy = AlonePolicy(recheck_every=1000)
+    batcher.alone_policy.observe(1, 0.02, alone=False)  # as moderate load would have measured it
+    await batcher.start()
+    try:
+        await batcher.submit(_request(0, 1, 2))  # lone, and running alone was never measured: it runs alone
+        assert alone.batches == 1
+        for i in range(1, 4):  # measured slower than an instance: later lone requests run on an instance
+            await batcher.submit(_request(i, 1, 2))
+    finally:
+        await batcher.aclose()
+    assert (alone.batches, beside.batches, batcher.stats.alone) == (1, 3, 1)
+    speedup = batcher.alone_policy.speedup(1)
+    assert speedup is not None and speedup < 1  # both times as the batcher measured them

@@ -6,7 +6,8 @@ batches grow only while every instance is busy. Fill: a batch waits up to the qu
 
 Alone: with a `process_alone` (a model whose one extra session has all the step's CPU threads), a batch that leaves
 while nothing computes and nothing else is queued takes every slot and runs there, so a lone request at low load gets
-every core and no batch ever computes beside it on too few cores; under load batches still run side by side.
+every core and no batch ever computes beside it on too few cores; under load batches still run side by side. It
+does so only while that was measured to pay at the batch's size (`AlonePolicy`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from ..arrays import Arrays, rows_of
 from ..errors import DeadlineExceeded, InvalidRequest, ModelNotReady, QueueFull, RequestError, StepFailed
 from ..serving import TaskSet
+from .alone_policy import AlonePolicy
 from .metrics import StepMetrics
 
 __all__ = ["POLICIES", "BatchPlan", "Batcher", "Queued", "batch_key", "form_batch", "split_rows"]
@@ -185,6 +187,7 @@ class Batcher:
                 raise ValueError(f"preferred batch sizes must be in 1..{max_batch_size}, got {size}")
         self._process = process
         self._process_alone = process_alone if concurrency > 1 else None
+        self.alone_policy = AlonePolicy()
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -290,7 +293,12 @@ class Batcher:
                 self._slots.release()
                 raise
             process, held = self._process, 1
-            if self._process_alone is not None and not self._running and not self._queue:
+            if (
+                self._process_alone is not None
+                and not self._running
+                and not self._queue
+                and self.alone_policy.run_alone(sum(item.rows for item in items))
+            ):
                 # nothing computes and nothing waits: the other slots are free, and holding them keeps any batch
                 # formed meanwhile from computing beside this one on the cores it uses
                 for _ in range(self.concurrency - 1):
@@ -377,8 +385,11 @@ class Batcher:
             self._fan_out(items, StepFailed(f"step {self.name!r}: computing the batch was interrupted; see the step's log"))
             raise
         finally:
+            elapsed = time.monotonic() - started
             if self._metrics is not None:
-                self._metrics.batch_computed(time.monotonic() - started, slots)
+                self._metrics.batch_computed(elapsed, slots)
+        if self._process_alone is not None:  # what running alone gains, from the batches that succeeded
+            self.alone_policy.observe(total, elapsed, alone=slots > 1)
         offset = 0
         for item in items:
             if not item.future.done():

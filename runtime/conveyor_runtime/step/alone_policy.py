@@ -1,0 +1,47 @@
+"""Whether a batch that could run alone (nothing computing, nothing queued) should, from measured compute times.
+
+Running alone holds every model instance for one batch on a session with all the step's threads. That pays only
+while the wide session is clearly faster than one instance at the same batch size; on a node whose cores are
+contended it is not, and the batch then keeps requests that arrive meanwhile waiting for nothing. So the batcher
+keeps both times per batch size (those beside other batches come from moderate load) and stops running alone at a
+size where it was not faster by `gain`, trying it again now and then in case the node got quieter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["AlonePolicy"]
+
+
+@dataclass
+class AlonePolicy:
+    """`gain`: how much faster (seconds, as a share) running alone must be than an instance; `recheck_every`: while
+    running alone is off at a size, every n-th such batch runs alone to measure it again; `smoothing`: the weight of
+    the newest time in each moving average."""
+
+    gain: float = 0.8
+    recheck_every: int = 16
+    smoothing: float = 0.2
+    _alone: dict[int, float] = field(default_factory=dict)
+    _beside: dict[int, float] = field(default_factory=dict)
+    _declined: dict[int, int] = field(default_factory=dict)
+
+    def run_alone(self, rows: int) -> bool:
+        """Whether a batch of `rows` that could run alone should."""
+        alone, beside = self._alone.get(rows), self._beside.get(rows)
+        if alone is None or beside is None or alone <= beside * self.gain:
+            return True
+        declined = self._declined[rows] = self._declined.get(rows, 0) + 1
+        return declined % self.recheck_every == 0
+
+    def observe(self, rows: int, seconds: float, *, alone: bool) -> None:
+        """A batch of `rows` computed in `seconds`, alone or on one instance."""
+        averages = self._alone if alone else self._beside
+        before = averages.get(rows)
+        averages[rows] = seconds if before is None else before + self.smoothing * (seconds - before)
+
+    def speedup(self, rows: int) -> float | None:
+        """An instance's time over the alone time at `rows` (None until both were measured)."""
+        alone, beside = self._alone.get(rows), self._beside.get(rows)
+        return None if alone is None or beside is None or alone <= 0 else beside / alone

@@ -1,0 +1,43 @@
+"""`AlonePolicy`: a batch runs alone while that was measured faster at its size, and is tried again now and then."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor_runtime.step.alone_policy import AlonePolicy
+
+
+def test_alone_policy_runs_alone_until_both_times_are_known_at_that_size() -> None:
+    policy = AlonePolicy()
+    assert policy.run_alone(1)
+    policy.observe(1, 0.040, alone=True)
+    assert policy.run_alone(1) and policy.speedup(1) is None  # nothing beside other batches measured yet
+    policy.observe(2, 0.070, alone=False)
+    assert policy.run_alone(1)  # another size's time says nothing about this one
+
+
+def test_alone_policy_keeps_running_alone_while_it_is_clearly_faster() -> None:
+    policy = AlonePolicy(gain=0.8)
+    policy.observe(1, 0.020, alone=True)
+    policy.observe(1, 0.038, alone=False)
+    assert policy.speedup(1) == pytest.approx(1.9)
+    assert all(policy.run_alone(1) for _ in range(50))
+
+
+def test_alone_policy_stops_where_alone_is_not_faster_and_rechecks_every_nth_batch() -> None:
+    policy = AlonePolicy(gain=0.8, recheck_every=4)
+    policy.observe(1, 0.047, alone=True)  # contended cores: two threads gain next to nothing
+    policy.observe(1, 0.049, alone=False)
+    choices = [policy.run_alone(1) for _ in range(12)]
+    assert choices == [False, False, False, True] * 3
+    for _ in range(20):  # the node got quieter: the rechecks measure it, and running alone resumes
+        policy.observe(1, 0.020, alone=True)
+    assert policy.run_alone(1)
+
+
+def test_alone_policy_averages_move_towards_new_times() -> None:
+    policy = AlonePolicy(smoothing=0.5)
+    policy.observe(4, 0.100, alone=False)
+    policy.observe(4, 0.050, alone=False)
+    policy.observe(4, 0.050, alone=True)
+    assert policy.speedup(4) == pytest.approx(0.075 / 0.050)
