@@ -179,8 +179,9 @@ class ModelSpec(_Spec):
     adaptiveThreads: bool = Field(
         True,
         description="On CPU with several instances and intraOpThreads 0: a batch that leaves while nothing else computes "
-        "or waits runs alone on one more session with all the step's CPU threads (a lone request is answered sooner); "
-        "under load the instances compute side by side. Costs one more copy of the model in memory.",
+        "or waits runs alone on one more session with all the step's CPU threads, while that is measured faster than an "
+        "instance (a lone request is answered sooner); under load the instances compute side by side. Costs one more "
+        "copy of the model in memory.",
     )
     build: str | None = Field(
         None,
