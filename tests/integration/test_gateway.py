@@ -79,11 +79,13 @@ def _request(model: str, **arrays: np.ndarray) -> pb.ModelInferRequest:
 async def test_gateway_runs_a_chain_renaming_single_tensors(chain: tuple[Gateway, Any]) -> None:
     gateway, steps = chain
     # ready means a replica of each step; the balancing assertion below needs both of `mid`'s (once, in CI, the
-    # second turned healthy only after the six calls)
+    # second turned healthy only after the calls)
     await eventually(lambda: sum(r["healthy"] for r in gateway.balancers["mid"].snapshot()) == 2, what="both mid replicas healthy")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         stub = InferenceStub(channel)
-        for _ in range(6):
+        # sequential calls tie on outstanding requests, and ties go to a random replica: with 6 calls, 1 run in 32
+        # gave every call to one replica (a CI flake); with 24, 1 in 8 million
+        for _ in range(24):
             response = await stub.ModelInfer(_request("chain", image=np.array([[1.0, 2.0]], dtype=np.float32)), timeout=10)
             outputs = decode_tensors(response)
             np.testing.assert_allclose(outputs["y"], [[104.0, 106.0]])
