@@ -2,9 +2,10 @@
 
 Running alone holds every model instance for one batch on a session with all the step's threads. That pays only
 while the wide session is clearly faster than one instance at the same batch size; on a node whose cores are
-contended it is not, and the batch then keeps requests that arrive meanwhile waiting for nothing. So the batcher
-keeps both times per batch size (those beside other batches come from moderate load) and stops running alone at a
-size where it was not faster by `gain`, trying it again now and then in case the node got quieter.
+contended (by other pods, or by the pipeline's own other steps at moderate load) it is not, and the batch then keeps
+requests that arrive meanwhile waiting for nothing. So the batcher keeps both times per batch size and runs alone
+only where that was faster by `gain`. While running alone, batches never run beside others, so now and then one
+runs on an instance to measure that (`explore_every`); while not, now and then one runs alone (`recheck_every`).
 """
 
 from __future__ import annotations
@@ -16,24 +17,27 @@ __all__ = ["AlonePolicy"]
 
 @dataclass
 class AlonePolicy:
-    """`gain`: how much faster (seconds, as a share) running alone must be than an instance; `recheck_every`: while
-    running alone is off at a size, every n-th such batch runs alone to measure it again; `smoothing`: the weight of
-    the newest time in each moving average."""
+    """`gain`: how much faster (seconds, as a share) running alone must be than an instance; `explore_every`: while
+    running alone at a size, every n-th such batch runs on an instance (rare: it is a slower answer); `recheck_every`:
+    while not, every n-th runs alone; `smoothing`: the weight of the newest time in each moving average."""
 
     gain: float = 0.8
+    explore_every: int = 128
     recheck_every: int = 16
     smoothing: float = 0.2
     _alone: dict[int, float] = field(default_factory=dict)
     _beside: dict[int, float] = field(default_factory=dict)
-    _declined: dict[int, int] = field(default_factory=dict)
+    _asked: dict[int, int] = field(default_factory=dict)
 
     def run_alone(self, rows: int) -> bool:
         """Whether a batch of `rows` that could run alone should."""
+        asked = self._asked[rows] = self._asked.get(rows, 0) + 1
         alone, beside = self._alone.get(rows), self._beside.get(rows)
-        if alone is None or beside is None or alone <= beside * self.gain:
+        if alone is None:
             return True
-        declined = self._declined[rows] = self._declined.get(rows, 0) + 1
-        return declined % self.recheck_every == 0
+        if beside is None or alone <= beside * self.gain:
+            return asked % self.explore_every != 0
+        return asked % self.recheck_every == 0
 
     def observe(self, rows: int, seconds: float, *, alone: bool) -> None:
         """A batch of `rows` computed in `seconds`, alone or on one instance."""
