@@ -33,7 +33,9 @@ fi
 
 echo "==> ruff, mypy --strict (runtime, operator, benchmarks) and the import layers (lint-imports)"
 .venv/bin/ruff check --quiet
-.venv/bin/mypy
+# mypy's incremental cache lives outside the checkout, so a fresh clone checks in ~1 s instead of ~30 s once warm
+# (it rechecks every file whose content changed)
+.venv/bin/mypy --cache-dir "${XDG_CACHE_HOME:-$HOME/.cache}/conveyor/mypy"
 .venv/bin/lint-imports --no-cache
 
 if [ "${SKIP_PACKAGING_CHECK:-0}" = 1 ]; then
