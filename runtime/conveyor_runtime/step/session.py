@@ -204,14 +204,7 @@ class ModelSession:
             )
         cpus = step_cpu_budget(None) if cpus is None else cpus
         intra, inter = plan_threads(model, cpus.cpus)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra
-        options.inter_op_num_threads = inter
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ORT's pool threads spin between runs by default; in a server they would steal the cores that gRPC
-        # and the batcher need to prepare the next batch (measured: ~15% of a 2-core step's throughput).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options = _session_options(intra, inter)
         self._sessions: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
         source: str | bytes = str(path)
         # fp16 on CUDA: convert before the first session, so no fp32 copy of the model is ever put on the GPU
@@ -238,14 +231,8 @@ class ModelSession:
         self.wide_threads = plan_wide_threads(model, cpus.cpus, self.provider)
         self._wide: ort.InferenceSession | None = None
         if self.wide_threads is not None:
-            wide_options = ort.SessionOptions()
-            wide_options.intra_op_num_threads = self.wide_threads
-            wide_options.inter_op_num_threads = inter
-            wide_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            wide_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            wide_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
             try:
-                self._wide = self._open(source, wide_options, wanted)
+                self._wide = self._open(source, _session_options(self.wide_threads, inter), wanted)
             except ModelLoadError as exc:  # e.g. no memory for one more copy: the instances still serve everything
                 log.warning("model %s: no session for lone batches (%s); every batch runs on an instance", path.name, exc)
                 self.wide_threads = None
@@ -380,6 +367,19 @@ class ModelSession:
         sizes = list(batch_sizes)
         shown = f"{sizes[0]}..{sizes[-1]} ({len(sizes)} sizes)" if len(sizes) > 8 else str(sizes)
         log.info("model %s warmed up at batch sizes %s in %.1fs", self.path.name, shown, time.monotonic() - started)
+
+
+def _session_options(intra: int, inter: int) -> ort.SessionOptions:
+    """Options of every session of a step: its threads, full graph optimization, no spinning."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra
+    options.inter_op_num_threads = inter
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's pool threads spin between runs by default; in a server they would steal the cores that gRPC
+    # and the batcher need to prepare the next batch (measured: ~15% of a 2-core step's throughput).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
 
 
 def _random(rng: np.random.Generator, spec: _Input, rows: int) -> npt.NDArray[Any]:
