@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from typing import Any
 
@@ -11,6 +10,7 @@ from ..errors import UsageError
 from ..gateway import create_gateway
 from ..routing import parse_endpoints
 from ..serving import freeze_startup_objects, stop_on_signals, tune_malloc_for_large_requests
+from ..serving.event_loop import run_serving
 from ..spec import STEP_GRPC_PORT, PipelineManifest, load_manifest
 
 __all__ = ["register", "serve"]
@@ -59,7 +59,7 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError(f"--endpoints: unknown step(s) {unknown}; known steps: {sorted(known)}")
     tune_malloc_for_large_requests()  # before gRPC's threads start: see serving.memory
     freeze_startup_objects()  # see serving.heap
-    asyncio.run(
+    run_serving(
         serve(
             manifest,
             endpoints=endpoints,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from ..errors import UsageError
 from ..local import LocalRunner
 from ..serving import freeze_startup_objects, stop_on_signals, tune_malloc_for_large_requests
+from ..serving.event_loop import run_serving
 from ..spec import PipelineManifest, load_manifest
 
 __all__ = ["build_runner", "parse_replicas", "register"]
@@ -82,7 +82,7 @@ def _main(args: argparse.Namespace) -> int:
     runner = build_runner(args)
     tune_malloc_for_large_requests()  # the gateway runs in this process: see serving.memory
     freeze_startup_objects()  # see serving.heap
-    asyncio.run(_serve(runner, args.addresses_json))
+    run_serving(_serve(runner, args.addresses_json))
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import ConveyorError, UsageError
 from ..routing import parse_endpoints
 from ..serving import freeze_startup_objects, stop_on_signals
+from ..serving.event_loop import run_serving
 from ..spec import METRICS_PORT, STEP_GRPC_PORT, StepSpec, in_process_steps_from_env, load_manifest, step_from_env
 from ..step import (
     DEFAULT_GRACE_S,
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         pre_stop = pre_stop_delay(args)
         peers = peer_sources(parse_endpoints(args.peers, "--peer"), pipeline=os.environ.get(PIPELINE_ENV) or None)
         freeze_startup_objects()  # see serving.heap
-        asyncio.run(_serve(loaded, args, pre_stop, peers))
+        run_serving(_serve(loaded, args, pre_stop, peers))
     except Exception as exc:  # the step's own words where `kubectl describe` and the operator read them
         write_termination_message(exc, args.termination_log)
         raise
