@@ -33,16 +33,21 @@ class LocalPipeline:
         replicas: Sequence[str] = (),
         http: bool = True,
         ready_timeout_s: float = 900.0,
+        env: dict[str, str] | None = None,
     ) -> LocalPipeline:
-        """Start it (gRPC on a free port, HTTP too when `http`, `--replicas STEP=N` each) and wait until ready."""
+        """Start it (gRPC on a free port, HTTP too when `http`, `--replicas STEP=N` each, `env` added to this
+        process's environment) and wait until ready."""
         addresses, log_path = workdir / "addresses.json", workdir / "run.log"
         command = [sys.executable, "-m", "conveyor_runtime.cli", "--log-level", "WARNING", "run", str(manifest)]
         command += ["--grpc-port", "0", "--http-port", "0" if http else "-1", "--addresses-json", str(addresses)]
         for value in replicas:
             command += ["--replicas", value]
-        print(f"starting the pipeline: conveyor {' '.join(command[3:])} (log: {log_path})", flush=True)
+        settings = "".join(f"{name}={value} " for name, value in (env or {}).items())
+        print(f"starting the pipeline: {settings}conveyor {' '.join(command[3:])} (log: {log_path})", flush=True)
         with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+            )
         pipeline = cls(process, addresses, log_path)
         started = time.monotonic()
         try:

@@ -2,8 +2,9 @@
 p50/p95/p99, each step's realized batch size, queue and compute time (from its Prometheus metrics) and the
 bottleneck, next to the same steps run in this process in their best layout and batch size (`in_process`).
 With ``--policies`` (batching policies), ``--data-paths`` (step-to-step forwarding or every tensor through the
-gateway), ``--placements`` (op steps in processes of their own or in a model step's) or ``--threading`` (model
-sessions sized for a lone batch when idle, or not) the same levels run once per variant, each on a fresh pipeline, in one command.
+gateway), ``--placements`` (op steps in processes of their own or in a model step's), ``--threading`` (model
+sessions sized for a lone batch when idle, or not) or ``--event-loops`` (the serving processes on uvloop or asyncio's
+own loop) the same levels run once per variant, each on a fresh pipeline, in one command.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy.typing as npt
 import yaml
 
 from conveyor_runtime.protocol import encode_tensors, pb
+from conveyor_runtime.serving.event_loop import EVENT_LOOP_ENV
 from conveyor_runtime.spec import POD_LEVEL_FIELDS, ExecutionPlan, PipelineManifest, load_manifest
 from conveyor_runtime.step import step_cpu_budget
 
@@ -43,6 +45,8 @@ DATA_PATHS = ("stepToStep", "gateway")
 PLACEMENTS = ("processPerStep", "inProcess")
 #: adaptive: model steps' ``adaptiveThreads`` on (a lone batch runs on all the step's CPUs); fixed: off.
 THREADINGS = ("adaptive", "fixed")
+#: The serving processes' event loop ($CONVEYOR_EVENT_LOOP, see conveyor_runtime.serving.event_loop).
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 _PREPROCESS_OPS = {"image-preprocess", "preprocess", "conveyor_runtime.ops.vision:Preprocess"}
 
@@ -84,6 +88,12 @@ def register(modes: Any) -> None:
         default="",
         help="model threading to compare (comma-separated: adaptive,fixed), each on a fresh pipeline whose model steps "
         "get that model.adaptiveThreads (adaptive: a lone batch runs on all the step's CPUs)",
+    )
+    parser.add_argument(
+        "--event-loops",
+        default="",
+        help="serving event loops to compare (comma-separated: uvloop,asyncio), each on a fresh pipeline whose "
+        f"processes run with {EVENT_LOOP_ENV} set to it",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
     parser.add_argument(
@@ -309,6 +319,8 @@ def variant_manifest(manifest_path: Path, variant: str) -> Path:
         for step in data["spec"]["steps"]:
             if "model" in step:
                 step["model"]["adaptiveThreads"] = variant == "adaptive"
+    elif variant in EVENT_LOOPS:
+        pass  # the manifest as it is: the variant is the processes' environment (see `_start_targets`)
     else:
         for step in data["spec"]["steps"]:
             if "model" in step:
@@ -345,6 +357,8 @@ def _describe(variant: str) -> str:
         return f"placement {variant}"
     if variant in THREADINGS:
         return f"{variant} threads"
+    if variant in EVENT_LOOPS:
+        return f"{variant} event loop"
     return f"batching policy {variant}"
 
 
@@ -375,7 +389,10 @@ def _start_targets(manifest_path: Path, policies: list[str], workdir: Path, args
         targets.append(target)
         if policy:
             print(f"{_describe(policy)}:", flush=True)
-        target.pipeline = LocalPipeline.start(path, workdir / (policy or "manifest"), replicas=args.replicas, http=False)
+        env = {EVENT_LOOP_ENV: policy} if policy in EVENT_LOOPS else None
+        target.pipeline = LocalPipeline.start(
+            path, workdir / (policy or "manifest"), replicas=args.replicas, http=False, env=env
+        )
         target.addresses = target.pipeline.addresses()
         target.pids = list(target.pipeline.pids().values())
     return targets
@@ -457,10 +474,11 @@ def run(args: argparse.Namespace) -> int:
         *_chosen("--data-paths", args.data_paths, DATA_PATHS),
         *_chosen("--placements", args.placements, PLACEMENTS),
         *_chosen("--threading", args.threading, THREADINGS),
+        *_chosen("--event-loops", args.event_loops, EVENT_LOOPS),
     ]
     if policies and args.addresses:
         raise SystemExit(
-            "--policies, --data-paths, --placements and --threading start a pipeline per variant; "
+            "--policies, --data-paths, --placements, --threading and --event-loops start a pipeline per variant; "
             "they cannot attach to --addresses"
         )
     baseline: list[BaselinePoint] = []

@@ -14,14 +14,21 @@ from conveyor_runtime.cli.main import main
 MANIFEST = Path(__file__).resolve().parents[2] / "examples" / "digits" / "pipeline.yaml"
 
 
-def test_pipeline_bench_measures_every_variant_and_leaves_no_process_behind(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("flag", "variants", "described"),
+    [("--threading", ("adaptive", "fixed"), "{} threads"), ("--event-loops", ("uvloop", "asyncio"), "{} event loop")],
+)
+def test_pipeline_bench_measures_every_variant_and_leaves_no_process_behind(
+    flag: str, variants: tuple[str, str], described: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = set(descendants(os.getpid()))
     argv = ["bench", "pipeline", str(MANIFEST), "--concurrency", "2", "--rates", "20", "--duration", "1",
-            "--warmup", "0.3", "--no-baseline", "--threading", "adaptive,fixed"]  # fmt: skip
+            "--warmup", "0.3", "--no-baseline", flag, ",".join(variants)]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    for variant in ("adaptive", "fixed"):
-        table = out.split(f"pipeline digits: preprocess -> classify -> postprocess, {variant} threads\n")[1]
+    for variant in variants:
+        title = f"pipeline digits: preprocess -> classify -> postprocess, {described.format(variant)}\n"
+        table = out.split(title)[1]
         rows = {" ".join(line.split()[:2]): line.split() for line in table.splitlines()[1:3]}
         assert set(rows) == {"closed C=2", "open 20/s"}, table[:400]
         for row in rows.values():

@@ -60,6 +60,13 @@ def test_bench_threading_variants_set_adaptive_threads_of_model_steps_only(tmp_p
         assert [s.model_dump(exclude={"model"}) for s in steps] == [s.model_dump(exclude={"model"}) for s in before]
 
 
+def test_bench_event_loop_variants_run_the_manifest_as_it_is(tmp_path: Path) -> None:
+    original = tmp_path / "pipeline.yaml"
+    original.write_text(EXAMPLE.read_text())
+    for variant in ("uvloop", "asyncio"):  # the variant is the processes' $CONVEYOR_EVENT_LOOP, not the manifest
+        assert load_manifest(variant_manifest(original, variant)) == load_manifest(original)
+
+
 def test_bench_step_stats_count_busy_in_instance_seconds_and_the_share_of_batches_run_alone() -> None:
     from conveyor_benchmarks.pipeline_bench import step_stats
 
