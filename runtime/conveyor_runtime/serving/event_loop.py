@@ -1,7 +1,8 @@
 """Which asyncio event loop the serving processes (step, gateway, `conveyor run`) run on.
 
-uvloop where it is installed (a dependency on Linux and macOS): with the same gRPC servers it took ~10% less CPU per
-request than asyncio's own loop on the small-model pipeline (README, "Event loop"). $CONVEYOR_EVENT_LOOP picks one.
+uvloop where it is installed (a dependency everywhere but Windows): with the same gRPC servers it took 2-13% less CPU
+per request than asyncio's own loop on the small-model pipeline under load (README, "Event loop").
+$CONVEYOR_EVENT_LOOP picks one.
 """
 
 from __future__ import annotations
