@@ -382,6 +382,8 @@ def _start_targets(manifest_path: Path, policies: list[str], workdir: Path, args
     if args.addresses:
         addresses = json.loads(Path(args.addresses).read_text())
         pids = [r["pid"] for rs in addresses["steps"].values() for r in rs if "pid" in r and "inProcessWith" not in r]
+        if "pid" in addresses:  # the gateway's process (`conveyor run` itself), counted as a started pipeline's is
+            pids.insert(0, addresses["pid"])
         return [_Target("", addresses, pids)]
     for policy in policies or [""]:
         path = variant_manifest(manifest_path, policy) if policy else manifest_path

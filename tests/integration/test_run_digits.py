@@ -34,6 +34,10 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunProcess]
                     os.kill(replica["pid"], 0)  # every step replica is gone after SIGTERM
 
 
+def test_run_names_its_own_process_as_the_gateways_in_the_addresses_file(digits_run: RunProcess) -> None:
+    assert digits_run.addresses["pid"] == digits_run.process.pid  # what `bench pipeline --addresses` counts CPU of
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -289,9 +289,10 @@ class LocalRunner:
     # --- reporting ----------------------------------------------------------------------------------------------
 
     def addresses(self) -> dict[str, Any]:
-        """Where everything listens (and the replicas' pids): what `--addresses-json` writes."""
+        """Where everything listens (and the processes' pids): what `--addresses-json` writes."""
         return {
             "pipeline": self.name,
+            "pid": os.getpid(),  # this process: the gateway runs in it
             "grpc": f"127.0.0.1:{self.grpc_port}",
             "http": f"127.0.0.1:{self.http_port}" if self.http_port is not None else None,
             "metrics": f"127.0.0.1:{self.metrics_port}" if self.metrics_port is not None else None,
