@@ -13,7 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalPipeline"]
+__all__ = ["LocalPipeline", "process_pids"]
+
+
+def process_pids(addresses: dict[str, Any]) -> dict[str, int]:
+    """Process name -> pid from a `conveyor run --addresses-json` file: the gateway (the runner itself, where the
+    file names its pid) and every step replica that has a process of its own."""
+    pids = {"gateway": int(addresses["pid"])} if "pid" in addresses else {}
+    for step, replicas in addresses["steps"].items():
+        for index, replica in enumerate(replicas):
+            if "inProcessWith" not in replica:  # a step in another's process: listed under that step already
+                pids[f"{step}[{index}]"] = replica["pid"]
+    return pids
 
 
 @dataclass
@@ -71,12 +82,7 @@ class LocalPipeline:
 
     def pids(self) -> dict[str, int]:
         """Process name -> pid: the gateway (inside the runner) and every step replica."""
-        pids = {"gateway": self.process.pid}
-        for step, replicas in self.addresses()["steps"].items():
-            for index, replica in enumerate(replicas):
-                if "inProcessWith" not in replica:  # a step in another's process: listed under that step already
-                    pids[f"{step}[{index}]"] = replica["pid"]
-        return pids
+        return {"gateway": self.process.pid, **process_pids(self.addresses())}
 
     def restarts(self) -> dict[str, int]:
         return {

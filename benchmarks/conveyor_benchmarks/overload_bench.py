@@ -26,7 +26,7 @@ from conveyor_runtime.protocol import InferenceStub, encode_tensors, pb
 from conveyor_runtime.spec import load_manifest
 
 from .load import closed_loop, percentile
-from .local_pipeline import LocalPipeline
+from .local_pipeline import LocalPipeline, process_pids
 from .pipeline_bench import _fmt, _table, add_payload_arguments, make_payloads
 
 __all__ = ["OpenLoopResult", "open_loop_by_code", "register", "rss_mb", "run", "with_queue_sizes"]
@@ -281,17 +281,13 @@ def run(args: argparse.Namespace) -> int:
         pipeline = None
         if args.addresses:
             addresses = json.loads(Path(args.addresses).read_text())
-            pids = {
-                f"{s}[{i}]": r["pid"]
-                for s, rs in addresses["steps"].items()
-                for i, r in enumerate(rs)
-                if "inProcessWith" not in r
-            }
+            found = process_pids(addresses)
         else:
             runnable = with_queue_sizes(manifest_path, args.max_queue_size, Path(workdir))
             pipeline = LocalPipeline.start(runnable, Path(workdir), replicas=args.replicas, http=False)
             addresses = pipeline.addresses()
-            pids = {("gateway (conveyor run)" if k == "gateway" else k): v for k, v in pipeline.pids().items()}
+            found = pipeline.pids()
+        pids = {("gateway (conveyor run)" if k == "gateway" else k): v for k, v in found.items()}
         memory = _Memory(pids)
         try:
             print(f"load on {addresses['grpc']} ({args.rows} row(s)/request, deadline {args.timeout:g}s):", flush=True)

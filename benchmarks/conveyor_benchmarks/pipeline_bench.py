@@ -34,7 +34,7 @@ from conveyor_runtime.step import step_cpu_budget
 from .cpu import cpu_seconds
 from .in_process import LAYOUTS, BaselinePoint, best, in_process_baseline, layouts_for, remeasure
 from .load import LoadResult, closed_loop, open_loop
-from .local_pipeline import LocalPipeline
+from .local_pipeline import LocalPipeline, process_pids
 
 __all__ = ["StepStats", "make_payloads", "register", "run", "scrape", "step_stats", "variant_manifest"]
 
@@ -381,10 +381,7 @@ def _start_targets(manifest_path: Path, policies: list[str], workdir: Path, args
     targets: list[_Target] = []
     if args.addresses:
         addresses = json.loads(Path(args.addresses).read_text())
-        pids = [r["pid"] for rs in addresses["steps"].values() for r in rs if "pid" in r and "inProcessWith" not in r]
-        if "pid" in addresses:  # the gateway's process (`conveyor run` itself), counted as a started pipeline's is
-            pids.insert(0, addresses["pid"])
-        return [_Target("", addresses, pids)]
+        return [_Target("", addresses, list(process_pids(addresses).values()))]
     for policy in policies or [""]:
         path = variant_manifest(manifest_path, policy) if policy else manifest_path
         target = _Target(policy, {}, [], manifest=path if policy else None)
