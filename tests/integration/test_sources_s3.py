@@ -122,3 +122,15 @@ def test_fetch_s3_server_stopped_mid_download_retries_then_fails_clearly(
     retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fetching s3://models/big.onnx failed")]
     assert [m.split("; ")[-1].split(" in ")[0] for m in retries] == ["attempt 2 of 3", "attempt 3 of 3"]
     assert files_in(tmp_path) == []
+
+
+def test_an_s3_server_that_never_becomes_ready_fails_its_fixture_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    silent = tmp_path / "python"  # stands in for moto's Python: starts, then never prints its endpoint
+    silent.write_text("#!/bin/sh\nexec sleep 600\n")
+    silent.chmod(0o755)
+    monkeypatch.setenv("CONVEYOR_S3_SERVER_PYTHON", str(silent))
+    with pytest.raises(RuntimeError, match="was not ready within 1s"):
+        with s3_server(ready_timeout_s=1):
+            pass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +27,9 @@ __all__ = ["S3Server", "s3_server", "s3_server_python"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _LAUNCHER = Path(__file__).with_name("moto_launcher.py")
+#: Seconds the server gets to come up (it imports moto and makes a user and the buckets: ~3 s here). Test fixtures
+#: are not under pytest-timeout, so without this bound a server that never binds (its address gone) hangs the run.
+READY_TIMEOUT_S = 120.0
 
 
 def s3_server_python() -> Path:
@@ -97,7 +101,13 @@ class S3Server:
 
 
 @contextmanager
-def s3_server(host: str = "127.0.0.1", port: int = 0, buckets: Sequence[str] = ("models",), env: Mapping[str, str] | None = None) -> Iterator[S3Server]:
+def s3_server(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    buckets: Sequence[str] = ("models",),
+    env: Mapping[str, str] | None = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+) -> Iterator[S3Server]:
     """Start the server on `host`:`port` (0: a free port) with `buckets` made; stop it on exit."""
     python = s3_server_python()
     if not python.exists():
@@ -111,6 +121,12 @@ def s3_server(host: str = "127.0.0.1", port: int = 0, buckets: Sequence[str] = (
     )
     try:
         assert process.stdout is not None
+        readable, _, _ = select.select([process.stdout], [], [], ready_timeout_s)
+        if not readable:
+            raise RuntimeError(
+                f"the S3 server on {host}:{port} was not ready within {ready_timeout_s:.0f}s; "
+                "check that this machine has that address (see stderr above)"
+            )
         line = process.stdout.readline()
         if not line:
             raise RuntimeError(f"the S3 server exited before it was ready (code {process.wait(timeout=30)}); see stderr above")
