@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from conveyor_runtime.errors import RequestError
 from conveyor_runtime.protocol import abort_with, add_inference_servicer, decode_tensors, encode_tensors, pb
 from conveyor_runtime.spec import PipelineManifest, parse_manifest
+from conveyor_runtime.step.call_streams import CallStreams
 
 REPO = Path(__file__).resolve().parents[2]
 Arrays = dict[str, np.ndarray]
@@ -84,6 +85,7 @@ class RunningStep:
     server: grpc.aio.Server
     health: Any
     port: int
+    call_streams: CallStreams | None = None
 
     @property
     def address(self) -> str:
@@ -97,15 +99,19 @@ class RunningStep:
         await self.server.stop(None)
 
 
-async def start_fake_step(servicer: FakeStep, port: int = 0, serving: bool = True) -> RunningStep:
-    """Serve `servicer` with a health service on 127.0.0.1 (port 0 picks a free port)."""
+async def start_fake_step(servicer: FakeStep, port: int = 0, serving: bool = True, *, call_streams: bool = True) -> RunningStep:
+    """Serve `servicer` with a health service on 127.0.0.1 (port 0 picks a free port); with `call_streams`, its
+    ModelInfer also takes calls on call streams, as a real step's does."""
     server = grpc.aio.server()
     add_inference_servicer(server, servicer)
+    streams = CallStreams(servicer.ModelInfer, max_calls=1000) if call_streams else None
+    if streams is not None:
+        streams.add_to(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    running = RunningStep(servicer, server, health_servicer, bound)
+    running = RunningStep(servicer, server, health_servicer, bound, streams)
     await running.set_serving(serving)
     return running
 

@@ -2,7 +2,8 @@
 and the input names a step expects (`inputs`). The gateway and a forwarding step both call steps through it.
 """
 
-from .balancer import CHANNEL_OPTIONS, DEFAULT_TIMEOUT_S, TOO_LARGE_DETAILS, Balancer
+from .balancer import CHANNEL_OPTIONS, DEFAULT_TIMEOUT_S, STEP_CALLS_ENV, TOO_LARGE_DETAILS, Balancer, call_streams_wanted
+from .call_stream import CallStream
 from .endpoints import DnsEndpoints, EndpointSource, StaticEndpoints, parse_endpoints, watch_endpoints
 from .inputs import InputNames
 from .limit import LearnedLimit
@@ -11,14 +12,17 @@ from .replica import Replica
 __all__ = [
     "CHANNEL_OPTIONS",
     "DEFAULT_TIMEOUT_S",
+    "STEP_CALLS_ENV",
     "TOO_LARGE_DETAILS",
     "Balancer",
+    "CallStream",
     "DnsEndpoints",
     "EndpointSource",
     "InputNames",
     "LearnedLimit",
     "Replica",
     "StaticEndpoints",
+    "call_streams_wanted",
     "parse_endpoints",
     "watch_endpoints",
 ]

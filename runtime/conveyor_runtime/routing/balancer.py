@@ -3,7 +3,9 @@
 Used by the gateway for the steps it calls and by a step for the steps it forwards to (see `protocol.route`).
 
 Each replica gets its own channel (so HTTP/2 connections are never pinned to one pod) and a task that watches
-its grpc.health.v1 status. Every call carries the request's remaining time as its gRPC timeout. A call that
+its grpc.health.v1 status. Small calls travel as messages on one call stream per replica (`routing.call_stream`;
+$CONVEYOR_STEP_CALLS=unary turns that off), larger ones as unary calls; both end alike, so everything below holds
+for either. Every call carries the request's remaining time as its gRPC timeout. A call that
 fails with UNAVAILABLE goes to another replica while the deadline allows; one refused for a full queue goes to
 another replica with room, and the client sees RESOURCE_EXHAUSTED only when every replica is full. A replica
 whose calls stall and whose health service then gives no answer is ejected (its calls go elsewhere) until it
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -23,16 +26,26 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from ..errors import DeadlineExceeded, ModelNotReady, StepCallError
+from ..errors import DeadlineExceeded, ModelNotReady, StepCallError, UsageError
 from ..protocol import InferenceStub, error_from_rpc, failed_step, pb
+from ..protocol.call_stream import fits_stream
 from ..protocol.health import HealthStub
 from ..protocol.proto import health_pb2
 from ..serving import TaskSet
 from ..spec import GatewaySpec
+from .call_stream import CallStream
 from .endpoints import EndpointSource, watch_endpoints
 from .replica import Replica
 
-__all__ = ["CHANNEL_OPTIONS", "DEFAULT_TIMEOUT_S", "TOO_LARGE_DETAILS", "Balancer", "Replica"]
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "DEFAULT_TIMEOUT_S",
+    "STEP_CALLS_ENV",
+    "TOO_LARGE_DETAILS",
+    "Balancer",
+    "Replica",
+    "call_streams_wanted",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +66,19 @@ DEFAULT_WAIT_S = 30.0
 TOO_LARGE_DETAILS = "Received message larger than max"
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+
+#: How calls to steps travel: `stream` (default: small calls as messages on one stream per replica, see
+#: `protocol.call_stream`) or `unary` (a gRPC call each).
+STEP_CALLS_ENV = "CONVEYOR_STEP_CALLS"
+_STEP_CALLS = ("stream", "unary")
+
+
+def call_streams_wanted(environ: dict[str, str] | None = None) -> bool:
+    """Whether small step calls take a call stream, from $CONVEYOR_STEP_CALLS (unknown values are refused)."""
+    value = (os.environ if environ is None else environ).get(STEP_CALLS_ENV, "").strip().lower() or "stream"
+    if value not in _STEP_CALLS:
+        raise UsageError(f"${STEP_CALLS_ENV}={value!r}: expected one of {', '.join(_STEP_CALLS)}")
+    return value == "stream"
 
 
 class Balancer:
@@ -75,6 +101,7 @@ class Balancer:
         full_memory_s: float = 5.0,
         stall_s: float = 2.0,
         probe_timeout_s: float = 2.0,
+        call_streams: bool | None = None,
     ) -> None:
         for name, value in (("default_timeout_s", default_timeout_s), ("stall_s", stall_s), ("probe_timeout_s", probe_timeout_s)):
             if value <= 0:
@@ -90,6 +117,8 @@ class Balancer:
         self._full_memory_s = full_memory_s
         self._stall_s = stall_s
         self._probe_timeout_s = probe_timeout_s
+        #: small calls as messages on one stream per replica (default: $CONVEYOR_STEP_CALLS, else yes)
+        self.call_streams = call_streams_wanted() if call_streams is None else call_streams
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
@@ -117,6 +146,8 @@ class Balancer:
         await self._set_addresses([])
         await self._tasks.aclose()
         for replica in list(self._retiring):
+            if replica.stream is not None:
+                await replica.stream.aclose()
             await replica.channel.close(grace=None)
         self._retiring.clear()
 
@@ -129,6 +160,8 @@ class Balancer:
             if address not in self.replicas:
                 channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
                 replica = Replica(address=address, channel=channel, stub=InferenceStub(channel))
+                if self.call_streams:
+                    replica.stream = CallStream(channel, address)
                 self.replicas[address] = replica
                 replica.task = self._tasks.spawn(self._watch_health(replica), name=f"health-{address}")
         self._update_ready()
@@ -147,6 +180,8 @@ class Balancer:
             await asyncio.gather(replica.task, return_exceptions=True)
         # close(grace) waits for the calls in flight, and every call ends by its deadline
         grace = max(0.0, replica.until - time.monotonic()) + 1.0
+        if replica.stream is not None:  # an open stream would hold the channel's close to the whole grace
+            await replica.stream.close_when_idle(grace)
         await replica.channel.close(grace=grace)
         self._retiring.discard(replica)
 
@@ -339,7 +374,12 @@ class Balancer:
                 continue
             replica.outstanding += 1
             replica.until = max(replica.until, deadline)
-            call: Any = replica.stub.ModelInfer(request, timeout=timeout)
+            stream = replica.stream
+            call: Any
+            if stream is not None and not stream.unsupported and fits_stream(request):
+                call, streamed = stream.call(request, timeout), True
+            else:
+                call, streamed = replica.stub.ModelInfer(request, timeout=timeout), False
             replica.calls.add(call)
             stalled = loop.call_later(self._stall_s, self._suspect, replica)
             try:
@@ -355,6 +395,8 @@ class Balancer:
                 if relayed_from is not None:  # a later step failed; this replica did its part: no retry here
                     relayed = error_from_rpc(exc)
                     raise StepCallError(relayed_from, relayed.status, relayed.message, relayed=True) from None
+                if streamed and replica.stream is not None and replica.stream.unsupported:
+                    continue  # the replica has no call stream (an older version): call it again, unary
                 if code == grpc.StatusCode.UNAVAILABLE:
                     log.debug("step %s replica %s unavailable (%s); retrying elsewhere", self.step, replica.address, exc.details())
                     unavailable = exc

@@ -14,6 +14,7 @@ from typing import Any
 import grpc.aio
 
 from ..protocol import InferenceStub
+from .call_stream import CallStream
 from .limit import LearnedLimit
 
 __all__ = ["Replica"]
@@ -40,6 +41,8 @@ class Replica:
     probing: bool = False
     probed_at: float = float("-inf")
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: small calls go as messages on this stream (None: every call is unary; see `protocol.call_stream`)
+    stream: CallStream | None = field(default=None, repr=False)
 
     @property
     def healthy(self) -> bool:

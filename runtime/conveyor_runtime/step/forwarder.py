@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from ..errors import RequestError, StepCallError
 from ..protocol import pb, set_route, wire_request, wire_tensors
-from ..routing import Balancer, DnsEndpoints, EndpointSource, InputNames, StaticEndpoints
+from ..routing import Balancer, DnsEndpoints, EndpointSource, InputNames, StaticEndpoints, call_streams_wanted
 from ..spec import STEP_GRPC_PORT, route_inputs, step_resource_name
 
 __all__ = ["Forwarder", "PeerSources", "peer_sources"]
@@ -50,6 +50,7 @@ class Forwarder:
         self.step = step
         self._sources = sources
         self._default_timeout_s = default_timeout_s
+        self._call_streams = call_streams_wanted()  # read now: a bad setting stops the step at its start
         self._balancers: dict[str, Balancer | None] = {}
         self._input_names = InputNames()
         self._forwarded = Counter(
@@ -64,7 +65,7 @@ class Forwarder:
             source = self._sources(step)
             balancer = None
             if source is not None:
-                balancer = Balancer(step, source, default_timeout_s=self._default_timeout_s)
+                balancer = Balancer(step, source, default_timeout_s=self._default_timeout_s, call_streams=self._call_streams)
                 await balancer.start()
                 log.info("step %s forwards to step %s at %s", self.step, step, source.describe())
             self._balancers[step] = balancer

@@ -22,6 +22,7 @@ from ..protocol import SERVICE_NAME, add_inference_servicer
 from ..routing import DEFAULT_TIMEOUT_S
 from ..serving import SERVING, HealthService, MetricsEndpoint, format_address
 from ..spec import IN_PROCESS_STEPS_ENV, StepSpec
+from .call_streams import CallStreams
 from .forwarder import Forwarder, PeerSources
 from .metrics import StepMetrics
 from .op_loop import OpLoop
@@ -79,6 +80,7 @@ class StepServer:
         self.op_loops: list[OpLoop] = []
         self._server: grpc.aio.Server | None = None
         self._servicer: StepServicer | None = None
+        self._call_streams: CallStreams | None = None
         self._forwarder: Forwarder | None = None
         self._health = HealthService(["", SERVICE_NAME])
         self._endpoint: MetricsEndpoint | None = None
@@ -109,9 +111,10 @@ class StepServer:
         if self.peers is not None:
             self._forwarder = Forwarder(self.spec.name, self.peers, self.metrics.registry, default_timeout_s=DEFAULT_TIMEOUT_S)
         own_work = sum(_own_work(loop) for loop in self.op_loops)
+        # Bounds memory beside maxQueueSize: requests in pre/postprocess or compute count here too.
+        max_calls = own_work + (FORWARDING_HEADROOM if self._forwarder is not None else 0)
         server = grpc.aio.server(
-            # Bounds memory beside maxQueueSize: requests in pre/postprocess or compute count here too.
-            maximum_concurrent_rpcs=own_work + (FORWARDING_HEADROOM if self._forwarder is not None else 0),
+            maximum_concurrent_rpcs=max_calls,
             options=[
                 ("grpc.max_receive_message_length", 2 * self.max_message_bytes),
                 ("grpc.max_send_message_length", -1),
@@ -120,6 +123,9 @@ class StepServer:
         )
         self._servicer = StepServicer(self.op_loops, max_message_bytes=self.max_message_bytes, forwarder=self._forwarder)
         add_inference_servicer(server, self._servicer)
+        # small calls as messages on long-lived streams, bounded as unary calls are (each stream counts once above)
+        self._call_streams = CallStreams(self._servicer.ModelInfer, max_calls=max_calls)
+        self._call_streams.add_to(server)
         self._health.add_to(server)
         address = format_address(self.host, self.port)
         try:
@@ -208,6 +214,8 @@ class StepServer:
             self._health.end_watches()
             log.info("step %s: NOT_SERVING; refusing new calls, draining for up to %.1fs", self.spec.name, grace)
             started = time.monotonic()
+            if self._call_streams is not None:
+                self._call_streams.drain()  # else each open call stream would hold the drain to the whole grace
             if self._server is not None:
                 await self._server.stop(grace)
             await self._close_op_loops()
