@@ -3,8 +3,9 @@ p50/p95/p99, each step's realized batch size, queue and compute time (from its P
 bottleneck, next to the same steps run in this process in their best layout and batch size (`in_process`).
 With ``--policies`` (batching policies), ``--data-paths`` (step-to-step forwarding or every tensor through the
 gateway), ``--placements`` (op steps in processes of their own or in a model step's), ``--threading`` (model
-sessions sized for a lone batch when idle, or not) or ``--event-loops`` (the serving processes on uvloop or asyncio's
-own loop) the same levels run once per variant, each on a fresh pipeline, in one command.
+sessions sized for a lone batch when idle, or not), ``--event-loops`` (the serving processes on uvloop or asyncio's
+own loop) or ``--step-calls`` (small step calls as messages on call streams, or a unary gRPC call each) the same
+levels run once per variant, each on a fresh pipeline, in one command.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy.typing as npt
 import yaml
 
 from conveyor_runtime.protocol import encode_tensors, pb
+from conveyor_runtime.routing import STEP_CALLS_ENV
 from conveyor_runtime.serving.event_loop import EVENT_LOOP_ENV
 from conveyor_runtime.spec import POD_LEVEL_FIELDS, ExecutionPlan, PipelineManifest, load_manifest
 from conveyor_runtime.step import step_cpu_budget
@@ -47,6 +49,8 @@ PLACEMENTS = ("processPerStep", "inProcess")
 THREADINGS = ("adaptive", "fixed")
 #: The serving processes' event loop ($CONVEYOR_EVENT_LOOP, see conveyor_runtime.serving.event_loop).
 EVENT_LOOPS = ("uvloop", "asyncio")
+#: How the gateway and forwarding steps call steps ($CONVEYOR_STEP_CALLS, see conveyor_runtime.protocol.call_stream).
+STEP_CALLS = ("stream", "unary")
 
 _PREPROCESS_OPS = {"image-preprocess", "preprocess", "conveyor_runtime.ops.vision:Preprocess"}
 
@@ -94,6 +98,12 @@ def register(modes: Any) -> None:
         default="",
         help="serving event loops to compare (comma-separated: uvloop,asyncio), each on a fresh pipeline whose "
         f"processes run with {EVENT_LOOP_ENV} set to it",
+    )
+    parser.add_argument(
+        "--step-calls",
+        default="",
+        help="step-call transports to compare (comma-separated: stream,unary), each on a fresh pipeline whose "
+        f"processes run with {STEP_CALLS_ENV} set to it",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
     parser.add_argument(
@@ -319,8 +329,8 @@ def variant_manifest(manifest_path: Path, variant: str) -> Path:
         for step in data["spec"]["steps"]:
             if "model" in step:
                 step["model"]["adaptiveThreads"] = variant == "adaptive"
-    elif variant in EVENT_LOOPS:
-        pass  # the manifest as it is: the variant is the processes' environment (see `_start_targets`)
+    elif variant in EVENT_LOOPS or variant in STEP_CALLS:
+        pass  # the manifest as it is: the variant is the processes' environment (see `_variant_env`)
     else:
         for step in data["spec"]["steps"]:
             if "model" in step:
@@ -359,7 +369,18 @@ def _describe(variant: str) -> str:
         return f"{variant} threads"
     if variant in EVENT_LOOPS:
         return f"{variant} event loop"
+    if variant in STEP_CALLS:
+        return f"{variant} step calls"
     return f"batching policy {variant}"
+
+
+def _variant_env(variant: str) -> dict[str, str] | None:
+    """The environment a variant sets on the pipeline's processes (None: the variant is in the manifest)."""
+    if variant in EVENT_LOOPS:
+        return {EVENT_LOOP_ENV: variant}
+    if variant in STEP_CALLS:
+        return {STEP_CALLS_ENV: variant}
+    return None
 
 
 #: (policy or "" for the manifest as it is, what was measured at each level)
@@ -388,9 +409,8 @@ def _start_targets(manifest_path: Path, policies: list[str], workdir: Path, args
         targets.append(target)
         if policy:
             print(f"{_describe(policy)}:", flush=True)
-        env = {EVENT_LOOP_ENV: policy} if policy in EVENT_LOOPS else None
         target.pipeline = LocalPipeline.start(
-            path, workdir / (policy or "manifest"), replicas=args.replicas, http=False, env=env
+            path, workdir / (policy or "manifest"), replicas=args.replicas, http=False, env=_variant_env(policy)
         )
         target.addresses = target.pipeline.addresses()
         target.pids = list(target.pipeline.pids().values())
@@ -474,10 +494,12 @@ def run(args: argparse.Namespace) -> int:
         *_chosen("--placements", args.placements, PLACEMENTS),
         *_chosen("--threading", args.threading, THREADINGS),
         *_chosen("--event-loops", args.event_loops, EVENT_LOOPS),
+        *_chosen("--step-calls", args.step_calls, STEP_CALLS),
     ]
     if policies and args.addresses:
         raise SystemExit(
-            "--policies, --data-paths, --placements, --threading and --event-loops start a pipeline per variant; "
+            "--policies, --data-paths, --placements, --threading, --event-loops and --step-calls start a pipeline per "
+            "variant; "
             "they cannot attach to --addresses"
         )
     baseline: list[BaselinePoint] = []

@@ -16,7 +16,11 @@ MANIFEST = Path(__file__).resolve().parents[2] / "examples" / "digits" / "pipeli
 
 @pytest.mark.parametrize(
     ("flag", "variants", "described"),
-    [("--threading", ("adaptive", "fixed"), "{} threads"), ("--event-loops", ("uvloop", "asyncio"), "{} event loop")],
+    [
+        ("--threading", ("adaptive", "fixed"), "{} threads"),
+        ("--event-loops", ("uvloop", "asyncio"), "{} event loop"),
+        ("--step-calls", ("stream", "unary"), "{} step calls"),
+    ],
 )
 def test_pipeline_bench_measures_every_variant_and_leaves_no_process_behind(
     flag: str, variants: tuple[str, str], described: str, capsys: pytest.CaptureFixture[str]
