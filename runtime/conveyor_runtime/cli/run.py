@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from ..errors import UsageError
 from ..local import LocalRunner
 from ..serving import freeze_startup_objects, stop_on_signals, tune_malloc_for_large_requests
+from ..serving.event_loop import run_serving
 from ..spec import PipelineManifest, load_manifest
 
 __all__ = ["build_runner", "parse_replicas", "register"]
@@ -82,11 +82,9 @@ def _main(args: argparse.Namespace) -> int:
     runner = build_runner(args)
     tune_malloc_for_large_requests()  # the gateway runs in this process: see serving.memory
     freeze_startup_objects()  # see serving.heap
-    # asyncio's own loop here, whatever $CONVEYOR_EVENT_LOOP says (the replicas it starts follow it): this process
-    # starts replica processes while its gRPC threads are busy, and uvloop starts them with fork(), which runs gRPC's
-    # fork handlers (measured: the runner died of SIGSEGV, "Check failed: next_worker->state == KICKED", in 1 of a
-    # few test runs); asyncio's subprocesses are spawned without them (see local.replica).
-    asyncio.run(_serve(runner, args.addresses_json))
+    # the chosen loop (uvloop where installed), like the pods' processes: replicas are started without fork()
+    # (see local.spawn), so gRPC's fork handlers never run in this process while its threads serve
+    run_serving(_serve(runner, args.addresses_json))
     return 0
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .spawn import SpawnedProcess
+
 __all__ = ["MAX_STARTUP_CRASHES", "ReplicaProcess", "RestartBackoff"]
 
 #: Linux: what a replica runs first, in a short `python -S`: it asks for SIGTERM when its parent (the runner) dies,
 #: even by SIGKILL, then execs the step's command in the same process. A preexec_fn would do the same, but it makes
-#: Python fork() a process that has gRPC threads instead of spawning it.
+#: Python fork() a process that has gRPC threads instead of spawning it (see local.spawn).
 _DIE_WITH_PARENT = """
 import ctypes, os, signal, sys
 try:
@@ -67,7 +68,7 @@ class ReplicaProcess:
     index: int
     port: int
     metrics_port: int
-    process: asyncio.subprocess.Process | None = None
+    process: SpawnedProcess | None = None
     restarts: int = 0
     backoff: RestartBackoff = field(default_factory=RestartBackoff)
     crashes_before_ready: int = 0

@@ -30,6 +30,7 @@ from ..spec.uris import is_remote_uri
 from ..step import ensure_model
 from .output import forward_lines
 from .replica import MAX_STARTUP_CRASHES, ReplicaProcess
+from .spawn import SpawnedProcess, spawn
 
 __all__ = ["LocalRunner"]
 
@@ -154,20 +155,16 @@ class LocalRunner:
     async def _launch(self, replica: ReplicaProcess) -> None:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        replica.process = await asyncio.create_subprocess_exec(
-            *replica.command(self.manifest_path, self.log_level),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=str(self.manifest_path.parent),
-            env=env,
-            start_new_session=True,  # a terminal's Ctrl-C reaches only the runner, which stops the gateway first
+        # not the loop's subprocess_exec: see local.spawn (in a session of its own: a terminal's Ctrl-C reaches only
+        # the runner, which stops the gateway first)
+        replica.process = await spawn(
+            replica.command(self.manifest_path, self.log_level), cwd=str(self.manifest_path.parent), env=env
         )
         replica.started_at = self._clock()
         self._output.spawn(self._forward_output(replica, replica.process), name=f"output-{replica.name}")
         self._tasks.spawn(self._supervise(replica, replica.process), name=f"supervise-{replica.name}")
 
-    async def _forward_output(self, replica: ReplicaProcess, process: asyncio.subprocess.Process) -> None:
+    async def _forward_output(self, replica: ReplicaProcess, process: SpawnedProcess) -> None:
         """Print the replica's output, each line prefixed with its name, until the process closes it."""
 
         def emit(text: str) -> None:
@@ -181,7 +178,7 @@ class LocalRunner:
         assert process.stdout is not None
         await forward_lines(process.stdout, emit)
 
-    async def _supervise(self, replica: ReplicaProcess, process: asyncio.subprocess.Process) -> None:
+    async def _supervise(self, replica: ReplicaProcess, process: SpawnedProcess) -> None:
         """Restart the replica when its process exits on its own (not when the runner stops it)."""
         code = await process.wait()
         if self._stopping or replica.process is not process:
@@ -370,6 +367,9 @@ class LocalRunner:
         with contextlib.suppress(asyncio.TimeoutError):  # the replicas' last output lines, up to their EOF
             await asyncio.wait_for(self._output.wait(), 5)
         await self._output.aclose()
+        for replica in self.replicas:
+            if replica.process is not None:
+                replica.process.close()
 
     async def run(self, stop: asyncio.Event, addresses_json: str | None = None) -> None:
         """Start, print the summary, keep `addresses_json` current, and run until `stop` is set."""

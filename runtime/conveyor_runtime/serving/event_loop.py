@@ -1,9 +1,9 @@
-"""Which asyncio event loop the serving processes (`conveyor step`, `conveyor gateway`) run on.
+"""Which asyncio event loop the serving processes (`conveyor step`, `conveyor gateway`, `conveyor run`) run on.
 
 uvloop where it is installed (a dependency everywhere but Windows): with the same gRPC servers it took 2-13% less CPU
 per request than asyncio's own loop on the small-model pipeline under load (README, "Event loop").
-$CONVEYOR_EVENT_LOOP picks one. `conveyor run` stays on asyncio's loop: it starts processes, which uvloop does with
-fork() (see cli.run).
+$CONVEYOR_EVENT_LOOP picks one. `conveyor run` uses it too; it starts its replicas without the loop's fork()-based
+subprocess support (see local.spawn).
 """
 
 from __future__ import annotations
