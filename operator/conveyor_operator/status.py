@@ -189,6 +189,12 @@ def _container_failure(container: Mapping[str, Any]) -> str:
     if terminated and terminated.get("exitCode") not in (None, 0):
         said = terminated.get("message") or terminated.get("reason") or ""
         return f"exit code {terminated.get('exitCode')}" + (f": {_clip(said)}" if said else "")
+    last = (container.get("lastState") or {}).get("terminated") or {}
+    if state.get("running") and not container.get("ready") and last.get("exitCode") not in (None, 0):
+        # Between back-offs a crash-looping container runs for a moment before it fails again: it stays failing
+        # until it is ready, or Degraded and Ready's reason would flicker with every restart.
+        said = last.get("message") or last.get("reason") or ""
+        return f"restarted, not ready yet, last exit code {last.get('exitCode')}" + (f": {_clip(said)}" if said else "")
     return ""
 
 

@@ -61,6 +61,14 @@ def test_pod_failure_reports_a_container_that_exited_before_its_back_off() -> No
     assert pod_failure(_pod("p", status)) == f"pod p: container step: exit code 1: {ERROR}"
 
 
+def test_pod_failure_keeps_reporting_a_crashed_container_while_it_runs_again_until_it_is_ready() -> None:
+    restarted = {**_crashing(), "state": {"running": {"startedAt": T0}}}
+    assert pod_failure(_pod("p", restarted)) == f"pod p: container step: restarted, not ready yet, last exit code 1: {ERROR}"
+    assert pod_failure(_pod("p", {**restarted, "ready": True})) == ""  # it serves again
+    stopped_cleanly = {**restarted, "lastState": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    assert pod_failure(_pod("p", stopped_cleanly)) == ""
+
+
 def test_pod_failure_reports_an_image_that_cannot_be_pulled_with_the_kubelets_words() -> None:
     status = {"name": "step", "ready": False, "restartCount": 0, "state": {"waiting": {
         "reason": "ErrImageNeverPull", "message": 'Container image "conveyor:nope" is not present with pull policy of Never'}}}
