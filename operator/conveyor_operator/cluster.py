@@ -134,12 +134,16 @@ class Cluster:
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply (force: the operator owns these fields); returns the object as stored."""
+        return self.apply_as(obj, self.field_manager)
+
+    def apply_as(self, obj: Mapping[str, Any], field_manager: str) -> dict[str, Any]:
+        """`apply` under another field manager's name (see `reconciler.REPLICAS_HANDOVER_MANAGER`)."""
         with _mapped(f"apply {obj['kind']} {obj['metadata']['name']}"):
             result = self._dynamic.server_side_apply(
                 self._resource(str(obj["apiVersion"]), str(obj["kind"])),
                 body=dict(obj),
                 namespace=obj["metadata"].get("namespace"),
-                field_manager=self.field_manager,
+                field_manager=field_manager,
                 force_conflicts=True,
                 _request_timeout=REQUEST_TIMEOUT_S,
             )

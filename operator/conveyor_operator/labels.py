@@ -12,6 +12,7 @@ __all__ = [
     "FIELD_MANAGER",
     "MANAGED_BY",
     "PIPELINE_LABEL",
+    "REPLICAS_HANDOVER_MANAGER",
     "STEP_LABEL",
     "child_selector",
     "labels",
@@ -19,6 +20,9 @@ __all__ = [
 ]
 
 FIELD_MANAGER = "conveyor-operator"
+#: Holds `spec.replicas` of a step Deployment with `externalAutoscaler` between its creation and the autoscaler's
+#: first write, so that the operator's own applies can leave the field out without resetting it.
+REPLICAS_HANDOVER_MANAGER = "conveyor-operator-replicas"
 MANAGED_BY = "conveyor-operator"
 PIPELINE_LABEL = f"{API_GROUP}/pipeline"
 STEP_LABEL = f"{API_GROUP}/step"

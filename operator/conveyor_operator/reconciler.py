@@ -31,7 +31,7 @@ from conveyor_runtime.spec import (
 )
 
 from .cluster import CHILD_KINDS, POD_KIND, ChildKey, ClusterError, child_key
-from .labels import COMPONENT_LABEL, DEFAULT_IMAGE, FIELD_MANAGER, STEP_LABEL, child_selector
+from .labels import COMPONENT_LABEL, DEFAULT_IMAGE, FIELD_MANAGER, REPLICAS_HANDOVER_MANAGER, STEP_LABEL, child_selector
 from .render import Owner, name_errors, render_children
 from .status import DeploymentState, PipelineStatus, compute_status, invalid_status
 
@@ -47,6 +47,8 @@ class ClusterAPI(Protocol):
     """What the reconciler needs from the API (cluster.Cluster; tests may pass a fake)."""
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def apply_as(self, obj: Mapping[str, Any], field_manager: str) -> dict[str, Any]: ...
 
     def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
 
@@ -206,9 +208,13 @@ class Reconciler:
         for obj in desired:
             key = child_key(obj)
             before = existing.get(key)
-            if before is not None:
-                obj = _without_external_replicas(spec, obj)
             try:
+                if before is not None and _is_external_step_deployment(spec, obj):
+                    if _owns_replicas(before):
+                        # Dropping a field this manager alone owns would reset it to its default (1 replica): a second
+                        # manager takes the count over first, with the value it has now, so it is kept.
+                        before = self.cluster.apply_as(_replicas_only(before), REPLICAS_HANDOVER_MANAGER)
+                    obj = _without_replicas(obj)
                 stored[key], before = self._apply(obj, before)
             except ClusterError as exc:
                 if exc.namespace_terminating:
@@ -318,11 +324,34 @@ class Reconciler:
         return found
 
 
-def _without_external_replicas(spec: PipelineSpec, obj: dict[str, Any]) -> dict[str, Any]:
-    """A step Deployment whose replicas an autoscaler of the user's own sets (`externalAutoscaler`), applied without
-    `spec.replicas`: server-side apply then leaves the count to whoever wrote it last (the HPA), never putting it back."""
+def _is_external_step_deployment(spec: PipelineSpec, obj: Mapping[str, Any]) -> bool:
+    """A step Deployment whose replicas an autoscaler of the user's own sets (`externalAutoscaler`): the operator
+    creates it with `replicas`, then applies it without `spec.replicas`, leaving the count to whoever wrote it last."""
     step_name = (obj["metadata"].get("labels") or {}).get(STEP_LABEL)
-    external = {s.name for s in spec.steps if s.externalAutoscaler}
-    if obj["kind"] != "Deployment" or step_name not in external:
-        return obj
+    return obj["kind"] == "Deployment" and step_name in {s.name for s in spec.steps if s.externalAutoscaler}
+
+
+def _without_replicas(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "spec": {k: v for k, v in obj["spec"].items() if k != "replicas"}}
+
+
+def _owns_replicas(deployment: Mapping[str, Any]) -> bool:
+    """Whether the operator's own applies own `spec.replicas` (as after it created the Deployment)."""
+    for entry in (deployment.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
+            if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
+                return True
+    return False
+
+
+def _replicas_only(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """An apply of the Deployment's current replica count and nothing else."""
+    meta = deployment["metadata"]
+    return {
+        "apiVersion": deployment.get("apiVersion", "apps/v1"),
+        "kind": "Deployment",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"replicas": int((deployment.get("spec") or {}).get("replicas", 1))},
+    }
+
+

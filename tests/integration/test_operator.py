@@ -173,6 +173,10 @@ def test_operator_leaves_the_replicas_of_a_step_with_an_external_autoscaler_alon
     kube.create_pipeline(namespace, body)
     wait_for(lambda: (d := kube.deployment(namespace, "demo-cls")) is not None and d.spec.replicas == 2, "demo-cls at 2")
     wait_for(lambda: kube.get_pipeline(namespace, "demo").get("status", {}).get("observedGeneration"), "status")
+    # Before any autoscaler writes the count, later applies (which leave `replicas` out) keep the one it was created with.
+    kube.apps.patch_namespaced_deployment("demo-pre", namespace, {"spec": {"replicas": 3}})  # a hand edit: a reconcile
+    wait_for(lambda: kube.deployment(namespace, "demo-pre").spec.replicas == 1, "demo-pre back to 1")
+    assert kube.deployment(namespace, "demo-cls").spec.replicas == 2
 
     kube.apps.patch_namespaced_deployment_scale("demo-cls", namespace, {"spec": {"replicas": 5}})  # as an HPA does
     kube.apps.patch_namespaced_deployment("demo-pre", namespace, {"spec": {"replicas": 4}})  # a hand edit
