@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -49,6 +50,17 @@ def _gateway_endpoint_ready(pipeline: Pipeline) -> bool:
     return any((e.get("conditions") or {}).get("ready") for s in slices for e in s.get("endpoints") or [])
 
 
+def _gateway_service_connects(pipeline: Pipeline) -> bool:
+    """A TCP connection to the gateway Service's address succeeds: kube-proxy routes it to a live pod again (a
+    ready endpoint in the EndpointSlice comes first; kube-proxy's rules follow within its sync period)."""
+    host, port = pipeline.grpc_address().rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 def test_killing_the_gateway_pod_shows_clients_unavailable_only_while_it_is_gone(ranked: Pipeline) -> None:
     (gateway,) = [p for p in snapshot(ranked).values() if p.component == "gateway"]
     load = serving(ranked)
@@ -57,6 +69,8 @@ def test_killing_the_gateway_pod_shows_clients_unavailable_only_while_it_is_gone
         _delete_pod(ranked, gateway.name, kill=True)
         wait_for(lambda: not _gateway_endpoint_ready(ranked) or None, WAIT_S, "the gateway Service to have no ready endpoint")
         wait_for(lambda: _gateway_endpoint_ready(ranked) or None, WAIT_S, "a new gateway pod behind the Service")
+        wait_for(lambda: _gateway_service_connects(ranked) or None, WAIT_S, "the gateway Service to take connections again",
+                 interval=0.05)
         back = load.now()
         time.sleep(SETTLE_S)
         end = load.now()
@@ -65,7 +79,7 @@ def test_killing_the_gateway_pod_shows_clients_unavailable_only_while_it_is_gone
     failures = load.failures(killed, end)
     print(f"gateway killed: {load.summary(killed, end)}; the Service had no ready gateway for {back - killed:.1f}s")
     assert {f.code for f in failures} <= {"UNAVAILABLE"}, load.summary(killed, end)
-    # the client reconnects at most `reconnect_backoff_s` (1 s) after the new gateway is behind the Service
+    # the client reconnects at most `reconnect_backoff_s` (1 s) after the Service takes connections again
     late = [f for f in failures if f.at > back + 1.5]
     assert not late, f"failures after the new gateway was ready: {load.summary(back + 1.5, end)}"
 

@@ -171,7 +171,9 @@ async def test_operator_writes_live_figures_the_bottleneck_and_saturated_from_th
     assert live["bottleneck"] == "enc" and live["bottleneckReason"].startswith("enc: ")
     assert steps["enc"]["utilization"] > steps["pre"]["utilization"]
     assert steps["enc"]["errorsPerSecond"]["RESOURCE_EXHAUSTED"] > 0
-    assert steps["enc"]["computeP50Ms"] >= 20  # SlowOp sleeps 20 ms per batch
+    # SlowOp sleeps 20 ms per batch: the median lies in the (10, 25] ms bucket or above, and the estimate interpolates
+    # inside that bucket as Prometheus' histogram_quantile does (17.5 ms when every batch took 10-25 ms)
+    assert steps["enc"]["computeP50Ms"] > 10
     assert steps["pre"]["pods"] == 1 and steps["pre"]["meanBatchSize"] >= 1
     assert live["throughput"].endswith("/s") and live["p99"] != "-"
     saturated = next(c for c in status["conditions"] if c["type"] == "Saturated")
