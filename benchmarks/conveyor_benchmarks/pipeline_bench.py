@@ -329,8 +329,8 @@ def variant_manifest(manifest_path: Path, variant: str) -> Path:
         for step in data["spec"]["steps"]:
             if "model" in step:
                 step["model"]["adaptiveThreads"] = variant == "adaptive"
-    elif variant in EVENT_LOOPS or variant in STEP_CALLS:
-        pass  # the manifest as it is: the variant is the processes' environment (see `_variant_env`)
+    elif _variant_env(variant) is not None:
+        pass  # the manifest as it is: the variant is the processes' environment
     else:
         for step in data["spec"]["steps"]:
             if "model" in step:
@@ -499,8 +499,7 @@ def run(args: argparse.Namespace) -> int:
     if policies and args.addresses:
         raise SystemExit(
             "--policies, --data-paths, --placements, --threading, --event-loops and --step-calls start a pipeline per "
-            "variant; "
-            "they cannot attach to --addresses"
+            "variant; they cannot attach to --addresses"
         )
     baseline: list[BaselinePoint] = []
     reference = None

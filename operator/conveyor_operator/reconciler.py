@@ -353,5 +353,3 @@ def _replicas_only(deployment: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
         "spec": {"replicas": int((deployment.get("spec") or {}).get("replicas", 1))},
     }
-
-

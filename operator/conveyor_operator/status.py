@@ -176,25 +176,26 @@ def _clip(text: str, limit: int = POD_MESSAGE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _quoted(said: str) -> str:
+    """": <what a container or the kubelet said>" (clipped), or "" when it said nothing."""
+    return f": {_clip(said)}" if said else ""
+
+
 def _container_failure(container: Mapping[str, Any]) -> str:
     state = container.get("state") or {}
     waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
-    if waiting and waiting.get("reason") not in _STARTING:
-        last = (container.get("lastState") or {}).get("terminated") or {}
-        if last:
-            said = last.get("message") or last.get("reason") or ""
-            return f"{waiting.get('reason')}, last exit code {last.get('exitCode')}" + (f": {_clip(said)}" if said else "")
-        said = waiting.get("message") or ""
-        return f"{waiting.get('reason') or 'waiting'}" + (f": {_clip(said)}" if said else "")
-    if terminated and terminated.get("exitCode") not in (None, 0):
-        said = terminated.get("message") or terminated.get("reason") or ""
-        return f"exit code {terminated.get('exitCode')}" + (f": {_clip(said)}" if said else "")
     last = (container.get("lastState") or {}).get("terminated") or {}
+    last_said = last.get("message") or last.get("reason") or ""
+    if waiting and waiting.get("reason") not in _STARTING:
+        if last:
+            return f"{waiting.get('reason')}, last exit code {last.get('exitCode')}" + _quoted(last_said)
+        return f"{waiting.get('reason') or 'waiting'}" + _quoted(waiting.get("message") or "")
+    if terminated and terminated.get("exitCode") not in (None, 0):
+        return f"exit code {terminated.get('exitCode')}" + _quoted(terminated.get("message") or terminated.get("reason") or "")
     if state.get("running") and not container.get("ready") and last.get("exitCode") not in (None, 0):
         # Between back-offs a crash-looping container runs for a moment before it fails again: it stays failing
         # until it is ready, or Degraded and Ready's reason would flicker with every restart.
-        said = last.get("message") or last.get("reason") or ""
-        return f"restarted, not ready yet, last exit code {last.get('exitCode')}" + (f": {_clip(said)}" if said else "")
+        return f"restarted, not ready yet, last exit code {last.get('exitCode')}" + _quoted(last_said)
     return ""
 
 
