@@ -112,13 +112,14 @@ async def open_loop_calls(
     if rate <= 0:
         raise ValueError(f"rate must be > 0 requests/s, got {rate}")
     result = LoadResult("open", f"{rate:g}/s", duration_s, rows_per_request)
-    begin = time.monotonic()
-    start, interval = begin + warmup_s, 1.0 / rate
-    end = start + duration_s
+    # Send counts from whole numbers, not from comparing float times: begin + 15 * 0.02 < begin + (0.1 + 0.2) held or
+    # not with the clock's value, sending a 16th request now and then.
+    first_counted, total = _sends_before(warmup_s, rate), _sends_before(warmup_s + duration_s, rate)
+    begin, interval = time.monotonic(), 1.0 / rate
 
     async def one(n: int, scheduled: float) -> None:
         failure = await call(n)
-        if scheduled < start:
+        if n < first_counted:
             return
         if failure is None:
             result.latencies.append(time.monotonic() - scheduled)
@@ -126,15 +127,20 @@ async def open_loop_calls(
             result.errors[failure] = result.errors.get(failure, 0) + 1
 
     tasks = []
-    n = 0
-    while (scheduled := begin + n * interval) < end:
+    for n in range(total):
+        scheduled = begin + n * interval
         delay = scheduled - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(n, scheduled)))
-        n += 1
     await asyncio.gather(*tasks)
     return result
+
+
+def _sends_before(seconds: float, rate: float) -> int:
+    """How many sends at `rate` per second are scheduled before `seconds` (at 0, 1/rate, ...), rounding off the float
+    error of the product so that 0.3 s at 50/s is 15 sends, every time."""
+    return math.ceil(round(seconds * rate, 6))
 
 
 def _grpc_call(stubs: list[InferenceStub], make_request: Callable[[int], pb.ModelInferRequest], timeout: float) -> Call:
