@@ -66,3 +66,19 @@ async def test_hook_runner_raises_the_hooks_error_inline_and_on_the_pool() -> No
         assert runner.inline
         with pytest.raises(ValueError, match="bad input"):
             await runner.run(fail)  # inline
+
+
+def test_hook_runner_judges_a_hook_by_its_cpu_time_not_by_its_wait_for_the_gil_on_a_thread() -> None:
+    with ThreadPoolExecutor(1) as pool:
+        waited = HookRunner(pool, samples=4)
+        for _ in range(4):  # 20 us of work, 300 us on the clock: the thread waited for the GIL or a core
+            waited._learn(300e-6, 20e-6)
+        assert waited.inline
+        busy = HookRunner(pool, samples=4)
+        for _ in range(8):  # 300 us of work: a thread hop is worth it
+            busy._learn(300e-6, 300e-6)
+        assert not busy.inline
+        sleeper = HookRunner(pool, samples=4)
+        for _ in range(8):  # no work but 2 ms of waiting (I/O, a lock): kept off the loop
+            sleeper._learn(2e-3, 10e-6)
+        assert not sleeper.inline

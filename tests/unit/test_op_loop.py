@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from conveyor_runtime.errors import InvalidManifest, QueueFull
 from conveyor_runtime.ops import load_op
 from conveyor_runtime.protocol import decode_tensors, encode_tensors, pb
 from conveyor_runtime.step import CpuBudget, OpLoop, StepMetrics, ignored_batching
-from tests.support.step_fixtures import GATE, GateOp, step_spec
+from tests.support.step_fixtures import GATE, DoubleOp, GateOp, step_spec
 
 PER_REQUEST = "tests.support.unbatched_ops:PerRequestOnlyOp"
 ONE_AT_A_TIME = "tests.support.unbatched_ops:OneAtATimeOp"
@@ -117,3 +118,31 @@ async def test_op_loop_refuses_a_request_to_a_full_queue_before_decoding_or_prep
         await asyncio.gather(*held, return_exceptions=True)
         await loop.aclose()
     assert [decode_tensors(f.result())["y"][0, 0] for f in held] == [2.0, 4.0]
+
+
+class _ThreadRecordingDoubleOp(DoubleOp):
+    """DoubleOp that notes which thread each `process` call ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def process(self, batch: Arrays) -> Arrays:
+        self.threads.append(threading.get_ident())
+        return super().process(batch)
+
+
+async def test_a_trivial_process_moves_onto_the_event_loop_once_it_has_proven_short() -> None:
+    spec = step_spec("s", op=DOUBLE, batching={"maxBatchSize": 4, "maxQueueDelayMicroseconds": 0})
+    op = _ThreadRecordingDoubleOp()
+    loop = OpLoop(spec, op, StepMetrics("s"), cpus=CpuBudget(2, "test"))
+    await loop.start()
+    try:
+        for value in range(40):
+            response = await loop.infer(_request(float(value)))
+            assert decode_tensors(response)["y"][0, 0] == 2.0 * value
+    finally:
+        await loop.aclose()
+    here = threading.get_ident()
+    assert op.threads[0] != here, "an unmeasured process starts on a compute thread"
+    assert op.threads[-1] == here, "a process that took microseconds 16 times runs on the event loop: no thread hop"

@@ -1,6 +1,7 @@
 """The op loop: one step's request path: validate, preprocess, batch, process, postprocess (or skip process).
 
-The same loop runs an ONNX model (process = ONNX Runtime) and any op. Plain hooks run on worker threads.
+The same loop runs an ONNX model (process = ONNX Runtime) and any op. Plain hooks run on worker threads, or on the
+event loop once they have proven shorter than a thread hop (`HookRunner`); a model's `process` always on its threads.
 """
 
 from __future__ import annotations
@@ -139,6 +140,9 @@ class OpLoop:
             hook: inspect.iscoroutinefunction(getattr(op, hook)) for hook in ("preprocess", "process", "postprocess")
         }
         self._compute_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.name}-compute")
+        #: a plain `process` as short as a top-k computes on the event loop, not on a compute thread (see `HookRunner`);
+        #: a model's never does (ONNX Runtime takes far longer and releases the GIL, so it keeps its threads)
+        self._process_runner = HookRunner(self._compute_pool) if not isinstance(op, ModelOp) else None
         #: Threads for plain pre/postprocess hooks: the CPU budget, at least 2 so that pre and post can overlap.
         self.hook_threads = max(2, self.cpus.cpus)
         self._hook_pool = (
@@ -276,6 +280,9 @@ class OpLoop:
         if self._hooks_async["process"]:
             result: Arrays = await self.op.process(batch)  # type: ignore[misc]
             return result
+        if self._process_runner is not None:
+            computed: Arrays = await self._process_runner.run(self.op.process, batch)
+            return computed
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._compute_pool, self.op.process, batch)
 
