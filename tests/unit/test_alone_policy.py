@@ -37,9 +37,17 @@ def test_alone_policy_stops_where_alone_is_not_faster_and_rechecks_every_nth_bat
     assert policy.run_alone(1)
 
 
-def test_alone_policy_averages_move_towards_new_times() -> None:
-    policy = AlonePolicy(smoothing=0.5)
-    policy.observe(4, 0.100, alone=False)
-    policy.observe(4, 0.050, alone=False)
-    policy.observe(4, 0.050, alone=True)
-    assert policy.speedup(4) == pytest.approx(0.075 / 0.050)
+def test_alone_policy_compares_the_median_of_recent_times_so_one_slow_batch_changes_nothing() -> None:
+    policy = AlonePolicy(gain=0.8, window=5)
+    for _ in range(5):
+        policy.observe(1, 0.010, alone=True)
+    policy.observe(1, 0.017, alone=False)
+    policy.observe(1, 0.027, alone=True)  # one batch held up (a core that answered late): an outlier
+    assert policy.speedup(1) == pytest.approx(1.7) and policy.run_alone(1)
+    for _ in range(2):
+        policy.observe(1, 0.016, alone=True)  # three of the last five slow: the cores really are busy now
+    assert policy.speedup(1) == pytest.approx(0.017 / 0.016)
+    assert not policy.run_alone(1)
+    for _ in range(3):  # a lasting change back is followed within a few batches
+        policy.observe(1, 0.009, alone=True)
+    assert policy.speedup(1) == pytest.approx(0.017 / 0.009)

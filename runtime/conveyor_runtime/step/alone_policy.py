@@ -6,10 +6,17 @@ contended (by other pods, or by the pipeline's own other steps at moderate load)
 requests that arrive meanwhile waiting for nothing. So the batcher keeps both times per batch size and runs alone
 only where that was faster by `gain`. While running alone, batches never run beside others, so now and then one
 runs on an instance to measure that (`explore_every`); while not, now and then one runs alone (`recheck_every`).
+
+Each time compared is the median of the last `window` batches of that size and kind, not a moving average: on a
+2-core VM a single lone batch now and then took 2-3x its usual time (27 ms against 9-10 for ResNet-18), and one such
+outlier raised the moving average from 9.8 to 13.2 ms, next to the 13.4 ms at which lone batches stopped running
+alone; a median ignores it, yet follows a change that lasts within a few batches.
 """
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 __all__ = ["AlonePolicy"]
@@ -19,12 +26,14 @@ __all__ = ["AlonePolicy"]
 class AlonePolicy:
     """`gain`: how much faster (seconds, as a share) running alone must be than an instance; `explore_every`: while
     running alone at a size, every n-th such batch runs on an instance (rare: it is a slower answer); `recheck_every`:
-    while not, every n-th runs alone; `smoothing`: the weight of the newest time in each moving average."""
+    while not, every n-th runs alone; `window`: how many recent times of each size and kind the median is taken of."""
 
     gain: float = 0.8
     explore_every: int = 128
     recheck_every: int = 16
-    smoothing: float = 0.2
+    window: int = 5
+    _alone_times: dict[int, deque[float]] = field(default_factory=dict)
+    _beside_times: dict[int, deque[float]] = field(default_factory=dict)
     _alone: dict[int, float] = field(default_factory=dict)
     _beside: dict[int, float] = field(default_factory=dict)
     _asked: dict[int, int] = field(default_factory=dict)
@@ -41,9 +50,9 @@ class AlonePolicy:
 
     def observe(self, rows: int, seconds: float, *, alone: bool) -> None:
         """A batch of `rows` computed in `seconds`, alone or on one instance."""
-        averages = self._alone if alone else self._beside
-        before = averages.get(rows)
-        averages[rows] = seconds if before is None else before + self.smoothing * (seconds - before)
+        times = (self._alone_times if alone else self._beside_times).setdefault(rows, deque(maxlen=self.window))
+        times.append(seconds)
+        (self._alone if alone else self._beside)[rows] = statistics.median(times)
 
     def speedup(self, rows: int) -> float | None:
         """An instance's time over the alone time at `rows` (None until both were measured)."""
