@@ -97,6 +97,14 @@ def test_live_status_rounds_the_figures_and_formats_the_columns() -> None:
     }
 
 
+def test_live_status_keeps_a_lightly_used_steps_utilization_above_zero() -> None:
+    # a top-k step at 20 requests/s per instance, 0.18 ms each: busy 0.36% of the time, which is not idle
+    [step] = live_status(_figures(utilization=0.0036), now=NOW).model_dump(mode="json")["steps"]
+    assert step["utilization"] == 0.0036
+    [step] = live_status(_figures(utilization=0.934), now=NOW).model_dump(mode="json")["steps"]
+    assert step["utilization"] == 0.93
+
+
 def test_live_changed_ignores_small_moves_but_sees_a_new_bottleneck_or_a_stale_sample() -> None:
     old = live_status(_figures(), now=NOW).model_dump(mode="json")
     assert not live_changed(old, live_status(_figures(throughput=840.0), now=NOW).model_dump(mode="json"), age_s=20)
