@@ -32,16 +32,14 @@ class AlonePolicy:
     explore_every: int = 128
     recheck_every: int = 16
     window: int = 5
-    _alone_times: dict[int, deque[float]] = field(default_factory=dict)
-    _beside_times: dict[int, deque[float]] = field(default_factory=dict)
-    _alone: dict[int, float] = field(default_factory=dict)
-    _beside: dict[int, float] = field(default_factory=dict)
+    _alone: dict[int, deque[float]] = field(default_factory=dict)
+    _beside: dict[int, deque[float]] = field(default_factory=dict)
     _asked: dict[int, int] = field(default_factory=dict)
 
     def run_alone(self, rows: int) -> bool:
         """Whether a batch of `rows` that could run alone should."""
         asked = self._asked[rows] = self._asked.get(rows, 0) + 1
-        alone, beside = self._alone.get(rows), self._beside.get(rows)
+        alone, beside = self._median(self._alone, rows), self._median(self._beside, rows)
         if alone is None:
             return True
         if beside is None or alone <= beside * self.gain:
@@ -50,11 +48,15 @@ class AlonePolicy:
 
     def observe(self, rows: int, seconds: float, *, alone: bool) -> None:
         """A batch of `rows` computed in `seconds`, alone or on one instance."""
-        times = (self._alone_times if alone else self._beside_times).setdefault(rows, deque(maxlen=self.window))
-        times.append(seconds)
-        (self._alone if alone else self._beside)[rows] = statistics.median(times)
+        (self._alone if alone else self._beside).setdefault(rows, deque(maxlen=self.window)).append(seconds)
 
     def speedup(self, rows: int) -> float | None:
         """An instance's time over the alone time at `rows` (None until both were measured)."""
-        alone, beside = self._alone.get(rows), self._beside.get(rows)
+        alone, beside = self._median(self._alone, rows), self._median(self._beside, rows)
         return None if alone is None or beside is None or alone <= 0 else beside / alone
+
+    @staticmethod
+    def _median(times: dict[int, deque[float]], rows: int) -> float | None:
+        """The median of the recent times at `rows` (None before the first)."""
+        recent = times.get(rows)
+        return statistics.median(recent) if recent else None
