@@ -82,3 +82,24 @@ def test_bench_step_stats_count_busy_in_instance_seconds_and_the_share_of_batche
     assert stats.busy == (5.0 + 4.0) / 20  # the second replica predates the counter: its compute time
     assert stats.alone == 1 / 8
     assert stats.compute_ms == 1000.0 and stats.mean_batch == 4
+
+
+def test_bench_in_process_sequential_layout_spins_its_model_threads_as_a_lone_batch_session_does(tmp_path: Path) -> None:
+    # The baseline gets what a step's lone-batch session gets: a multi-threaded session that spins while it runs.
+    from conveyor_benchmarks.in_process import Layout, _Steps
+    from tests.support.step_fixtures import ModelFiles
+
+    model = ModelFiles(tmp_path).resnet(32)
+    manifest = tmp_path / "pipeline.yaml"
+    manifest.write_text(
+        "apiVersion: conveyor.dev/v1alpha1\nkind: InferencePipeline\nmetadata: {name: p}\n"
+        f"spec:\n  steps:\n  - name: classify\n    model: {{path: {model}}}\n"
+    )
+
+    def spinning(layout: Layout) -> str:
+        op = _Steps(manifest, layout).ops["classify"]
+        session = op.session._sessions.get()  # type: ignore[attr-defined]
+        return str(session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning"))
+
+    assert spinning(Layout("sequential", 1, 2)) == "1"
+    assert spinning(Layout("parallel", 2, 1)) == "0"

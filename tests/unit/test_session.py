@@ -198,6 +198,38 @@ def test_session_runs_a_batch_alone_on_the_session_with_the_whole_budget(
     assert wide.rows == [2]
 
 
+def _spinning(session: Any) -> tuple[str, str]:
+    """(allow_spinning, force_spinning_stop) as ONNX Runtime holds them for `session` ("" where unset)."""
+    options = session.get_session_options()
+
+    def entry(key: str) -> str:
+        try:
+            return str(options.get_session_config_entry(key))
+        except RuntimeError:  # "does not have configuration with key"
+            return ""
+
+    return entry("session.intra_op.allow_spinning"), entry("session.force_spinning_stop")
+
+
+def test_only_the_lone_batch_session_spins_and_only_while_it_runs(model_files: ModelFiles) -> None:
+    # An instance's threads never spin (they would take the cores that the next batch is prepared on); the session
+    # for lone batches spins during its runs, stopping when a run returns.
+    path = model_files.resnet(32)
+    session = ModelSession(path, ModelSpec(path=str(path), instances=2), cpus=CpuBudget(2, "2 CPU(s)"))
+    instances = [session._sessions.get() for _ in range(2)]
+    assert [_spinning(s) for s in instances] == [("0", ""), ("0", "")]
+    assert _spinning(session._wide) == ("1", "1")
+    for instance in instances:
+        session._sessions.put(instance)
+    assert session.run_alone({"image": np.zeros((1, 3, 32, 32), np.float32)})["logits"].shape == (1, 10)
+
+
+def test_a_session_asked_to_spin_spins_on_its_instances_while_they_run(model_files: ModelFiles) -> None:
+    path = model_files.resnet(32)
+    session = ModelSession(path, ModelSpec(path=str(path), intraOpThreads=2), cpus=CpuBudget(2, "2 CPU(s)"), spin=True)
+    assert _spinning(session._sessions.get()) == ("1", "1")
+
+
 def test_session_without_adaptive_threads_runs_a_batch_alone_on_an_instance(model_files: ModelFiles) -> None:
     path = model_files.resnet(32)
     spec = ModelSpec(path=str(path), instances=2, adaptiveThreads=False)

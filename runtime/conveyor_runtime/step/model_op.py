@@ -29,8 +29,9 @@ class ModelOp(Op):
         cpus: CpuBudget | None = None,
         gpus: int = 0,
         gpu_memory: str | None = None,
+        spin: bool = False,
     ) -> None:
-        """`gpus`, `gpu_memory`: the step's ``resources.gpu`` and ``resources.gpuMemory``."""
+        """`gpus`, `gpu_memory`: the step's ``resources.gpu`` and ``resources.gpuMemory``; `spin`: see `ModelSession`."""
         self.session = ModelSession(
             path,
             model,
@@ -38,6 +39,7 @@ class ModelOp(Op):
             gpus=gpus,
             batch=BatchRange.for_batching(batching.maxBatchSize, batching.preferredBatchSizes),
             gpu_memory=None if gpu_memory is None else parse_bytes(gpu_memory),
+            spin=spin,
         )
         self.session.check_batching(batching.maxBatchSize)
         self.inputs = list(self.session.inputs)

@@ -38,11 +38,21 @@ _BATCHING_DEFAULTS = BatchingSpec()
 _BATCH_ONLY = ("maxBatchSize", "maxQueueDelayMicroseconds", "preferredBatchSizes", "policy")
 
 
-def load_step_op(spec: StepSpec, base_dir: Path, *, cpus: CpuBudget | None = None) -> Op:
-    """Build the step's op: the ONNX model (fetched or built first if missing) or the op class with its config."""
+def load_step_op(spec: StepSpec, base_dir: Path, *, cpus: CpuBudget | None = None, spin: bool = False) -> Op:
+    """Build the step's op: the ONNX model (fetched or built first if missing) or the op class with its config.
+
+    `spin`: a model's threads spin while it runs (see `ModelSession`); a served step leaves it off."""
     if spec.model is not None:
         path = ensure_model(spec.model, base_dir)
-        return ModelOp(path, spec.model, spec.batching, cpus=cpus, gpus=spec.resources.gpu, gpu_memory=spec.resources.gpuMemory)
+        return ModelOp(
+            path,
+            spec.model,
+            spec.batching,
+            cpus=cpus,
+            gpus=spec.resources.gpu,
+            gpu_memory=spec.resources.gpuMemory,
+            spin=spin,
+        )
     assert spec.op is not None
     try:
         cls = load_op(spec.op)

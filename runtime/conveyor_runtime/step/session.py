@@ -9,7 +9,9 @@ GPUs: with ``resources.gpu: N``, instance ``i`` runs on device ``i % N`` (ids as
 
 Adaptive threads (``model.adaptiveThreads``, CPU only): instances split the budget so that under load batches compute
 side by side, but then a lone request at low load would run on a fraction of the cores. So one more session with the
-whole budget computes the batches that run alone (`run_alone`; the batcher decides, see `Batcher`).
+whole budget computes the batches that run alone (`run_alone`; the batcher decides, see `Batcher`). That session's
+threads spin while it runs (and stop when the run returns): an idle vCPU of a VM can take ~0.1 ms to wake, and
+without spinning its thread sleeps and is woken between the model's ops, dozens of times per run.
 """
 
 from __future__ import annotations
@@ -179,10 +181,13 @@ class ModelSession:
         batch: BatchRange | None = None,
         gpu_memory: int | None = None,
         trt_cache: Path | None = None,
+        spin: bool = False,
     ) -> None:
         """`cpus`: the step's CPU budget (default: this process's); `gpus`: the step's ``resources.gpu``;
         `batch`: the batch sizes the step sends (TensorRT's profile); `gpu_memory`: bytes of GPU memory per replica
-        (``resources.gpuMemory``); `trt_cache`: TensorRT's engine cache (default `gpu_options.tensorrt_cache_dir`)."""
+        (``resources.gpuMemory``); `trt_cache`: TensorRT's engine cache (default `gpu_options.tensorrt_cache_dir`);
+        `spin`: the instances' threads spin while they run, like the lone-batch session's (for a caller that runs
+        one batch at a time with nothing else on its cores, such as the benchmarks' in-process baseline)."""
         self.path = path
         self.model = model
         available = list(ort.get_available_providers() if available is None else available)
@@ -204,7 +209,7 @@ class ModelSession:
             )
         cpus = step_cpu_budget(None) if cpus is None else cpus
         intra, inter = plan_threads(model, cpus.cpus)
-        options = _session_options(intra, inter)
+        options = _session_options(intra, inter, spin=spin)
         self._sessions: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
         source: str | bytes = str(path)
         # fp16 on CUDA: convert before the first session, so no fp32 copy of the model is ever put on the GPU
@@ -232,7 +237,7 @@ class ModelSession:
         self._wide: ort.InferenceSession | None = None
         if self.wide_threads is not None:
             try:
-                self._wide = self._open(source, _session_options(self.wide_threads, inter), wanted)
+                self._wide = self._open(source, _session_options(self.wide_threads, inter, spin=True), wanted)
             except ModelLoadError as exc:  # e.g. no memory for one more copy: the instances still serve everything
                 log.warning("model %s: no session for lone batches (%s); every batch runs on an instance", path.name, exc)
                 self.wide_threads = None
@@ -261,7 +266,7 @@ class ModelSession:
         if self.wide_threads is not None:
             log.info(
                 "model %s: a batch that runs alone (nothing else computing or queued) runs on one more session with %d "
-                "intra-op threads (model.adaptiveThreads; one more copy of the model in memory)",
+                "intra-op threads, spinning while it runs (model.adaptiveThreads; one more copy of the model in memory)",
                 path.name,
                 self.wide_threads,
             )
@@ -369,16 +374,22 @@ class ModelSession:
         log.info("model %s warmed up at batch sizes %s in %.1fs", self.path.name, shown, time.monotonic() - started)
 
 
-def _session_options(intra: int, inter: int) -> ort.SessionOptions:
-    """Options of every session of a step: its threads, full graph optimization, no spinning."""
+def _session_options(intra: int, inter: int, *, spin: bool = False) -> ort.SessionOptions:
+    """Options of a session of a step: its threads, full graph optimization, and spinning only with `spin`.
+
+    ORT's pool threads spin by default, also between runs; in a server they would steal the cores that gRPC and the
+    batcher need to prepare the next batch (measured: ~15% of a 2-core step's throughput), so a step's instances never
+    spin. A session that computes alone (`spin`) spins during its runs only: ``session.force_spinning_stop`` stops the
+    threads when the run returns.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra
     options.inter_op_num_threads = inter
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # ORT's pool threads spin between runs by default; in a server they would steal the cores that gRPC
-    # and the batcher need to prepare the next batch (measured: ~15% of a 2-core step's throughput).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if spin:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
