@@ -32,6 +32,8 @@ def test_peers_arguments_default_to_the_three_systems_at_1_and_32_clients() -> N
     assert parse_systems(args.systems) == ["conveyor", "ray", "pytriton"]
     assert parse_levels(args.concurrency) == [1, 32]
     assert (args.duration, args.warmup, args.payload, args.rows) == (10.0, 2.0, "auto", 1)
+    assert args.others == "running"  # pausing them lengthened Ray's tail in its next turn (README)
+    assert _parse(str(MANIFEST), "--others", "paused").others == "paused"
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import shutil
@@ -23,7 +24,7 @@ from conveyor_runtime.spec import load_manifest
 from ..load import LoadResult
 from ..pipeline_bench import add_payload_arguments, make_payloads
 from .plan import PeerPlan, peer_plan
-from .process_tree import tree_cpu_seconds
+from .process_tree import paused, tree_cpu_seconds
 from .system import System
 
 __all__ = [
@@ -67,6 +68,14 @@ def register(modes: Any) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per system and level (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each (default 2)")
     parser.add_argument("--check", type=int, default=4, help="requests whose answers must match across systems (default 4)")
+    parser.add_argument(
+        "--others",
+        choices=["running", "paused"],
+        default="running",
+        help="the systems not measured in a turn: left running (default), or stopped (SIGSTOP) until it ends, so that "
+        "their idle work (Ray's raylet, GCS and controller) takes no CPU from the measured one; a paused system's tail "
+        "latency in its next turn may suffer (see the README)",
+    )
     add_payload_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -243,21 +252,27 @@ def _make_system(name: str, plan: PeerPlan, payloads: list[npt.NDArray[Any]], ro
     return PyTritonSystem(plan, payloads, rows)
 
 
+#: Seconds a system runs idle after being continued, before its turn's warm-up (`--others paused`).
+_SETTLE_S = 2.0
+
 #: A load level: ("closed", clients) or ("open", requests/s).
 Level = tuple[str, float]
 
 
 def _measure(system: System, others: list[System], level: Level, args: argparse.Namespace) -> Measurement:
     roots, other_roots = system.pids(), [p for o in others for p in o.pids()]
-    before, others_before = tree_cpu_seconds(roots), tree_cpu_seconds(other_roots)
-    client_before, started = time.process_time(), time.monotonic()
-    mode, value = level
-    if mode == "closed":
-        result = asyncio.run(system.closed_loop(int(value), args.duration, args.warmup))
-    else:
-        result = asyncio.run(system.open_loop(value, args.duration, args.warmup))
-    elapsed, client = time.monotonic() - started, time.process_time() - client_before
-    after, others_after = tree_cpu_seconds(roots), tree_cpu_seconds(other_roots)
+    with paused(other_roots) if args.others == "paused" else contextlib.nullcontext():
+        if args.others == "paused":
+            time.sleep(_SETTLE_S)  # the measured system was paused during the previous turn: let its timers catch up
+        before, others_before = tree_cpu_seconds(roots), tree_cpu_seconds(other_roots)
+        client_before, started = time.process_time(), time.monotonic()
+        mode, value = level
+        if mode == "closed":
+            result = asyncio.run(system.closed_loop(int(value), args.duration, args.warmup))
+        else:
+            result = asyncio.run(system.open_loop(value, args.duration, args.warmup))
+        elapsed, client = time.monotonic() - started, time.process_time() - client_before
+        after, others_after = tree_cpu_seconds(roots), tree_cpu_seconds(other_roots)
     used = sum(v - before.get(pid, 0.0) for pid, v in after.items())
     others_used = sum(v - others_before.get(pid, 0.0) for pid, v in others_after.items())
     return Measurement(system.name, result, used, others_used, client, elapsed)
@@ -318,7 +333,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{system.name}: CPU counted over {_processes(system.pids())}", flush=True)
         _check_answers(systems, payloads, args.check)
         print(
-            f"load: {args.rows} row(s)/request, {args.warmup:g}s warm-up + {args.duration:g}s per system and level",
+            f"load: {args.rows} row(s)/request, {args.warmup:g}s warm-up + {args.duration:g}s per system and level; "
+            + (
+                "the other systems paused (SIGSTOP) during each turn"
+                if args.others == "paused"
+                else "the other systems left running during each turn"
+            ),
             flush=True,
         )
         schedule: list[Level] = [("closed", float(c)) for c in levels]
