@@ -72,6 +72,4 @@ def paused(roots: list[int], proc: Path = Path("/proc")) -> Iterator[list[int]]:
             stopped.update(found)
         yield sorted(stopped)
     finally:
-        # Continue everything below the roots now (children first), so that nothing stays stopped
-        _signal([pid for root in roots for pid in reversed(descendants(root, proc))], signal.SIGCONT)
         _signal(sorted(stopped), signal.SIGCONT)
