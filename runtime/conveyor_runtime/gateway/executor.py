@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 
 from ..errors import InvalidRequest, RequestError, StepCallError, StepFailed
 from ..protocol import TensorInfo, WireTensor, answered_by, pb, set_route, wire_request, wire_tensors
-from ..routing import TOO_LARGE_DETAILS, Balancer, InputNames
+from ..routing import TOO_LARGE_DETAILS, InputNames, StepClient
 from ..spec import ExecutionPlan, route_inputs
 from .forwarded_limits import ForwardedLimits
 
@@ -41,7 +41,7 @@ class PipelineExecutor:
     def __init__(
         self,
         plan: ExecutionPlan,
-        balancers: Mapping[str, Balancer],
+        balancers: Mapping[str, StepClient],
         registry: CollectorRegistry | None = None,
         *,
         forward: bool = True,

@@ -11,7 +11,7 @@ import grpc
 import grpc.aio
 
 from ..protocol import add_inference_servicer
-from ..routing import Balancer, DnsEndpoints, EndpointSource, StaticEndpoints
+from ..routing import Balancer, DnsEndpoints, EndpointSource, StaticEndpoints, StepClient
 from ..serving import NOT_SERVING, SERVING, HealthService, HttpSite, MetricsEndpoint, TaskSet
 from ..spec import STEP_GRPC_PORT, ExecutionPlan, PipelineManifest, step_resource_name
 from .admission import Admission
@@ -39,20 +39,26 @@ def server_options(max_request_bytes: int) -> list[tuple[str, Any]]:
 
 
 class Gateway:
-    """The gateway process's servers: gRPC (inference + health), HTTP/REST and Prometheus metrics."""
+    """The gateway process's servers: gRPC (inference + health), HTTP/REST and Prometheus metrics.
+
+    Steps are called over their replicas (`sources`), except those in `in_process`: steps served by the process this
+    gateway runs in (`conveyor run --embedded-gateway`), called in memory.
+    """
 
     def __init__(
         self,
         manifest: PipelineManifest,
         sources: Mapping[str, EndpointSource],
         *,
+        in_process: Mapping[str, StepClient] | None = None,
         host: str = "0.0.0.0",
         grpc_port: int = 8001,
         http_port: int | None = 8000,
         metrics_port: int | None = None,
     ) -> None:
         self.plan = ExecutionPlan.from_manifest(manifest)
-        missing = [name for name in self.plan.order if name not in sources]
+        in_process = in_process or {}
+        missing = [name for name in self.plan.order if name not in sources and name not in in_process]
         if missing:
             raise ValueError(f"no endpoint source for step(s) {', '.join(missing)}")
         self.host = host
@@ -60,8 +66,11 @@ class Gateway:
         self.http_port = http_port
         self.metrics_port = metrics_port
         self.limits = manifest.spec.gateway
-        self.balancers = {
-            name: Balancer(
+        #: how each step is called: in memory where it runs in this process (`in_process`), else over its replicas
+        self.balancers: dict[str, StepClient] = {
+            name: in_process[name]
+            if name in in_process
+            else Balancer(
                 name,
                 sources[name],
                 on_ready_change=self._on_ready_change,

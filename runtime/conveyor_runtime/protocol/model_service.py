@@ -104,6 +104,10 @@ class ModelServicerBase:
             model = self.check_model(request.name, request.version)
         except RequestError as exc:
             await abort_with(context, exc)
+        return await self.metadata_of(model)
+
+    async def metadata_of(self, model: str) -> pb.ModelMetadataResponse:
+        """ModelMetadata's answer for `model`, one of `model_names`."""
         inputs, outputs = await self.tensor_metadata(model)
         response = pb.ModelMetadataResponse(name=model, versions=[MODEL_VERSION], platform=self.platform_of(model))
         for info in inputs:

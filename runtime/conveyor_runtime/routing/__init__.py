@@ -1,5 +1,5 @@
 """Calling a step's replicas: where they are (`endpoints`), which one takes a call and what is retried (`balancer`),
-and the input names a step expects (`inputs`). The gateway and a forwarding step both call steps through it.
+and the input names a step expects (`inputs`); `StepClient` is what a caller needs of any of them. The gateway and a forwarding step both call steps through it.
 """
 
 from .balancer import CHANNEL_OPTIONS, DEFAULT_TIMEOUT_S, STEP_CALLS_ENV, TOO_LARGE_DETAILS, Balancer, call_streams_wanted
@@ -8,6 +8,7 @@ from .endpoints import DnsEndpoints, EndpointSource, StaticEndpoints, parse_endp
 from .inputs import InputNames
 from .limit import LearnedLimit
 from .replica import Replica
+from .step_client import StepClient
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -22,6 +23,7 @@ __all__ = [
     "LearnedLimit",
     "Replica",
     "StaticEndpoints",
+    "StepClient",
     "call_streams_wanted",
     "parse_endpoints",
     "watch_endpoints",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .balancer import Balancer
+from .step_client import StepClient
 
 __all__ = ["InputNames"]
 
@@ -20,7 +20,7 @@ class InputNames:
         # per step: (the balancer's metadata_epoch it was read at, the step's input names)
         self._known: dict[str, tuple[int, list[str] | None]] = {}
 
-    async def of(self, balancer: Balancer, deadline: float | None) -> list[str] | None:
+    async def of(self, balancer: StepClient, deadline: float | None) -> list[str] | None:
         """`balancer`'s step's input names; None when its metadata cannot be had before `deadline` (or in 5 s)."""
         epoch = balancer.metadata_epoch
         known = self._known.get(balancer.step)

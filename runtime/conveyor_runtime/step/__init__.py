@@ -2,7 +2,7 @@
 
 `batcher` forms batches, `session` runs ONNX Runtime, `op_loop` is the request path (pre/process/post),
 `servicer` speaks the protocol, `server` owns the gRPC server, metrics and the graceful
-stop.
+stop; `in_process_client` calls a step served in the caller's own process.
 """
 
 from .batcher import Batcher, BatchPlan, batch_key, form_batch, split_rows
@@ -17,6 +17,7 @@ from .cpus import (
     step_cpu_budget,
 )
 from .forwarder import Forwarder, PeerSources, peer_sources
+from .in_process_client import InProcessStepClient
 from .inputs import validate_inputs
 from .metrics import BATCH_REASONS, StepMetrics
 from .model_file import ensure_model
@@ -49,6 +50,7 @@ __all__ = [
     "Batcher",
     "CpuBudget",
     "Forwarder",
+    "InProcessStepClient",
     "ModelOp",
     "ModelSession",
     "OpLoop",

@@ -94,6 +94,13 @@ class StepServer:
     def ready(self) -> bool:
         return self._servicer is not None and self._servicer.ready
 
+    @property
+    def servicer(self) -> StepServicer:
+        """The servicer of the steps in this process (once started): what a gateway in the same process calls."""
+        if self._servicer is None:
+            raise RuntimeError(f"step {self.spec.name!r} is not started")
+        return self._servicer
+
     async def start(self) -> None:
         """Load and warm up the model (off the event loop), bind, start, then report SERVING."""
         try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import grpc.aio
 
@@ -79,12 +78,27 @@ class StepServicer(ModelServicerBase):
         return infos(loop.inputs), infos(loop.outputs)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        started = time.monotonic()
         remaining = context.time_remaining()
-        deadline = started + remaining if remaining is not None else None
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        try:
+            return await self.respond(request, deadline)
+        except StepCallError as exc:
+            if exc.relayed:  # a later step failed: relayed as that step's
+                context.set_trailing_metadata(((FAILED_STEP_METADATA, exc.step),))
+            error: BaseException = exc
+        except Exception as exc:
+            error = exc
+        error.__traceback__ = None  # see fail_with: no frame that holds the request is kept
+        fail_with(context, error)  # not abort: see fail_with
+        return pb.ModelInferResponse()
+
+    async def respond(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+        """The answer to one ModelInfer request (`deadline`: a time.monotonic() instant, or None), carried on along its
+        route. A failure of this process's step is raised as it is (logged first when unexpected); a later step's as a
+        `StepCallError` marked `relayed`."""
+        started = time.monotonic()
         loop = self.op_loops.get(request.model_name or self.own.name, self.own)
         loop.metrics.request_received(_rows(request))
-        error: BaseException
         try:
             loop = self.op_loops[self.check_model(request.model_name, request.model_version)]
             size = request.ByteSize()
@@ -93,25 +107,20 @@ class StepServicer(ModelServicerBase):
             route = route_of(request)
             outputs = await loop.infer_arrays(request, deadline=deadline)
         except RequestError as exc:
-            error = exc
-        except Exception as exc:
+            loop.metrics.request_done(exc.status, time.monotonic() - started)
+            raise
+        except Exception:
             log.exception("step %s: request %r failed", loop.name, request.id)
-            error = exc
-        else:
-            loop.metrics.request_done("OK", time.monotonic() - started)
-            try:
-                return await self._answer(loop.name, outputs, route, request.id, deadline, context)
-            except StepCallError as exc:  # a later step failed: relayed as that step's
-                context.set_trailing_metadata(((FAILED_STEP_METADATA, exc.step),))
-                fail_with(context, exc)
-                return pb.ModelInferResponse()
-        status = error.status if isinstance(error, RequestError) else "INTERNAL"
-        loop.metrics.request_done(status, time.monotonic() - started)
-        fail_with(context, error)  # not abort: see fail_with
-        return pb.ModelInferResponse()
+            loop.metrics.request_done("INTERNAL", time.monotonic() - started)
+            raise
+        loop.metrics.request_done("OK", time.monotonic() - started)
+        try:
+            return await self._answer(loop.name, outputs, route, request.id, deadline)
+        except StepCallError as exc:
+            raise StepCallError(exc.step, exc.status, exc.message, relayed=True) from None
 
     async def _answer(
-        self, step: str, outputs: Arrays, route: list[str], request_id: str, deadline: float | None, context: Any
+        self, step: str, outputs: Arrays, route: list[str], request_id: str, deadline: float | None
     ) -> pb.ModelInferResponse:
         """`step`'s outputs, carried on along `route`: in memory through the steps in this process, then forwarded
         to the next step elsewhere when it can be reached; the answer is the last step's outputs, marked as its."""
