@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,47 +16,11 @@ import numpy as np
 import yaml
 
 from conveyor_runtime.local.output import forward_lines
-from tests.support.pipeline_fixtures import RunProcess, start_run
-
-#: Ops the test pipelines run; the replicas import them from the manifest's directory (their working directory).
-OPS = textwrap.dedent(
-    '''
-    """Test ops: Hold keeps each request until the file `release` appears; Chatty prints 1 MiB lines."""
-    import sys
-    import time
-    from pathlib import Path
-
-    from conveyor_runtime import Op
-
-
-    class Hold(Op):
-        batched = False
-
-        def init(self, config, context):
-            self.dir = Path(config["dir"])
-
-        def preprocess(self, inputs, request):
-            (self.dir / "entered").touch()
-            while not (self.dir / "release").exists():
-                time.sleep(0.01)
-            return inputs
-
-
-    class Chatty(Op):
-        def init(self, config, context):
-            print("x" * 2**20, flush=True)
-            print("chatty: still talking after the long line", flush=True)
-
-        def preprocess(self, inputs, request):
-            sys.stdout.write("y" * 2**20 + "\\n")
-            sys.stdout.flush()
-            return inputs
-    '''
-)
+from tests.support.pipeline_fixtures import RUN_TEST_OPS, RunProcess, start_run
 
 
 def _pipeline(tmp_path: Path, name: str, steps: list[dict[str, Any]]) -> Path:
-    (tmp_path / "testops.py").write_text(OPS)
+    (tmp_path / "testops.py").write_text(RUN_TEST_OPS)
     path = tmp_path / "pipeline.yaml"
     document = {
         "apiVersion": "conveyor.dev/v1alpha1",

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,44 @@ from conveyor_runtime.errors import RequestError
 from conveyor_runtime.protocol import abort_with, add_inference_servicer, decode_tensors, encode_tensors, pb
 from conveyor_runtime.spec import PipelineManifest, parse_manifest
 from conveyor_runtime.step.call_streams import CallStreams
+
+#: Ops for `conveyor run` test pipelines, as the source of a module `testops` written beside the manifest: the replicas
+#: import it from the manifest's directory (their working directory).
+RUN_TEST_OPS = textwrap.dedent(
+    '''
+    """Test ops: Hold keeps each request until the file `release` appears; Chatty prints 1 MiB lines."""
+    import sys
+    import time
+    from pathlib import Path
+
+    from conveyor_runtime import Op
+
+
+    class Hold(Op):
+        batched = False
+
+        def init(self, config, context):
+            self.dir = Path(config["dir"])
+
+        def preprocess(self, inputs, request):
+            (self.dir / "entered").touch()
+            while not (self.dir / "release").exists():
+                time.sleep(0.01)
+            return inputs
+
+
+    class Chatty(Op):
+        def init(self, config, context):
+            print("x" * 2**20, flush=True)
+            print("chatty: still talking after the long line", flush=True)
+
+        def preprocess(self, inputs, request):
+            sys.stdout.write("y" * 2**20 + "\\n")
+            sys.stdout.flush()
+            return inputs
+    '''
+)
+
 
 REPO = Path(__file__).resolve().parents[2]
 Arrays = dict[str, np.ndarray]

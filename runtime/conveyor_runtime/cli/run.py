@@ -41,6 +41,13 @@ def register(subparsers: Any) -> None:
         default=None,
         help="write the gateway's and every replica's addresses as JSON to FILE once ready ('-' = stdout)",
     )
+    parser.add_argument(
+        "--embedded-gateway",
+        action="store_true",
+        help="serve the gateway from the entry step's process (it needs 1 replica), which calls the steps there in "
+        "memory: one process hop less per request, on cores the gateway would share with the steps; the gateway is "
+        "down while that process restarts",
+    )
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for every replica (default 600)")
     parser.add_argument(
         "--grace",
@@ -75,6 +82,7 @@ def build_runner(args: argparse.Namespace) -> LocalRunner:
         ready_timeout_s=args.ready_timeout,
         grace_s=args.grace,
         log_level=args.log_level.upper(),
+        embedded_gateway=args.embedded_gateway,
     )
 
 

@@ -78,6 +78,10 @@ class ReplicaProcess:
     provider: str = ""
     #: the replica addresses of the steps it may forward its outputs to (see `conveyor step --peer`)
     peers: dict[str, list[str]] = field(default_factory=dict)
+    #: set when it serves the gateway too (`local.gateway_host`): the gateway's gRPC, HTTP and metrics ports
+    gateway_ports: tuple[int, int | None, int | None] | None = None
+    #: with `gateway_ports`: the replica addresses of the steps its gateway calls in other processes
+    endpoints: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -88,14 +92,18 @@ class ReplicaProcess:
         return f"127.0.0.1:{self.port}"
 
     def command(self, manifest_path: Path, log_level: str) -> list[str]:
-        """`conveyor step` for this replica, on its ports, in the same Python (on Linux: ended if this process dies)."""
-        step = [
-            sys.executable,
-            "-m",
-            "conveyor_runtime.cli",
-            "--log-level",
-            log_level,
-            "step",
+        """`conveyor step` for this replica, on its ports, in the same Python (on Linux: ended if this process dies);
+        with `gateway_ports`, the step and the gateway in one process (`local.gateway_host`)."""
+        step = [sys.executable, "-m", "conveyor_runtime.cli", "--log-level", log_level, "step"]
+        if self.gateway_ports is not None:
+            grpc_port, http_port, metrics_port = self.gateway_ports
+            step = [sys.executable, "-m", "conveyor_runtime.local.gateway_host", "--log-level", log_level]
+            step += ["--gateway-grpc-port", str(grpc_port)]
+            step += ["--gateway-http-port", str(-1 if http_port is None else http_port)]
+            step += ["--gateway-metrics-port", str(-1 if metrics_port is None else metrics_port)]
+            for name, addresses in self.endpoints.items():
+                step += ["--endpoint", f"{name}={','.join(addresses)}"]
+        step += [
             "--manifest",
             str(manifest_path),
             "--step",
@@ -106,9 +114,10 @@ class ReplicaProcess:
             str(self.port),
             "--metrics-port",
             str(self.metrics_port),
-            "--pre-stop-delay",
-            "0",  # the runner stops the gateway before any replica: nothing routes to a replica once it is signalled
         ]
+        if self.gateway_ports is None:
+            # the runner stops the gateway before any replica: nothing routes to a replica once it is signalled
+            step += ["--pre-stop-delay", "0"]
         for peer, addresses in self.peers.items():
             step += ["--peer", f"{peer}={','.join(addresses)}"]
         if sys.platform.startswith("linux"):

@@ -1,5 +1,6 @@
 """`conveyor run` on one machine: builds the models once, starts every step replica as a process, supervises them
-(a crashed replica is restarted on its ports), and serves the pipeline through an in-process gateway.
+(a crashed replica is restarted on its ports), and serves the pipeline through a gateway in this process, or with
+`embedded_gateway` in the entry step's process (`local.gateway_host`: the steps there are called in memory).
 
 Ctrl-C or SIGTERM stops the gateway first (it finishes in-flight requests), then the steps; the replicas run in
 sessions of their own so that a terminal's Ctrl-C does not reach them directly.
@@ -21,8 +22,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import FieldError, InvalidManifest, RunnerFailed
-from ..gateway import Gateway, StaticEndpoints
+from ..errors import FieldError, InvalidManifest, RunnerFailed, UsageError
+from ..gateway import Balancer, Gateway, StaticEndpoints
+from ..routing import StepClient
 from ..serving import TaskSet, free_ports
 from ..sources import cache_dir, cached_path, local_file, remote_values
 from ..spec import ExecutionPlan, host_of, load_manifest
@@ -45,6 +47,7 @@ class LocalRunner:
 
     `grpc_port` and `http_port` default to the manifest's `spec.gateway` ports (0 picks a free port, an
     `http_port` of -1 turns HTTP off); `replicas` overrides steps' replica counts; `clock` times replica runs.
+    `embedded_gateway`: the gateway runs in the process of the entry step's (single) replica instead of this one.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class LocalRunner:
         log_level: str = "INFO",
         out: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
+        embedded_gateway: bool = False,
     ) -> None:
         self.manifest_path = Path(manifest_path).resolve()
         self.manifest = load_manifest(self.manifest_path)
@@ -69,6 +73,8 @@ class LocalRunner:
         #: the steps with processes of their own, in plan order (a host outside the plan still serves its guests)
         self.process_steps = list(dict.fromkeys(self.hosts[name] for name in self.plan.order))
         self.replica_counts = self._replica_counts(replicas or {})
+        #: the step whose (only) replica serves the gateway, or None: the gateway runs in this process
+        self.gateway_host: str | None = self._gateway_host() if embedded_gateway else None
         gateway = self.manifest.spec.gateway
         self.grpc_port = gateway.grpcPort if grpc_port is None else grpc_port
         http_port = gateway.httpPort if http_port is None else http_port
@@ -81,6 +87,9 @@ class LocalRunner:
         self._clock = clock
         self.replicas: list[ReplicaProcess] = []
         self.gateway: Gateway | None = None
+        #: what tells this process which replicas are healthy: the gateway's balancers, or (embedded) balancers of
+        #: its own, with one more ("gateway") on the embedded gateway's health
+        self._watched: dict[str, StepClient] = {}
         self._stopping = False
         self._tasks = TaskSet(f"conveyor run {self.manifest.metadata.name}")
         self._output = TaskSet(f"conveyor run {self.manifest.metadata.name} output")
@@ -113,6 +122,15 @@ class LocalRunner:
             raise InvalidManifest(errors, str(self.manifest_path))
         specs = {step.name: step for step in self.manifest.spec.steps}
         return {name: overrides.get(name, specs[name].replicas) for name in self.process_steps}
+
+    def _gateway_host(self) -> str:
+        host = self.hosts[self.plan.entry]
+        if self.replica_counts[host] != 1:
+            raise UsageError(
+                f"--embedded-gateway runs the gateway in the process of step {host!r}, the pipeline's entry, so that step "
+                f"needs 1 replica (it has {self.replica_counts[host]}); pass --replicas {host}=1 or leave the flag out"
+            )
+        return host
 
     def _say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -226,6 +244,19 @@ class LocalRunner:
             served = [name for name in self.plan.order if self.hosts[name] == replica.step]
             after = [peer for name in served for peer in self.plan.chain_after(name)]
             replica.peers = {peer: addresses[peer] for peer in dict.fromkeys(after) if self.hosts[peer] != replica.step}
+        if self.gateway_host is not None:
+            await self._embed_gateway(addresses)
+        else:
+            await self._start_gateway(addresses)
+        total = len(self.replicas)
+        if self.manifest.spec.gateway.replicas > 1:
+            self._say(f"spec.gateway.replicas is {self.manifest.spec.gateway.replicas}; conveyor run serves through one gateway")
+        self._say(f"starting {total} step replica(s) for pipeline {self.name} ...")
+        for replica in self.replicas:
+            await self._launch(replica)
+        await self._wait_ready(total)
+
+    async def _start_gateway(self, addresses: Mapping[str, list[str]]) -> None:
         sources = {name: StaticEndpoints(addresses[name]) for name in self.plan.order}
         self.gateway = Gateway(
             self.manifest,
@@ -242,19 +273,21 @@ class LocalRunner:
         self.grpc_port = self.gateway.grpc_port
         self.http_port = self.gateway.http_port
         self.metrics_port = self.gateway.metrics_port
-        total = len(self.replicas)
-        if self.manifest.spec.gateway.replicas > 1:
-            self._say(f"spec.gateway.replicas is {self.manifest.spec.gateway.replicas}; conveyor run serves through one gateway")
-        self._say(f"starting {total} step replica(s) for pipeline {self.name} ...")
-        for replica in self.replicas:
-            await self._launch(replica)
-        await self._wait_ready(total)
+        self._watched = dict(self.gateway.balancers)
+
+    async def _embed_gateway(self, addresses: Mapping[str, list[str]]) -> None:
+        """Have the entry step's replica serve the gateway on this run's ports, and watch every replica's health and
+        the gateway's (SERVING once it reaches every step) from here."""
+        (host,) = [r for r in self.replicas if r.step == self.gateway_host]
+        host.gateway_ports = (self.grpc_port, self.http_port, self.metrics_port)
+        host.endpoints = {name: addresses[name] for name in self.plan.order if self.hosts[name] != host.step}
+        self._watched = {name: Balancer(name, StaticEndpoints(addresses[name])) for name in self.plan.order}
+        self._watched["gateway"] = Balancer("gateway", StaticEndpoints([f"127.0.0.1:{self.grpc_port}"]))
+        for watcher in self._watched.values():
+            await watcher.start()
 
     def _healthy(self) -> set[str]:
-        assert self.gateway is not None
-        return {
-            r["address"] for balancer in self.gateway.balancers.values() for r in balancer.snapshot() if r["healthy"]
-        }
+        return {r["address"] for watcher in self._watched.values() for r in watcher.snapshot() if r["healthy"]}
 
     async def _wait_ready(self, total: int) -> None:
         assert self._failed is not None
@@ -270,12 +303,12 @@ class LocalRunner:
                         f"  [{len(announced)}/{total}] {replica.name} ready on {replica.address} "
                         f"({time.monotonic() - started:.1f}s)"
                     )
-            if len(announced) == total:
+            if len(announced) == total and (self.gateway_host is None or self._watched["gateway"].ready):
                 return
             if self._failed.done():
                 raise RunnerFailed(self._failed.result() + "\nnext: fix the step (see its output above) and run again")
             if time.monotonic() - started > self.ready_timeout_s:
-                waiting = ", ".join(r.name for r in self.replicas if r.name not in announced)
+                waiting = ", ".join(r.name for r in self.replicas if r.name not in announced) or "the embedded gateway"
                 raise RunnerFailed(
                     f"step replica(s) {waiting} not ready after {self.ready_timeout_s:.0f}s; "
                     "check their output above or raise --ready-timeout"
@@ -289,7 +322,7 @@ class LocalRunner:
         """Where everything listens (and the processes' pids): what `--addresses-json` writes."""
         return {
             "pipeline": self.name,
-            "pid": os.getpid(),  # this process: the gateway runs in it
+            "pid": os.getpid(),  # this process: the gateway runs in it, unless embedded (then in the host's replica)
             "grpc": f"127.0.0.1:{self.grpc_port}",
             "http": f"127.0.0.1:{self.http_port}" if self.http_port is not None else None,
             "metrics": f"127.0.0.1:{self.metrics_port}" if self.metrics_port is not None else None,
@@ -312,7 +345,6 @@ class LocalRunner:
 
     async def summary(self) -> str:
         """The readiness table: step, replicas, ports, kind/provider and state."""
-        assert self.gateway is not None
         healthy = self._healthy()
         rows = [("STEP", "REPLICAS", "PORTS (gRPC/metrics)", "RUNS", "STATE")]
         for name in self.plan.order:
@@ -331,7 +363,8 @@ class LocalRunner:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
         lines.append("")
-        lines.append(f"pipeline {self.name} is ready: model {self.name!r}")
+        where = f", gateway in {self.gateway_host}'s process" if self.gateway_host is not None else ""
+        lines.append(f"pipeline {self.name} is ready: model {self.name!r}{where}")
         lines.append(f"  gRPC  127.0.0.1:{self.grpc_port}   (tritonclient.grpc, conveyor infer --url 127.0.0.1:{self.grpc_port})")
         if self.http_port is not None:
             lines.append(f"  HTTP  http://127.0.0.1:{self.http_port}/v2/models/{self.name}/infer")
@@ -344,25 +377,18 @@ class LocalRunner:
 
     async def stop(self) -> None:
         """Stop the gateway (in-flight requests get the grace period to finish, through every step), then SIGTERM
-        every replica, and SIGKILL those still running after the grace period."""
+        every replica, and SIGKILL those still running after the grace period. An embedded gateway stops with its
+        replica, which therefore goes first (its gateway's drain, then its step's), the others after it."""
         self._stopping = True
         if self.gateway is not None:
             await self.gateway.stop(self.grace_s)
-        running = [r.process for r in self.replicas if r.process is not None and r.process.returncode is None]
-        if running:
-            self._say(f"gateway stopped; stopping {len(running)} step replica(s) ...")
-        for process in running:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        if running:
-            _, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running], timeout=self.grace_s)
-            for process in running:
-                if process.returncode is None:
-                    log.warning("replica pid %d did not stop within %.0fs; killing it", process.pid, self.grace_s)
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
+        first = [r for r in self.replicas if r.step == self.gateway_host]
+        await self._terminate(first, 2 * self.grace_s, "stopping the gateway and its step replica ...")
+        rest = [r for r in self.replicas if r not in first]
+        await self._terminate(rest, self.grace_s, "gateway stopped; stopping {count} step replica(s) ...")
+        if self.gateway is None:  # embedded: the watchers are this runner's own
+            for watcher in self._watched.values():
+                await watcher.aclose()
         await self._tasks.aclose()
         with contextlib.suppress(asyncio.TimeoutError):  # the replicas' last output lines, up to their EOF
             await asyncio.wait_for(self._output.wait(), 5)
@@ -370,6 +396,25 @@ class LocalRunner:
         for replica in self.replicas:
             if replica.process is not None:
                 replica.process.close()
+
+    async def _terminate(self, replicas: list[ReplicaProcess], grace_s: float, message: str) -> None:
+        """SIGTERM the replicas' running processes (saying `message`, with their `count`, if any) and SIGKILL those
+        still running after `grace_s`."""
+        running = [r.process for r in replicas if r.process is not None and r.process.returncode is None]
+        if not running:
+            return
+        self._say(message.format(count=len(running)))
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        _, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in running], timeout=grace_s)
+        for process in running:
+            if process.returncode is None:
+                log.warning("replica pid %d did not stop within %.0fs; killing it", process.pid, grace_s)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
 
     async def run(self, stop: asyncio.Event, addresses_json: str | None = None) -> None:
         """Start, print the summary, keep `addresses_json` current, and run until `stop` is set."""
