@@ -45,14 +45,16 @@ class LocalPipeline:
         http: bool = True,
         ready_timeout_s: float = 900.0,
         env: dict[str, str] | None = None,
+        run_args: Sequence[str] = (),
     ) -> LocalPipeline:
-        """Start it (gRPC on a free port, HTTP too when `http`, `--replicas STEP=N` each, `env` added to this
-        process's environment) and wait until ready."""
+        """Start it (gRPC on a free port, HTTP too when `http`, `--replicas STEP=N` each, then `run_args`, `env` added
+        to this process's environment) and wait until ready."""
         addresses, log_path = workdir / "addresses.json", workdir / "run.log"
         command = [sys.executable, "-m", "conveyor_runtime.cli", "--log-level", "WARNING", "run", str(manifest)]
         command += ["--grpc-port", "0", "--http-port", "0" if http else "-1", "--addresses-json", str(addresses)]
         for value in replicas:
             command += ["--replicas", value]
+        command += run_args
         settings = "".join(f"{name}={value} " for name, value in (env or {}).items())
         print(f"starting the pipeline: {settings}conveyor {' '.join(command[3:])} (log: {log_path})", flush=True)
         with log_path.open("wb") as log:

@@ -38,13 +38,14 @@ from .in_process import LAYOUTS, BaselinePoint, best, in_process_baseline, layou
 from .load import LoadResult, closed_loop, open_loop
 from .local_pipeline import LocalPipeline, process_pids
 
-__all__ = ["StepStats", "make_payloads", "register", "run", "scrape", "step_stats", "variant_manifest"]
+__all__ = ["StepStats", "make_payloads", "register", "run", "scrape", "step_stats", "variant_manifest", "variant_run_args"]
 
 POLICIES = ("workConserving", "fill")
 DATA_PATHS = ("stepToStep", "gateway")
 #: processPerStep: every step in processes of its own; inProcess: each op step (no model) runs in the process of a
-#: neighbouring model step (`inProcessWith`; its consumer when that is a model step, else its input).
-PLACEMENTS = ("processPerStep", "inProcess")
+#: neighbouring model step (`inProcessWith`; its consumer when that is a model step, else its input);
+#: inProcessEmbedded: inProcess with the gateway in the entry step's process too (`conveyor run --embedded-gateway`).
+PLACEMENTS = ("processPerStep", "inProcess", "inProcessEmbedded")
 #: adaptive: model steps' ``adaptiveThreads`` on (a lone batch runs on all the step's CPUs); fixed: off.
 THREADINGS = ("adaptive", "fixed")
 #: The serving processes' event loop ($CONVEYOR_EVENT_LOOP, see conveyor_runtime.serving.event_loop).
@@ -84,8 +85,9 @@ def register(modes: Any) -> None:
     parser.add_argument(
         "--placements",
         default="",
-        help="step placements to compare (comma-separated: processPerStep,inProcess), each on a fresh pipeline: every "
-        "step in processes of its own, or each op step inProcessWith a neighbouring model step",
+        help="step placements to compare (comma-separated: processPerStep,inProcess,inProcessEmbedded), each on a fresh "
+        "pipeline: every step in processes of its own, each op step inProcessWith a neighbouring model step, or that "
+        "and the gateway in the entry step's process too (conveyor run --embedded-gateway)",
     )
     parser.add_argument(
         "--threading",
@@ -324,7 +326,7 @@ def variant_manifest(manifest_path: Path, variant: str) -> Path:
     if variant in DATA_PATHS:
         data["spec"]["gateway"] = {**(data["spec"].get("gateway") or {}), "dataPath": variant}
     elif variant in PLACEMENTS:
-        _place(data["spec"]["steps"], in_process=variant == "inProcess")
+        _place(data["spec"]["steps"], in_process=variant != "processPerStep")
     elif variant in THREADINGS:
         for step in data["spec"]["steps"]:
             if "model" in step:
@@ -374,6 +376,11 @@ def _describe(variant: str) -> str:
     return f"batching policy {variant}"
 
 
+def variant_run_args(variant: str) -> list[str]:
+    """The `conveyor run` flags a variant adds."""
+    return ["--embedded-gateway"] if variant == "inProcessEmbedded" else []
+
+
 def _variant_env(variant: str) -> dict[str, str] | None:
     """The environment a variant sets on the pipeline's processes (None: the variant is in the manifest)."""
     if variant in EVENT_LOOPS:
@@ -410,7 +417,12 @@ def _start_targets(manifest_path: Path, policies: list[str], workdir: Path, args
         if policy:
             print(f"{_describe(policy)}:", flush=True)
         target.pipeline = LocalPipeline.start(
-            path, workdir / (policy or "manifest"), replicas=args.replicas, http=False, env=_variant_env(policy)
+            path,
+            workdir / (policy or "manifest"),
+            replicas=args.replicas,
+            http=False,
+            env=_variant_env(policy),
+            run_args=variant_run_args(policy),
         )
         target.addresses = target.pipeline.addresses()
         target.pids = list(target.pipeline.pids().values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conveyor_benchmarks.in_process import layouts_for
-from conveyor_benchmarks.pipeline_bench import variant_manifest
+from conveyor_benchmarks.pipeline_bench import variant_manifest, variant_run_args
 from conveyor_runtime.spec import load_manifest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "defect-detection" / "pipeline-resnet18.yaml"
@@ -48,6 +48,12 @@ def test_bench_in_process_placement_puts_each_op_step_in_a_neighbouring_model_st
     separate = load_manifest(variant_manifest(original, "processPerStep")).spec.steps
     assert [s.inProcessWith for s in separate] == [None, None, None]
     assert separate == load_manifest(original).spec.steps
+    assert load_manifest(variant_manifest(original, "inProcessEmbedded")).spec.steps == steps
+
+
+def test_bench_embedded_placement_runs_the_gateway_in_the_entry_process_and_the_others_do_not() -> None:
+    assert variant_run_args("inProcessEmbedded") == ["--embedded-gateway"]
+    assert [variant_run_args(v) for v in ("inProcess", "processPerStep", "fill", "")] == [[], [], [], []]
 
 
 def test_bench_threading_variants_set_adaptive_threads_of_model_steps_only(tmp_path: Path) -> None:
