@@ -18,12 +18,14 @@ __all__ = ["LocalPipeline", "process_pids"]
 
 def process_pids(addresses: dict[str, Any]) -> dict[str, int]:
     """Process name -> pid from a `conveyor run --addresses-json` file: the gateway (the runner itself, where the
-    file names its pid) and every step replica that has a process of its own."""
-    pids = {"gateway": int(addresses["pid"])} if "pid" in addresses else {}
+    file names its pid) and every step replica that has a process of its own. With the gateway embedded in a step's
+    replica (`gatewayIn`), the runner is "runner" and that replica "<step>[0] + gateway"."""
+    embedded = addresses.get("gatewayIn")
+    pids = {("runner" if embedded else "gateway"): int(addresses["pid"])} if "pid" in addresses else {}
     for step, replicas in addresses["steps"].items():
         for index, replica in enumerate(replicas):
             if "inProcessWith" not in replica:  # a step in another's process: listed under that step already
-                pids[f"{step}[{index}]"] = replica["pid"]
+                pids[f"{step}[{index}]" + (" + gateway" if step == embedded else "")] = replica["pid"]
     return pids
 
 
@@ -83,8 +85,8 @@ class LocalPipeline:
         return dict(json.loads(self.addresses_path.read_text()))
 
     def pids(self) -> dict[str, int]:
-        """Process name -> pid: the gateway (inside the runner) and every step replica."""
-        return {"gateway": self.process.pid, **process_pids(self.addresses())}
+        """Process name -> pid: the gateway (inside the runner, unless embedded) and every step replica."""
+        return process_pids(self.addresses())
 
     def restarts(self) -> dict[str, int]:
         return {

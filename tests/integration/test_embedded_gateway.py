@@ -203,6 +203,7 @@ def test_conveyor_run_serves_the_gateway_from_the_entry_replicas_process(tmp_pat
     run = start_run(_pipeline(tmp_path, steps), tmp_path, "--embedded-gateway")
     try:
         host_pid = run.addresses["steps"]["mid"][0]["pid"]
+        assert run.addresses["gatewayIn"] == "mid"
         port = int(run.grpc.rsplit(":", 1)[1])
         assert _listening_pid(port, [run.process.pid, host_pid]) == host_pid
         data = np.arange(6, dtype=np.float32).reshape(3, 2)

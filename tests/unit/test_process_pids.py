@@ -19,3 +19,12 @@ def test_process_pids_name_the_gateway_and_each_replica_with_a_process_of_its_ow
 
 def test_process_pids_leave_the_gateway_out_of_a_file_that_does_not_name_it() -> None:
     assert process_pids({"steps": {"classify": [{"pid": 21}]}}) == {"classify[0]": 21}
+
+
+def test_process_pids_name_the_replica_an_embedded_gateway_runs_in_and_the_runner_as_itself() -> None:
+    addresses = {
+        "pid": 10,
+        "gatewayIn": "classify",
+        "steps": {"pre": [{"pid": 21, "inProcessWith": "classify"}], "classify": [{"pid": 21}], "post": [{"pid": 31}]},
+    }
+    assert process_pids(addresses) == {"runner": 10, "classify[0] + gateway": 21, "post[0]": 31}

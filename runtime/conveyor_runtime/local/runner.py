@@ -326,6 +326,7 @@ class LocalRunner:
             "grpc": f"127.0.0.1:{self.grpc_port}",
             "http": f"127.0.0.1:{self.http_port}" if self.http_port is not None else None,
             "metrics": f"127.0.0.1:{self.metrics_port}" if self.metrics_port is not None else None,
+            **({"gatewayIn": self.gateway_host} if self.gateway_host is not None else {}),
             "steps": {
                 name: [
                     {
