@@ -97,6 +97,11 @@ class Memory:
         return self.end.get(name, float("nan")) / self.start[name] - 1.0
 
 
+def _gateway_rss(now: dict[str, float]) -> float:
+    """The RSS of the process the gateway runs in ("gateway", or "<step>[0] + gateway" where it is embedded)."""
+    return next((mb for name, mb in now.items() if name == "gateway" or name.endswith(" + gateway")), float("nan"))
+
+
 # --- sending -----------------------------------------------------------------------------------------------------
 
 
@@ -307,7 +312,7 @@ async def _run(args: argparse.Namespace, pipeline: LocalPipeline, report: FuzzRe
                 print(
                     f"  {report.sent}/{len(plan)} requests ({report.sent / elapsed:.0f}/s): {report.server_errors} server "
                     f"errors, {report.wrong_valid} wrong or failed valid answers, "
-                    f"{report.unexpected} malformed accepted; gateway RSS {now.get('gateway', float('nan')):.0f} MB",
+                    f"{report.unexpected} malformed accepted; gateway RSS {_gateway_rss(now):.0f} MB",
                     flush=True,
                 )
 

@@ -97,6 +97,7 @@ def test_glibc_calls_are_made_here() -> None:
     """On this glibc machine the calls reach the allocator (elsewhere they return False and do nothing)."""
     # glibc's own starting values (8 arenas a core, a 128 KiB threshold), so the test process is left much as it was
     assert tune_malloc_for_large_requests(arenas=8 * (os.cpu_count() or 1), mmap_threshold=128 * 1024) is True
+    assert tune_malloc_for_large_requests(arenas=None, mmap_threshold=128 * 1024, trim_threshold=128 * 1024) is True
     assert isinstance(malloc_trim(), bool)
 
 

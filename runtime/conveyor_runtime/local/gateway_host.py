@@ -1,4 +1,5 @@
-"""`conveyor run --embedded-gateway`: a step replica that also serves the pipeline's gateway.
+"""`conveyor run --gateway embedded` (the default where the entry step has one replica): a step replica that also
+serves the pipeline's gateway.
 
 The gateway calls the steps served in this process (the step and those `inProcessWith` it) in memory, with no gRPC
 hop to another process and back, and the others over their replicas as usual. On a machine whose cores the gateway
@@ -20,7 +21,7 @@ from pathlib import Path
 from ..errors import ConveyorError, UsageError
 from ..gateway import Gateway, StaticEndpoints
 from ..routing import parse_endpoints
-from ..serving import freeze_startup_objects, stop_on_signals
+from ..serving import LARGE_REQUEST_BYTES, freeze_startup_objects, stop_on_signals, tune_malloc_for_large_requests
 from ..serving.event_loop import run_serving
 from ..spec import PipelineManifest, load_manifest
 from ..step import DEFAULT_GRACE_S, InProcessStepClient, StepServer, create_step_server, peer_sources
@@ -29,12 +30,16 @@ __all__ = ["build_parser", "create_gateway_host", "main"]
 
 log = logging.getLogger(__name__)
 
+#: Buffers at least this long are mapped on their own and unmapped when freed: requests that large (after which the
+#: gateway trims the heap too), not a model step's batches.
+EMBEDDED_MMAP_THRESHOLD_BYTES = LARGE_REQUEST_BYTES
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m conveyor_runtime.local.gateway_host",
         description="Serve one step of a manifest and the pipeline's gateway in one process (conveyor run "
-        "--embedded-gateway starts it).",
+        "--gateway embedded starts it).",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.add_argument("--manifest", type=Path, required=True, help="the pipeline manifest")
@@ -118,9 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        # Not tune_malloc_for_large_requests, as the gateway's own process does: a fixed 1 MiB mmap threshold maps and
-        # unmaps every batch the model step concatenates (4.8 MB at ResNet-18 batch 8): 123 page faults per row
-        # against 3 without it, at 32 clients. Like any step, this process keeps glibc's dynamic threshold.
+        # Large requests arrive here, as at a gateway of its own (see serving.memory), but the gateway's 1 MiB mmap
+        # threshold would map and unmap every batch a model step concatenates (4.8 MB at ResNet-18 batch 8: 123 page
+        # faults per row instead of 3 at 32 clients), and two arenas would make the step's threads share them. At
+        # 8 MiB (mapped and trimmed): 7 faults per row there, and `conveyor bench fuzz`'s RSS bar holds (the default
+        # dynamic thresholds left this process 23% above its start; a 16 MiB trim threshold, 16%).
+        tune_malloc_for_large_requests(
+            arenas=None, mmap_threshold=EMBEDDED_MMAP_THRESHOLD_BYTES, trim_threshold=EMBEDDED_MMAP_THRESHOLD_BYTES
+        )
         freeze_startup_objects()  # see serving.heap
         run_serving(_serve(args))
     except ConveyorError as exc:

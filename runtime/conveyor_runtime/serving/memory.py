@@ -24,6 +24,7 @@ LARGE_REQUEST_BYTES = 8 * 1024 * 1024
 #: Buffers at least this long are mapped on their own, and unmapped when freed.
 MMAP_THRESHOLD_BYTES = 1024 * 1024
 #: mallopt's parameter numbers (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
@@ -40,14 +41,18 @@ def _glibc() -> ctypes.CDLL | None:
 _LIBC = _glibc()
 
 
-def tune_malloc_for_large_requests(arenas: int = 2, mmap_threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Cap glibc's arenas and fix its mmap threshold for this process (call it at start, before the servers'
-    threads exist); False where the allocator is not glibc's."""
+def tune_malloc_for_large_requests(
+    arenas: int | None = 2, mmap_threshold: int = MMAP_THRESHOLD_BYTES, trim_threshold: int | None = None
+) -> bool:
+    """Cap glibc's arenas (None: leave them) and fix its mmap threshold for this process, and its trim threshold when
+    given (a fixed mmap threshold leaves it at 128 KiB: free memory above that at the heap's top goes back to the OS
+    at each free); call it at start, before the servers' threads exist. False where the allocator is not glibc's."""
     if _LIBC is None:
         return False
-    capped = _LIBC.mallopt(ctypes.c_int(_M_ARENA_MAX), ctypes.c_int(arenas))
+    capped = arenas is None or _LIBC.mallopt(ctypes.c_int(_M_ARENA_MAX), ctypes.c_int(arenas))
     fixed = _LIBC.mallopt(ctypes.c_int(_M_MMAP_THRESHOLD), ctypes.c_int(mmap_threshold))
-    return bool(capped and fixed)
+    trims = trim_threshold is None or _LIBC.mallopt(ctypes.c_int(_M_TRIM_THRESHOLD), ctypes.c_int(trim_threshold))
+    return bool(capped and fixed and trims)
 
 
 def malloc_trim() -> bool:
