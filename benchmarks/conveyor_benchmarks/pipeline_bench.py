@@ -4,8 +4,9 @@ bottleneck, next to the same steps run in this process in their best layout and 
 With ``--policies`` (batching policies), ``--data-paths`` (step-to-step forwarding or every tensor through the
 gateway), ``--placements`` (op steps in processes of their own or in a model step's), ``--threading`` (model
 sessions sized for a lone batch when idle, or not), ``--event-loops`` (the serving processes on uvloop or asyncio's
-own loop) or ``--step-calls`` (small step calls as messages on call streams, or a unary gRPC call each) the same
-levels run once per variant, each on a fresh pipeline, in one command.
+own loop), ``--step-calls`` (small step calls as messages on call streams, or a unary gRPC call each) or
+``--gateways`` (`conveyor run --gateway separate` or ``embedded``) the same levels run once per variant, each on a
+fresh pipeline, in one command.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ POLICIES = ("workConserving", "fill")
 DATA_PATHS = ("stepToStep", "gateway")
 #: processPerStep: every step in processes of its own; inProcess: each op step (no model) runs in the process of a
 #: neighbouring model step (`inProcessWith`; its consumer when that is a model step, else its input);
-#: inProcessEmbedded: inProcess with the gateway in the entry step's process too (`conveyor run --embedded-gateway`).
+#: The pipeline's gateway runs in a process of its own in inProcess, in the entry step's process in inProcessEmbedded
+#: (`conveyor run --gateway separate / embedded`); processPerStep leaves that to `conveyor run` (default auto).
 PLACEMENTS = ("processPerStep", "inProcess", "inProcessEmbedded")
 #: adaptive: model steps' ``adaptiveThreads`` on (a lone batch runs on all the step's CPUs); fixed: off.
 THREADINGS = ("adaptive", "fixed")
@@ -52,6 +54,8 @@ THREADINGS = ("adaptive", "fixed")
 EVENT_LOOPS = ("uvloop", "asyncio")
 #: How the gateway and forwarding steps call steps ($CONVEYOR_STEP_CALLS, see conveyor_runtime.protocol.call_stream).
 STEP_CALLS = ("stream", "unary")
+#: Where `conveyor run` serves the gateway (`conveyor run --gateway`): in a process of its own, or in the entry step's.
+GATEWAYS = ("separate", "embedded")
 
 _PREPROCESS_OPS = {"image-preprocess", "preprocess", "conveyor_runtime.ops.vision:Preprocess"}
 
@@ -87,7 +91,7 @@ def register(modes: Any) -> None:
         default="",
         help="step placements to compare (comma-separated: processPerStep,inProcess,inProcessEmbedded), each on a fresh "
         "pipeline: every step in processes of its own, each op step inProcessWith a neighbouring model step, or that "
-        "and the gateway in the entry step's process too (conveyor run --embedded-gateway)",
+        "with the gateway in the entry step's process too (conveyor run --gateway embedded; inProcess: --gateway separate)",
     )
     parser.add_argument(
         "--threading",
@@ -106,6 +110,12 @@ def register(modes: Any) -> None:
         default="",
         help="step-call transports to compare (comma-separated: stream,unary), each on a fresh pipeline whose "
         f"processes run with {STEP_CALLS_ENV} set to it",
+    )
+    parser.add_argument(
+        "--gateways",
+        default="",
+        help="gateway placements to compare (comma-separated: separate,embedded), each on a fresh pipeline started "
+        "with conveyor run --gateway set to it (embedded needs an entry step with 1 replica)",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the in-process baseline")
     parser.add_argument(
@@ -331,8 +341,8 @@ def variant_manifest(manifest_path: Path, variant: str) -> Path:
         for step in data["spec"]["steps"]:
             if "model" in step:
                 step["model"]["adaptiveThreads"] = variant == "adaptive"
-    elif _variant_env(variant) is not None:
-        pass  # the manifest as it is: the variant is the processes' environment
+    elif _variant_env(variant) is not None or variant in GATEWAYS:
+        pass  # the manifest as it is: the variant is the processes' environment, or a flag of `conveyor run`
     else:
         for step in data["spec"]["steps"]:
             if "model" in step:
@@ -373,12 +383,16 @@ def _describe(variant: str) -> str:
         return f"{variant} event loop"
     if variant in STEP_CALLS:
         return f"{variant} step calls"
+    if variant in GATEWAYS:
+        return f"{variant} gateway"
     return f"batching policy {variant}"
 
 
 def variant_run_args(variant: str) -> list[str]:
     """The `conveyor run` flags a variant adds."""
-    return ["--embedded-gateway"] if variant == "inProcessEmbedded" else []
+    if variant in GATEWAYS:
+        return ["--gateway", variant]
+    return {"inProcess": ["--gateway", "separate"], "inProcessEmbedded": ["--gateway", "embedded"]}.get(variant, [])
 
 
 def _variant_env(variant: str) -> dict[str, str] | None:
@@ -507,10 +521,12 @@ def run(args: argparse.Namespace) -> int:
         *_chosen("--threading", args.threading, THREADINGS),
         *_chosen("--event-loops", args.event_loops, EVENT_LOOPS),
         *_chosen("--step-calls", args.step_calls, STEP_CALLS),
+        *_chosen("--gateways", args.gateways, GATEWAYS),
     ]
     if policies and args.addresses:
         raise SystemExit(
-            "--policies, --data-paths, --placements, --threading, --event-loops and --step-calls start a pipeline per "
+            "--policies, --data-paths, --placements, --threading, --event-loops, --step-calls and --gateways start a "
+            "pipeline per "
             "variant; they cannot attach to --addresses"
         )
     baseline: list[BaselinePoint] = []

@@ -1,10 +1,10 @@
-"""A gateway embedded in a step's process (`conveyor run --embedded-gateway`): the steps served there are called in
+"""A gateway embedded in a step's process (`conveyor run --gateway embedded`): the steps served there are called in
 memory (`InProcessStepClient`), the others over real gRPC.
 
 What is checked: answers equal those of a gateway of its own; the steps in the process get no gRPC call from the
 gateway; a failure keeps its status and its step's words, whether the step runs in the process, behind it in
 memory, or in another process reached by forwarding, and other requests carry on; a deadline holds for an in-memory
-call; `conveyor run --embedded-gateway` serves from the entry replica's process (its port belongs to that process),
+call; `conveyor run --gateway embedded` serves from the entry replica's process (its port belongs to that process),
 over gRPC and HTTP, stops it first on Ctrl-C while a request is in flight, and refuses an entry step with 2 replicas.
 """
 
@@ -152,7 +152,7 @@ async def test_an_in_memory_call_ends_at_its_deadline_with_the_steps_name(tmp_pa
         await server.stop(grace=5.0)
 
 
-# --- conveyor run --embedded-gateway -------------------------------------------------------------------------------
+# --- conveyor run --gateway embedded -------------------------------------------------------------------------------
 
 def _pipeline(tmp_path: Path, steps: list[dict[str, Any]]) -> Path:
     (tmp_path / "testops.py").write_text(RUN_TEST_OPS)
@@ -200,7 +200,7 @@ def test_conveyor_run_serves_the_gateway_from_the_entry_replicas_process(tmp_pat
         {"name": "mid", "op": "identity"},
         {"name": "post", "op": "identity", "replicas": 2},
     ]
-    run = start_run(_pipeline(tmp_path, steps), tmp_path, "--embedded-gateway")
+    run = start_run(_pipeline(tmp_path, steps), tmp_path, "--gateway", "embedded")
     try:
         host_pid = run.addresses["steps"]["mid"][0]["pid"]
         assert run.addresses["gatewayIn"] == "mid"
@@ -222,7 +222,7 @@ def test_conveyor_run_embedded_stops_the_gateways_replica_first_and_finishes_in_
         {"name": "hold", "op": "testops:Hold", "config": {"dir": str(tmp_path)}},
         {"name": "echo", "op": "identity"},
     ]
-    run = start_run(_pipeline(tmp_path, steps), tmp_path, "--embedded-gateway", "--grace", "60")
+    run = start_run(_pipeline(tmp_path, steps), tmp_path, "--gateway", "embedded", "--grace", "60")
     data = np.arange(4, dtype=np.float32).reshape(1, 4)
     try:
         with ThreadPoolExecutor(1) as pool:
@@ -246,8 +246,8 @@ def test_conveyor_run_embedded_stops_the_gateways_replica_first_and_finishes_in_
 
 def test_conveyor_run_embedded_refuses_an_entry_step_with_two_replicas(tmp_path: Path) -> None:
     path = _pipeline(tmp_path, [{"name": "a", "op": "identity", "replicas": 2}])
-    command = [sys.executable, "-m", "conveyor_runtime.cli", "run", str(path), "--embedded-gateway"]
+    command = [sys.executable, "-m", "conveyor_runtime.cli", "run", str(path), "--gateway", "embedded"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 1
     assert "step 'a', the pipeline's entry, so that step needs 1 replica (it has 2)" in done.stderr
-    assert "pass --replicas a=1" in done.stderr
+    assert "pass --replicas a=1 or --gateway separate" in done.stderr

@@ -139,7 +139,7 @@ def test_run_ctrl_c_finishes_in_flight_requests_through_every_step_before_stoppi
         "held",
         [{"name": "hold", "op": "testops:Hold", "config": {"dir": str(tmp_path)}}, {"name": "echo", "op": "identity"}],
     )
-    run = start_run(path, tmp_path, "--grace", "60")
+    run = start_run(path, tmp_path, "--grace", "60", "--gateway", "separate")  # embedded: test_embedded_gateway.py
     pids = _replica_pids(run)
     data = np.arange(4, dtype=np.float32).reshape(1, 4)
     try:

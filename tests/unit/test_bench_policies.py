@@ -51,9 +51,11 @@ def test_bench_in_process_placement_puts_each_op_step_in_a_neighbouring_model_st
     assert load_manifest(variant_manifest(original, "inProcessEmbedded")).spec.steps == steps
 
 
-def test_bench_embedded_placement_runs_the_gateway_in_the_entry_process_and_the_others_do_not() -> None:
-    assert variant_run_args("inProcessEmbedded") == ["--embedded-gateway"]
-    assert [variant_run_args(v) for v in ("inProcess", "processPerStep", "fill", "")] == [[], [], [], []]
+def test_bench_gateway_variants_say_where_conveyor_run_serves_the_gateway() -> None:
+    assert variant_run_args("inProcessEmbedded") == ["--gateway", "embedded"]
+    assert variant_run_args("inProcess") == ["--gateway", "separate"]
+    assert [variant_run_args(v) for v in ("separate", "embedded")] == [["--gateway", "separate"], ["--gateway", "embedded"]]
+    assert [variant_run_args(v) for v in ("processPerStep", "fill", "uvloop", "")] == [[], [], [], []]
 
 
 def test_bench_threading_variants_set_adaptive_threads_of_model_steps_only(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import UsageError
-from ..local import LocalRunner
+from ..local import GATEWAY_PLACEMENTS, LocalRunner
 from ..serving import freeze_startup_objects, stop_on_signals, tune_malloc_for_large_requests
 from ..serving.event_loop import run_serving
 from ..spec import PipelineManifest, load_manifest
@@ -42,11 +42,12 @@ def register(subparsers: Any) -> None:
         help="write the gateway's and every replica's addresses as JSON to FILE once ready ('-' = stdout)",
     )
     parser.add_argument(
-        "--embedded-gateway",
-        action="store_true",
-        help="serve the gateway from the entry step's process (it needs 1 replica), which calls the steps there in "
-        "memory: one process hop less per request, on cores the gateway would share with the steps; the gateway is "
-        "down while that process restarts",
+        "--gateway",
+        choices=GATEWAY_PLACEMENTS,
+        default="auto",
+        help="where the gateway runs: embedded in the entry step's process, calling the steps there in memory (one "
+        "process hop less per request; down while that process restarts), separate in this one, or auto (default): "
+        "embedded when the entry step has 1 replica",
     )
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for every replica (default 600)")
     parser.add_argument(
@@ -82,7 +83,7 @@ def build_runner(args: argparse.Namespace) -> LocalRunner:
         ready_timeout_s=args.ready_timeout,
         grace_s=args.grace,
         log_level=args.log_level.upper(),
-        embedded_gateway=args.embedded_gateway,
+        gateway=args.gateway,
     )
 
 

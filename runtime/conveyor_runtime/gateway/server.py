@@ -42,7 +42,7 @@ class Gateway:
     """The gateway process's servers: gRPC (inference + health), HTTP/REST and Prometheus metrics.
 
     Steps are called over their replicas (`sources`), except those in `in_process`: steps served by the process this
-    gateway runs in (`conveyor run --embedded-gateway`), called in memory.
+    gateway runs in (`conveyor run --gateway embedded`), called in memory.
     """
 
     def __init__(

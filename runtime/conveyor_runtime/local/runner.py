@@ -1,6 +1,6 @@
 """`conveyor run` on one machine: builds the models once, starts every step replica as a process, supervises them
-(a crashed replica is restarted on its ports), and serves the pipeline through a gateway in this process, or with
-`embedded_gateway` in the entry step's process (`local.gateway_host`: the steps there are called in memory).
+(a crashed replica is restarted on its ports), and serves the pipeline through a gateway: embedded in the entry step's
+process when that step has one replica (`local.gateway_host`: the steps there are called in memory), else in this one.
 
 Ctrl-C or SIGTERM stops the gateway first (it finishes in-flight requests), then the steps; the replicas run in
 sessions of their own so that a terminal's Ctrl-C does not reach them directly.
@@ -34,7 +34,12 @@ from .output import forward_lines
 from .replica import MAX_STARTUP_CRASHES, ReplicaProcess
 from .spawn import SpawnedProcess, spawn
 
-__all__ = ["LocalRunner"]
+__all__ = ["GATEWAY_PLACEMENTS", "LocalRunner"]
+
+#: Where `conveyor run` serves the gateway: auto (embedded when the entry step has one replica), embedded (in the
+#: entry step's replica: one process hop less per request, on cores the gateway shares with the steps) or separate
+#: (in the runner's own process).
+GATEWAY_PLACEMENTS = ("auto", "embedded", "separate")
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,8 @@ class LocalRunner:
 
     `grpc_port` and `http_port` default to the manifest's `spec.gateway` ports (0 picks a free port, an
     `http_port` of -1 turns HTTP off); `replicas` overrides steps' replica counts; `clock` times replica runs.
-    `embedded_gateway`: the gateway runs in the process of the entry step's (single) replica instead of this one.
+    `gateway`: where the gateway runs: "embedded" in the process of the entry step's (single) replica, "separate" in
+    this one, "auto" (the default) embedded where the entry step has one replica.
     """
 
     def __init__(
@@ -63,7 +69,7 @@ class LocalRunner:
         log_level: str = "INFO",
         out: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
-        embedded_gateway: bool = False,
+        gateway: str = "auto",
     ) -> None:
         self.manifest_path = Path(manifest_path).resolve()
         self.manifest = load_manifest(self.manifest_path)
@@ -74,10 +80,10 @@ class LocalRunner:
         self.process_steps = list(dict.fromkeys(self.hosts[name] for name in self.plan.order))
         self.replica_counts = self._replica_counts(replicas or {})
         #: the step whose (only) replica serves the gateway, or None: the gateway runs in this process
-        self.gateway_host: str | None = self._gateway_host() if embedded_gateway else None
-        gateway = self.manifest.spec.gateway
-        self.grpc_port = gateway.grpcPort if grpc_port is None else grpc_port
-        http_port = gateway.httpPort if http_port is None else http_port
+        self.gateway_host: str | None = self._gateway_host(gateway)
+        ports = self.manifest.spec.gateway
+        self.grpc_port = ports.grpcPort if grpc_port is None else grpc_port
+        http_port = ports.httpPort if http_port is None else http_port
         self.http_port: int | None = None if http_port < 0 else http_port
         self.metrics_port = metrics_port
         self.ready_timeout_s = ready_timeout_s
@@ -123,12 +129,17 @@ class LocalRunner:
         specs = {step.name: step for step in self.manifest.spec.steps}
         return {name: overrides.get(name, specs[name].replicas) for name in self.process_steps}
 
-    def _gateway_host(self) -> str:
+    def _gateway_host(self, placement: str) -> str | None:
+        """The step whose only replica serves the gateway (see `GATEWAY_PLACEMENTS`), or None: this process does."""
+        if placement not in GATEWAY_PLACEMENTS:
+            raise UsageError(f"--gateway: expected one of {', '.join(GATEWAY_PLACEMENTS)}, got {placement!r}")
         host = self.hosts[self.plan.entry]
+        if placement == "separate" or (placement == "auto" and self.replica_counts[host] != 1):
+            return None
         if self.replica_counts[host] != 1:
             raise UsageError(
-                f"--embedded-gateway runs the gateway in the process of step {host!r}, the pipeline's entry, so that step "
-                f"needs 1 replica (it has {self.replica_counts[host]}); pass --replicas {host}=1 or leave the flag out"
+                f"--gateway embedded runs the gateway in the process of step {host!r}, the pipeline's entry, so that step "
+                f"needs 1 replica (it has {self.replica_counts[host]}); pass --replicas {host}=1 or --gateway separate"
             )
         return host
 

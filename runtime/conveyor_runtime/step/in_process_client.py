@@ -1,5 +1,5 @@
 """A step that runs in the caller's own process, called in memory: what a gateway embedded in a step's process
-(`conveyor run --embedded-gateway`) uses instead of a `Balancer` for the steps served there.
+(`conveyor run --gateway embedded`) uses instead of a `Balancer` for the steps served there.
 
 The request skips the gRPC hop (a serialization and a parse each way, and a wake-up of another process) but is
 otherwise answered as over the wire (`StepServicer.respond`): the same checks, route, forwarding, metrics and errors.
