@@ -11,10 +11,10 @@ import yaml
 
 from conveyor_runtime.cli import build_parser, main
 from conveyor_runtime.cli.run import build_runner
-from conveyor_runtime.errors import InvalidManifest
+from conveyor_runtime.errors import InvalidManifest, UsageError
 from conveyor_runtime.local import LocalRunner
 from conveyor_runtime.local.output import LineCutter
-from conveyor_runtime.local.replica import RestartBackoff
+from conveyor_runtime.local.replica import ReplicaProcess, RestartBackoff
 from conveyor_runtime.serving import free_ports
 
 # --- restart back-off -------------------------------------------------------------------------------------------
@@ -118,6 +118,34 @@ def test_run_port_flags_win_over_the_manifest_when_given(tmp_path: Path) -> None
 def test_run_without_gateway_ports_in_the_manifest_keeps_8001_and_8000(tmp_path: Path) -> None:
     runner = _runner(["run", str(_write_manifest(tmp_path, TWO_STEPS))])
     assert (runner.grpc_port, runner.http_port) == (8001, 8000)
+
+
+def test_run_embeds_the_gateway_in_the_entry_steps_process_when_it_has_one_replica(tmp_path: Path) -> None:
+    path = _write_manifest(tmp_path, TWO_STEPS)
+    assert _runner(["run", str(path)]).gateway_host == "a"  # auto, the default
+    assert _runner(["run", str(path), "--gateway", "embedded"]).gateway_host == "a"
+    assert _runner(["run", str(path), "--gateway", "separate"]).gateway_host is None
+    assert _runner(["run", str(path), "--replicas", "a=2"]).gateway_host is None  # auto: one replica or none
+    with pytest.raises(UsageError, match="so that step needs 1 replica \\(it has 2\\)"):
+        _runner(["run", str(path), "--replicas", "a=2", "--gateway", "embedded"])
+    guest = _write_manifest(tmp_path, [{**TWO_STEPS[0], "inProcessWith": "b"}, TWO_STEPS[1]])
+    assert _runner(["run", str(guest)]).gateway_host == "b"  # the entry runs in b's process
+
+
+def test_an_embedded_gateways_replica_is_started_with_the_gateways_ports_and_the_other_steps(tmp_path: Path) -> None:
+    replica = ReplicaProcess("a", 0, 9101, 9102, peers={"b": ["127.0.0.1:9201"]})
+    plain = replica.command(tmp_path / "p.yaml", "INFO")
+    assert plain[plain.index("-m") + 1 :][:4] == ["conveyor_runtime.cli", "--log-level", "INFO", "step"]
+    assert "--pre-stop-delay" in plain
+    replica.gateway_ports = (8001, None, 9090)
+    replica.endpoints = {"b": ["127.0.0.1:9201"]}
+    command = replica.command(tmp_path / "p.yaml", "INFO")
+    module = command[command.index("-m") + 1 :]
+    assert module[0] == "conveyor_runtime.local.gateway_host"
+    flags = " ".join(module)
+    assert "--gateway-grpc-port 8001 --gateway-http-port -1 --gateway-metrics-port 9090" in flags
+    assert "--endpoint b=127.0.0.1:9201" in flags and "--peer b=127.0.0.1:9201" in flags
+    assert "--port 9101 --metrics-port 9102" in flags and "--pre-stop-delay" not in flags
 
 
 def test_run_rejects_a_step_with_zero_replicas_naming_the_field(tmp_path: Path) -> None:

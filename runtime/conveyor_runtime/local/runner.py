@@ -292,8 +292,12 @@ class LocalRunner:
         (host,) = [r for r in self.replicas if r.step == self.gateway_host]
         host.gateway_ports = (self.grpc_port, self.http_port, self.metrics_port)
         host.endpoints = {name: addresses[name] for name in self.plan.order if self.hosts[name] != host.step}
-        self._watched = {name: Balancer(name, StaticEndpoints(addresses[name])) for name in self.plan.order}
-        self._watched["gateway"] = Balancer("gateway", StaticEndpoints([f"127.0.0.1:{self.grpc_port}"]))
+        # health watches only: these balancers never call anything, so no call streams either
+        self._watched = {
+            name: Balancer(name, StaticEndpoints(addresses[name]), call_streams=False) for name in self.plan.order
+        }
+        gateway = StaticEndpoints([f"127.0.0.1:{self.grpc_port}"])
+        self._watched["gateway"] = Balancer("gateway", gateway, call_streams=False)
         for watcher in self._watched.values():
             await watcher.start()
 
