@@ -40,8 +40,13 @@ class ConveyorSystem(System):
         self.pipeline = LocalPipeline.start(manifest, directory, http=False)
         self._address = self.pipeline.addresses()["grpc"]
         policy = self.policy or self.plan.policy
+        addresses = self.pipeline.addresses()
+        embedded = addresses.get("gatewayIn")
+        gateway = f"gRPC gateway in step {embedded}'s process" if embedded else "gRPC gateway in a process of its own"
+        guests = sorted(step for step, replicas in addresses["steps"].items() if any("inProcessWith" in r for r in replicas))
+        placement = f"{', '.join(guests)} in their host's processes" if guests else "a process per step replica"
         self.description = (
-            f"`conveyor run {manifest.name}` (gRPC gateway, a process per step replica; {self.plan.describe()}; "
+            f"`conveyor run {manifest.name}` ({gateway}, {placement}; {self.plan.describe()}; "
             f"batching policy {policy}), loaded over gRPC by load.closed_loop"
         )
 
