@@ -297,7 +297,8 @@ class LocalRunner:
             name: Balancer(name, StaticEndpoints(addresses[name]), call_streams=False) for name in self.plan.order
         }
         gateway = StaticEndpoints([f"127.0.0.1:{self.grpc_port}"])
-        self._watched["gateway"] = Balancer("gateway", gateway, call_streams=False)
+        what = f"the gateway in {self.gateway_host}'s process at"
+        self._watched["gateway"] = Balancer("gateway", gateway, call_streams=False, what=what)
         for watcher in self._watched.values():
             await watcher.start()
 

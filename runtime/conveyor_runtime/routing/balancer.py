@@ -87,6 +87,7 @@ class Balancer:
     `full_memory_s`: how long a replica that answered "queue full" is trusted to stay full at the number of
     calls it then held (calls beyond it are refused here, without a round trip; see `Replica.room`).
     `stall_s`: a call outstanding this long gets its replica's health checked, with `probe_timeout_s`.
+    `what`: how its health log lines name a replica before its address (default "step NAME replica").
     """
 
     def __init__(
@@ -102,11 +103,14 @@ class Balancer:
         stall_s: float = 2.0,
         probe_timeout_s: float = 2.0,
         call_streams: bool | None = None,
+        what: str | None = None,
     ) -> None:
         for name, value in (("default_timeout_s", default_timeout_s), ("stall_s", stall_s), ("probe_timeout_s", probe_timeout_s)):
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
         self.step = step
+        #: what the health log lines call one of its replicas ("step NAME replica" unless told)
+        self._what = what or f"step {step} replica"
         self.source = source
         self.replicas: dict[str, Replica] = {}
         self.pending = 0  # requests admitted by the executor that will call this step but have not yet
@@ -213,7 +217,7 @@ class Balancer:
 
     def _set_health(self, replica: Replica, serving: bool) -> None:
         if replica.serving != serving:
-            log.info("step %s replica %s is %s", self.step, replica.address, "ready" if serving else "not ready")
+            log.info("%s %s is %s", self._what, replica.address, "ready" if serving else "not ready")
             replica.serving = serving
             replica.learned.forget()  # a replica that (re)starts has an empty queue
             if serving:
