@@ -14,7 +14,15 @@ from ..errors import ConveyorError, UsageError
 from ..routing import parse_endpoints
 from ..serving import freeze_startup_objects, stop_on_signals
 from ..serving.event_loop import run_serving
-from ..spec import METRICS_PORT, STEP_GRPC_PORT, StepSpec, in_process_steps_from_env, load_manifest, step_from_env
+from ..spec import (
+    METRICS_PORT,
+    STEP_GRPC_PORT,
+    StepSpec,
+    hosted_steps,
+    in_process_steps_from_env,
+    load_manifest,
+    step_from_env,
+)
 from ..step import (
     DEFAULT_GRACE_S,
     DEFAULT_PRE_STOP_S,
@@ -131,26 +139,8 @@ def _load_step(manifest: Path | None, step_name: str | None) -> _LoadedStep:
         return _LoadedStep(step_from_env(), None, "step", in_process_steps_from_env())
     if step_name is None:
         raise UsageError(f"--manifest {manifest} needs --step NAME: name the step to serve from it")
-    pipeline = load_manifest(manifest)
-    steps = pipeline.spec.steps
-    for index, step in enumerate(steps):
-        if step.name != step_name:
-            continue
-        if step.inProcessWith is not None:
-            raise UsageError(
-                f"--step {step_name}: this step runs in the processes of step {step.inProcessWith!r} (inProcessWith); "
-                f"serve --step {step.inProcessWith}, which serves both"
-            )
-        guests = [(i, s) for i, s in enumerate(steps) if s.inProcessWith == step_name]
-        return _LoadedStep(
-            step,
-            manifest.resolve().parent,
-            f"spec.steps[{index}]",
-            [s for _, s in guests],
-            [f"spec.steps[{i}]" for i, _ in guests],
-        )
-    names = ", ".join(s.name for s in steps)
-    raise UsageError(f"--step: {manifest} has no step {step_name!r}; steps: {names}")
+    hosted = hosted_steps(load_manifest(manifest).spec, step_name, str(manifest))
+    return _LoadedStep(hosted.spec, manifest.resolve().parent, hosted.where, hosted.guests, hosted.guests_where)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,12 +18,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ConveyorError, UsageError
+from ..errors import ConveyorError
 from ..gateway import Gateway, StaticEndpoints
 from ..routing import parse_endpoints
 from ..serving import LARGE_REQUEST_BYTES, freeze_startup_objects, stop_on_signals, tune_malloc_for_large_requests
 from ..serving.event_loop import run_serving
-from ..spec import PipelineManifest, load_manifest
+from ..spec import PipelineManifest, hosted_steps, load_manifest
 from ..step import DEFAULT_GRACE_S, InProcessStepClient, StepServer, create_step_server, peer_sources
 
 __all__ = ["build_parser", "create_gateway_host", "main"]
@@ -63,24 +63,18 @@ def create_gateway_host(
     manifest: PipelineManifest, manifest_path: Path, step_name: str, args: argparse.Namespace
 ) -> StepServer:
     """The step server of `step_name` and its guests, as `conveyor step --manifest --step` would make it."""
-    steps = manifest.spec.steps
-    index = next((i for i, s in enumerate(steps) if s.name == step_name), None)
-    if index is None:
-        raise UsageError(f"--step: {manifest_path} has no step {step_name!r}")
-    if steps[index].inProcessWith is not None:
-        raise UsageError(f"--step {step_name}: it runs in the processes of step {steps[index].inProcessWith!r}")
-    guests = [(i, s) for i, s in enumerate(steps) if s.inProcessWith == step_name]
+    hosted = hosted_steps(manifest.spec, step_name, str(manifest_path))
     return create_step_server(
-        steps[index],
+        hosted.spec,
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port or None,
         base_dir=manifest_path.resolve().parent,
         grace_s=args.grace,
-        where=f"spec.steps[{index}]",
+        where=hosted.where,
         peers=peer_sources(parse_endpoints(args.peers, "--peer")),
-        in_process=[s for _, s in guests],
-        in_process_where=[f"spec.steps[{i}]" for i, _ in guests],
+        in_process=hosted.guests,
+        in_process_where=hosted.guests_where,
     )
 
 
@@ -92,7 +86,10 @@ async def _serve(args: argparse.Namespace) -> None:
     with stop_on_signals(f"step {args.step_name} with the gateway", hurry=hurry) as stop:
         await server.start()
         timeout = manifest.spec.gateway.defaultTimeoutSeconds
-        in_process = {name: InProcessStepClient(server.servicer, name, default_timeout_s=timeout) for name in server.servicer.model_names}
+        in_process = {
+            name: InProcessStepClient(server.servicer, name, default_timeout_s=timeout)
+            for name in server.servicer.model_names
+        }
         sources = {name: StaticEndpoints(addresses) for name, addresses in endpoints.items() if name not in in_process}
         gateway: Gateway | None = None
         try:
@@ -109,7 +106,12 @@ async def _serve(args: argparse.Namespace) -> None:
                 await gateway.start()
             except OSError as exc:
                 raise ConveyorError(f"{exc}; pass --grpc-port 0 --http-port 0 to pick free ports") from None
-            log.info("gateway for pipeline %s in step %s's process: in memory to step(s) %s", gateway.name, args.step_name, ", ".join(in_process))
+            log.info(
+                "gateway for pipeline %s in step %s's process: in memory to step(s) %s",
+                gateway.name,
+                args.step_name,
+                ", ".join(in_process),
+            )
             await server.serve_until(stop)
         finally:
             if gateway is not None:

@@ -5,7 +5,7 @@ Everything above this layer (operator, step, gateway, local runner) reads pipeli
 
 from .env import BATCHING_ENV, IN_PROCESS_STEPS_ENV, STEP_SPEC_ENV, in_process_steps_from_env, step_from_env, step_to_env
 from .graph import ExecutionPlan, StepNode, graph_errors, output_step, route_inputs, step_inputs, topological_order
-from .in_process import POD_LEVEL_FIELDS, guests_of, host_of, in_process_errors
+from .in_process import POD_LEVEL_FIELDS, HostedSteps, guests_of, host_of, hosted_steps, in_process_errors
 from .manifest import load_manifest, parse_manifest, validation_field_errors
 from .model import (
     API_GROUP,
@@ -66,6 +66,7 @@ __all__ = [
     "BatchingSpec",
     "ExecutionPlan",
     "GatewaySpec",
+    "HostedSteps",
     "Metadata",
     "ModelSpec",
     "PipelineManifest",
@@ -78,6 +79,7 @@ __all__ = [
     "graph_errors",
     "guests_of",
     "host_of",
+    "hosted_steps",
     "in_process_errors",
     "in_process_steps_from_env",
     "load_manifest",

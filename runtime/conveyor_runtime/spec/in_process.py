@@ -8,11 +8,12 @@ settings would be ignored, so they are refused and belong on the host.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from ..errors import FieldError
+from ..errors import FieldError, UsageError
 from .model import PipelineSpec, StepSpec
 
-__all__ = ["POD_LEVEL_FIELDS", "guests_of", "host_of", "in_process_errors"]
+__all__ = ["POD_LEVEL_FIELDS", "HostedSteps", "guests_of", "host_of", "hosted_steps", "in_process_errors"]
 
 #: What only a step with pods of its own can use.
 POD_LEVEL_FIELDS = (
@@ -38,6 +39,33 @@ def host_of(spec: PipelineSpec, step: str) -> str:
 def guests_of(spec: PipelineSpec, host: str) -> list[StepSpec]:
     """The steps that run inside `host`'s processes, in manifest order."""
     return [step for step in spec.steps if step.inProcessWith == host]
+
+
+@dataclass(frozen=True)
+class HostedSteps:
+    """A step with processes of its own and the steps that run in them, each with its field path for errors."""
+
+    spec: StepSpec
+    where: str
+    guests: list[StepSpec]
+    guests_where: list[str]
+
+
+def hosted_steps(spec: PipelineSpec, name: str, source: str) -> HostedSteps:
+    """What a process that serves step `name` of `source` (a manifest's path) serves; a `UsageError` (about
+    ``--step``) when there is no such step or it runs in another step's processes."""
+    for index, step in enumerate(spec.steps):
+        if step.name != name:
+            continue
+        if step.inProcessWith is not None:
+            raise UsageError(
+                f"--step {name}: this step runs in the processes of step {step.inProcessWith!r} (inProcessWith); "
+                f"serve --step {step.inProcessWith}, which serves both"
+            )
+        guests = [(i, s) for i, s in enumerate(spec.steps) if s.inProcessWith == name]
+        return HostedSteps(step, f"spec.steps[{index}]", [s for _, s in guests], [f"spec.steps[{i}]" for i, _ in guests])
+    names = ", ".join(s.name for s in spec.steps)
+    raise UsageError(f"--step: {source} has no step {name!r}; steps: {names}")
 
 
 def in_process_errors(spec: PipelineSpec, inputs: Mapping[str, list[str]], prefix: str = "spec") -> list[FieldError]:
