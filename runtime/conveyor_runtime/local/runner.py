@@ -94,8 +94,9 @@ class LocalRunner:
         self.replicas: list[ReplicaProcess] = []
         self.gateway: Gateway | None = None
         #: what tells this process which replicas are healthy: the gateway's balancers, or (embedded) balancers of
-        #: its own, with one more ("gateway") on the embedded gateway's health
+        #: its own; and (embedded) the one that watches the embedded gateway's health
         self._watched: dict[str, StepClient] = {}
+        self._gateway_watch: Balancer | None = None
         self._stopping = False
         self._tasks = TaskSet(f"conveyor run {self.manifest.metadata.name}")
         self._output = TaskSet(f"conveyor run {self.manifest.metadata.name} output")
@@ -298,8 +299,8 @@ class LocalRunner:
         }
         gateway = StaticEndpoints([f"127.0.0.1:{self.grpc_port}"])
         what = f"the gateway in {self.gateway_host}'s process at"
-        self._watched["gateway"] = Balancer("gateway", gateway, call_streams=False, what=what)
-        for watcher in self._watched.values():
+        self._gateway_watch = Balancer("gateway", gateway, call_streams=False, what=what)
+        for watcher in [*self._watched.values(), self._gateway_watch]:
             await watcher.start()
 
     def _healthy(self) -> set[str]:
@@ -319,7 +320,7 @@ class LocalRunner:
                         f"  [{len(announced)}/{total}] {replica.name} ready on {replica.address} "
                         f"({time.monotonic() - started:.1f}s)"
                     )
-            if len(announced) == total and (self.gateway_host is None or self._watched["gateway"].ready):
+            if len(announced) == total and (self._gateway_watch is None or self._gateway_watch.ready):
                 return
             if self._failed.done():
                 raise RunnerFailed(self._failed.result() + "\nnext: fix the step (see its output above) and run again")
@@ -403,8 +404,8 @@ class LocalRunner:
         await self._terminate(first, 2 * self.grace_s, "stopping the gateway and its step replica ...")
         rest = [r for r in self.replicas if r not in first]
         await self._terminate(rest, self.grace_s, "gateway stopped; stopping {count} step replica(s) ...")
-        if self.gateway is None:  # embedded: the watchers are this runner's own
-            for watcher in self._watched.values():
+        if self._gateway_watch is not None:  # embedded: the watchers are this runner's own
+            for watcher in [*self._watched.values(), self._gateway_watch]:
                 await watcher.aclose()
         await self._tasks.aclose()
         with contextlib.suppress(asyncio.TimeoutError):  # the replicas' last output lines, up to their EOF

@@ -1,5 +1,6 @@
 """Calling a step's replicas: where they are (`endpoints`), which one takes a call and what is retried (`balancer`),
-and the input names a step expects (`inputs`); `StepClient` is what a caller needs of any of them. The gateway and a forwarding step both call steps through it.
+and the input names a step expects (`inputs`); `StepClient` is what a caller needs of any of them. The gateway and a
+forwarding step both call steps through it.
 """
 
 from .balancer import CHANNEL_OPTIONS, DEFAULT_TIMEOUT_S, STEP_CALLS_ENV, TOO_LARGE_DETAILS, Balancer, call_streams_wanted
