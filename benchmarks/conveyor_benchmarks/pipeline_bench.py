@@ -44,9 +44,9 @@ __all__ = ["StepStats", "make_payloads", "register", "run", "scrape", "step_stat
 POLICIES = ("workConserving", "fill")
 DATA_PATHS = ("stepToStep", "gateway")
 #: processPerStep: every step in processes of its own; inProcess: each op step (no model) runs in the process of a
-#: neighbouring model step (`inProcessWith`; its consumer when that is a model step, else its input);
-#: The pipeline's gateway runs in a process of its own in inProcess, in the entry step's process in inProcessEmbedded
-#: (`conveyor run --gateway separate / embedded`); processPerStep leaves that to `conveyor run` (default auto).
+#: neighbouring model step (`inProcessWith`; its consumer when that is a model step, else its input), with the gateway
+#: in a process of its own; inProcessEmbedded: the same with the gateway in the entry step's process (`conveyor run
+#: --gateway separate / embedded`). processPerStep leaves the gateway to `conveyor run` (default auto).
 PLACEMENTS = ("processPerStep", "inProcess", "inProcessEmbedded")
 #: adaptive: model steps' ``adaptiveThreads`` on (a lone batch runs on all the step's CPUs); fixed: off.
 THREADINGS = ("adaptive", "fixed")

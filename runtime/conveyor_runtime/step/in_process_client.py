@@ -11,8 +11,8 @@ import asyncio
 import time
 from typing import Any
 
-from ..errors import RequestError, StepCallError
-from ..protocol import client_message, pb
+from ..errors import StepCallError
+from ..protocol import client_message, grpc_code, pb
 from ..routing import DEFAULT_TIMEOUT_S
 from .servicer import StepServicer
 
@@ -91,8 +91,7 @@ class InProcessStepClient:
         except TimeoutError:
             raise StepCallError(self.step, "DEADLINE_EXCEEDED", "the request's deadline passed") from None
         except Exception as exc:  # logged by the servicer when unexpected; the client gets what a remote caller would
-            status = exc.status if isinstance(exc, RequestError) else "INTERNAL"
-            raise StepCallError(self.step, status, client_message(exc)) from None
+            raise StepCallError(self.step, grpc_code(exc).name, client_message(exc)) from None
         finally:
             self._outstanding -= 1
         self._served += 1
