@@ -9,11 +9,13 @@ batches on through queues; single-threaded model sessions). The best rows/s is t
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,19 @@ def _spec_for(step: StepSpec, layout: Layout) -> StepSpec:
     return step.model_copy(update={"model": model})
 
 
+@contextlib.contextmanager
+def _quiet_runtime() -> Iterator[None]:
+    """The runtime's INFO lines (each model's sessions) off while the baseline loads its ops: it loads them again next
+    to every load level, and the bench's own progress lines say what runs."""
+    logger = logging.getLogger("conveyor_runtime")
+    level = logger.level
+    logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class _Steps:
     """The pipeline's ops, loaded for one layout; `run(name, produced, batch)` computes one step of one batch."""
 
@@ -101,10 +116,11 @@ class _Steps:
 
         manifest = load_manifest(manifest_path)
         self.plan = ExecutionPlan.from_manifest(manifest)
-        self.ops = {
-            name: load_step_op(_spec_for(self.plan.nodes[name].spec, layout), manifest_path.parent, spin=layout.spins)
-            for name in self.plan.order
-        }
+        with _quiet_runtime():
+            self.ops = {
+                name: load_step_op(_spec_for(self.plan.nodes[name].spec, layout), manifest_path.parent, spin=layout.spins)
+                for name in self.plan.order
+            }
         self.expected = {name: [t.name for t in op.inputs] or None for name, op in self.ops.items()}
 
     def run(self, name: str, produced: Produced, batch: Batch) -> None:

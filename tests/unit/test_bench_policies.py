@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conveyor_benchmarks.in_process import layouts_for
 from conveyor_benchmarks.pipeline_bench import variant_manifest, variant_run_args
 from conveyor_runtime.spec import load_manifest
@@ -111,3 +113,27 @@ def test_bench_in_process_sequential_layout_spins_its_model_threads_as_a_lone_ba
 
     assert spinning(Layout("sequential", 1, 2)) == "1"
     assert spinning(Layout("parallel", 2, 1)) == "0"
+
+
+def test_bench_in_process_baseline_loads_its_ops_without_the_runtimes_info_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It loads them again next to every load level; the session lines would cut the bench's progress apart.
+    import logging
+
+    from conveyor_benchmarks.in_process import Layout, _Steps
+    from tests.support.step_fixtures import ModelFiles
+
+    model = ModelFiles(tmp_path).resnet(32)
+    manifest = tmp_path / "pipeline.yaml"
+    manifest.write_text(
+        "apiVersion: conveyor.dev/v1alpha1\nkind: InferencePipeline\nmetadata: {name: p}\n"
+        f"spec:\n  steps:\n  - name: classify\n    model: {{path: {model}}}\n"
+    )
+    runtime = logging.getLogger("conveyor_runtime")
+    with caplog.at_level(logging.INFO):
+        level = runtime.level
+        _Steps(manifest, Layout("parallel", 2, 1)).close()
+        assert runtime.level == level
+        logging.getLogger("conveyor_runtime.step.session").info("after the baseline")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("conveyor_runtime")] == ["after the baseline"]
