@@ -19,7 +19,17 @@ import grpc.aio
 from conveyor_runtime.gateway import CHANNEL_OPTIONS
 from conveyor_runtime.protocol import InferenceStub, pb
 
-__all__ = ["Call", "LoadResult", "closed_loop", "closed_loop_calls", "open_loop", "open_loop_calls", "percentile"]
+__all__ = [
+    "Call",
+    "LoadResult",
+    "closed_loop",
+    "closed_loop_calls",
+    "grpc_call",
+    "open_loop",
+    "open_loop_calls",
+    "open_stubs",
+    "percentile",
+]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -60,7 +70,7 @@ class LoadResult:
 
 
 @contextlib.asynccontextmanager
-async def _stubs(address: str, channels: int) -> AsyncIterator[list[InferenceStub]]:
+async def open_stubs(address: str, channels: int) -> AsyncIterator[list[InferenceStub]]:
     """Stubs over `channels` separate connections (one HTTP/2 connection caps a client), closed afterwards."""
     pool = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(max(1, channels))]
     try:
@@ -143,7 +153,7 @@ def _sends_before(seconds: float, rate: float) -> int:
     return math.ceil(round(seconds * rate, 6))
 
 
-def _grpc_call(stubs: list[InferenceStub], make_request: Callable[[int], pb.ModelInferRequest], timeout: float) -> Call:
+def grpc_call(stubs: list[InferenceStub], make_request: Callable[[int], pb.ModelInferRequest], timeout: float) -> Call:
     """Request `n` on stub ``n % len(stubs)``, failing by its status code's name."""
 
     async def call(n: int) -> str | None:
@@ -168,9 +178,9 @@ async def closed_loop(
     channels: int = 2,
 ) -> LoadResult:
     """`closed_loop_calls` of Open Inference Protocol requests to `address`, over `channels` connections."""
-    async with _stubs(address, channels) as stubs:
+    async with open_stubs(address, channels) as stubs:
         return await closed_loop_calls(
-            _grpc_call(stubs, make_request, timeout_s),
+            grpc_call(stubs, make_request, timeout_s),
             concurrency=concurrency,
             duration_s=duration_s,
             warmup_s=warmup_s,
@@ -190,9 +200,9 @@ async def open_loop(
     channels: int = 2,
 ) -> LoadResult:
     """`open_loop_calls` of Open Inference Protocol requests to `address` (each bounded by `timeout_s`)."""
-    async with _stubs(address, channels) as stubs:
+    async with open_stubs(address, channels) as stubs:
         return await open_loop_calls(
-            _grpc_call(stubs, make_request, timeout_s),
+            grpc_call(stubs, make_request, timeout_s),
             rate=rate,
             duration_s=duration_s,
             warmup_s=warmup_s,

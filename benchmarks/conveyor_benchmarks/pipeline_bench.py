@@ -36,8 +36,9 @@ from conveyor_runtime.step import step_cpu_budget
 
 from .cpu import cpu_seconds
 from .in_process import LAYOUTS, BaselinePoint, best, in_process_baseline, layouts_for, remeasure
-from .load import LoadResult, closed_loop, open_loop
+from .load import LoadResult, closed_loop, open_loop, open_stubs
 from .local_pipeline import LocalPipeline, process_pids
+from .protocol_floor import Floor, measure_floor
 
 __all__ = ["StepStats", "make_payloads", "register", "run", "scrape", "step_stats", "variant_manifest", "variant_run_args"]
 
@@ -122,6 +123,13 @@ def register(modes: Any) -> None:
         "--baseline-layouts",
         default=",".join(LAYOUTS),
         help=f"in-process layouts to try, comma-separated (default {','.join(LAYOUTS)}); the best one is the baseline",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also load a server that computes nothing (conveyor_benchmarks.null_server) with the busiest closed-loop "
+        "level's clients and rate: the CPU per request that serving over gRPC costs at the least, server and load "
+        "generator apart",
     )
     parser.add_argument("--json", dest="json_out", help="also write every figure to this JSON file")
     parser.set_defaults(handler=run)
@@ -280,14 +288,8 @@ class Level:
         return 1000.0 * self.cpu_s / rows if rows and self.cpu_s else math.nan
 
 
-async def _measure(
-    addresses: dict[str, Any],
-    pids: list[int],
-    plan: ExecutionPlan,
-    level: tuple[str, float],
-    payloads: list[npt.NDArray[Any]],
-    args: argparse.Namespace,
-) -> Level:
+def _request_maker(plan: ExecutionPlan, payloads: list[npt.NDArray[Any]]) -> Callable[[int], pb.ModelInferRequest]:
+    """Request `n` of a level: the payloads' requests in turn."""
     requests = []
     for payload in payloads:
         request = pb.ModelInferRequest(model_name=plan.pipeline)
@@ -296,6 +298,26 @@ async def _measure(
 
     def make_request(n: int) -> pb.ModelInferRequest:
         return requests[n % len(requests)]
+
+    return make_request
+
+
+async def _answer(address: str, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    """The pipeline's answer to `request`: what the null server of `--floor` returns."""
+    async with open_stubs(address, channels=1) as stubs:
+        response: pb.ModelInferResponse = await stubs[0].ModelInfer(request, timeout=60.0)
+        return response
+
+
+async def _measure(
+    addresses: dict[str, Any],
+    pids: list[int],
+    plan: ExecutionPlan,
+    level: tuple[str, float],
+    payloads: list[npt.NDArray[Any]],
+    args: argparse.Namespace,
+) -> Level:
+    make_request = _request_maker(plan, payloads)
 
     metrics = {name: [r["metrics"] for r in addresses["steps"][name]] for name in plan.order}
     mode, value = level
@@ -462,10 +484,12 @@ def _load_levels(
     payloads: list[npt.NDArray[Any]],
     args: argparse.Namespace,
     reference: Callable[[], list[BaselinePoint]] | None = None,
-) -> tuple[Measured, Nearby]:
+) -> tuple[Measured, Nearby, pb.ModelInferResponse | None]:
     """Every level on every policy's pipeline, the policies taking turns at each level in alternating order (so
-    drift on a shared machine favours neither); after each closed-loop level, the `reference` points again."""
+    drift on a shared machine favours neither); after each closed-loop level, the `reference` points again. With
+    --floor, also the first pipeline's answer to the first request."""
     nearby: Nearby = {}
+    answer = None
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as workdir:
         targets: list[_Target] = []
@@ -503,9 +527,11 @@ def _load_levels(
                 rates[target.policy] = [r for r in chosen if r > 0]
             if any(rates.values()):
                 measure("open", rates)
+            if args.floor:
+                answer = asyncio.run(_answer(targets[0].addresses["grpc"], _request_maker(plan, payloads)(0)))
         finally:
             _stop_targets(targets)
-    return [(t.policy, levels[t.policy]) for t in targets], nearby
+    return [(t.policy, levels[t.policy]) for t in targets], nearby, answer
 
 
 def run(args: argparse.Namespace) -> int:
@@ -550,9 +576,34 @@ def run(args: argparse.Namespace) -> int:
         def reference() -> list[BaselinePoint]:
             return remeasure(manifest_path, payloads, again, seconds)
 
-    measured, nearby = _load_levels(manifest_path, policies, plan, payloads, args, reference)
-    _report(plan, measured, baseline, nearby, args)
+    measured, nearby, answer = _load_levels(manifest_path, policies, plan, payloads, args, reference)
+    floor = _floor(plan, measured, answer, payloads, args) if answer is not None else None
+    _report(plan, measured, baseline, nearby, args, floor)
     return 0
+
+
+def _floor(
+    plan: ExecutionPlan,
+    measured: Measured,
+    answer: pb.ModelInferResponse,
+    payloads: list[npt.NDArray[Any]],
+    args: argparse.Namespace,
+) -> Floor | None:
+    """The null server loaded like the first pipeline's busiest closed-loop level: same clients, about the same rate."""
+    closed = [lv.result for lv in measured[0][1] if lv.result.mode == "closed"] if measured else []
+    busiest = max(closed, key=lambda r: r.requests_per_s, default=None)
+    if busiest is None or busiest.requests_per_s <= 0:
+        return None
+    concurrency = int(busiest.level.removeprefix("C="))
+    print(f"  protocol floor at {busiest.level}: a server that computes nothing ...", flush=True)
+    return measure_floor(
+        answer,
+        _request_maker(plan, payloads),
+        concurrency=concurrency,
+        delay_s=concurrency / busiest.requests_per_s,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+    )
 
 
 def _report_levels(plan: ExecutionPlan, policy: str, measured: list[Level]) -> None:
@@ -659,8 +710,34 @@ def _report_nearby(nearby: Nearby) -> None:
     print(_table(rows))
 
 
+def _report_floor(floor: Floor, rows: int, in_process_cpu_ms: float | None) -> dict[str, Any]:
+    total = floor.server_ms_per_request + floor.client_ms_per_request
+    line = (
+        f"protocol floor at C={floor.concurrency}: a server that only reads each request and returns the pipeline's "
+        f"answer {floor.delay_ms:.1f} ms later ({floor.requests_per_s:.1f} req/s) costs {floor.server_ms_per_request:.2f} "
+        f"ms of CPU per request, the load generator {floor.client_ms_per_request:.2f}"
+    )
+    figures: dict[str, Any] = {
+        "concurrency": floor.concurrency,
+        "delay_ms": floor.delay_ms,
+        "requests_per_s": floor.requests_per_s,
+        "server_cpu_ms_per_request": floor.server_ms_per_request,
+        "load_generator_cpu_ms_per_request": floor.client_ms_per_request,
+    }
+    if in_process_cpu_ms:
+        figures["share_of_in_process_cpu"] = total / rows / in_process_cpu_ms
+        line += f": together {100 * figures['share_of_in_process_cpu']:.1f}% of the in-process {in_process_cpu_ms:.2f} ms/row"
+    print(line)
+    return figures
+
+
 def _report(
-    plan: ExecutionPlan, measured: Measured, baseline: list[BaselinePoint], nearby: Nearby, args: argparse.Namespace
+    plan: ExecutionPlan,
+    measured: Measured,
+    baseline: list[BaselinePoint],
+    nearby: Nearby,
+    args: argparse.Namespace,
+    floor: Floor | None = None,
 ) -> None:
     for policy, levels in measured:
         _report_levels(plan, policy, levels)
@@ -725,5 +802,7 @@ def _report(
             for r in [lv.result]
         ]
         summary["runs"].append(run_summary)
+    if floor is not None:
+        summary["floor"] = _report_floor(floor, args.rows, summary.get("in_process_min_cpu_ms_per_row"))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(summary, indent=2, default=str))
