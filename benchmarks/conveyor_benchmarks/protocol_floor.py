@@ -23,7 +23,7 @@ from pathlib import Path
 from conveyor_runtime.protocol import pb
 
 from .cpu import cpu_seconds
-from .load import Call, closed_loop_calls, grpc_call, open_stubs
+from .load import closed_loop_calls, grpc_call, open_stubs
 
 __all__ = ["Floor", "measure_floor", "null_server"]
 
@@ -118,13 +118,12 @@ async def _load(
                 failures[failure] = failures.get(failure, 0) + 1
             return failure
 
-        counting: Call = counted
         if warmup_s > 0:
-            await closed_loop_calls(counting, concurrency=concurrency, duration_s=warmup_s)
+            await closed_loop_calls(counted, concurrency=concurrency, duration_s=warmup_s)
         answered[0] = 0
         server_before, client_before, began = cpu_seconds(server_pid), time.process_time(), time.monotonic()
         # every call of the level, also those answered after its end, falls inside the CPU window and is counted
-        await closed_loop_calls(counting, concurrency=concurrency, duration_s=duration_s)
+        await closed_loop_calls(counted, concurrency=concurrency, duration_s=duration_s)
         seconds = time.monotonic() - began
         server_cpu, client_cpu = cpu_seconds(server_pid) - server_before, time.process_time() - client_before
     if failures:
