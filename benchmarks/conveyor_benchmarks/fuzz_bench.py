@@ -28,7 +28,7 @@ from conveyor_runtime.protocol import SERVICE_NAME, pb
 from conveyor_runtime.spec import load_manifest
 
 from .fuzz_cases import GRPC_CASES, HTTP_CASES, Case, Context, HttpRequest, Valid, valid_requests
-from .local_pipeline import LocalPipeline
+from .local_pipeline import LocalPipeline, gateway_process
 from .pipeline_bench import make_payloads
 
 __all__ = ["FuzzReport", "register", "run"]
@@ -98,8 +98,9 @@ class Memory:
 
 
 def _gateway_rss(now: dict[str, float]) -> float:
-    """The RSS of the process the gateway runs in ("gateway", or "<step>[0] + gateway" where it is embedded)."""
-    return next((mb for name, mb in now.items() if name == "gateway" or name.endswith(" + gateway")), float("nan"))
+    """The RSS of the process the gateway runs in (its own, or the replica it is embedded in)."""
+    name = gateway_process(now)
+    return now[name] if name is not None else float("nan")
 
 
 # --- sending -----------------------------------------------------------------------------------------------------

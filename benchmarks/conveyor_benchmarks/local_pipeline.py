@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalPipeline", "process_pids"]
+__all__ = ["LocalPipeline", "gateway_process", "process_pids"]
+
+_EMBEDDED = " + gateway"
 
 
 def process_pids(addresses: dict[str, Any]) -> dict[str, int]:
@@ -25,8 +27,13 @@ def process_pids(addresses: dict[str, Any]) -> dict[str, int]:
     for step, replicas in addresses["steps"].items():
         for index, replica in enumerate(replicas):
             if "inProcessWith" not in replica:  # a step in another's process: listed under that step already
-                pids[f"{step}[{index}]" + (" + gateway" if step == embedded else "")] = replica["pid"]
+                pids[f"{step}[{index}]" + (_EMBEDDED if step == embedded else "")] = replica["pid"]
     return pids
+
+
+def gateway_process(names: Iterable[str]) -> str | None:
+    """Which of `process_pids`' names is the process the gateway runs in: "gateway" or an embedding replica's."""
+    return next((name for name in names if name == "gateway" or name.endswith(_EMBEDDED)), None)
 
 
 @dataclass
