@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 import numpy as np
 import numpy.typing as npt
 import yaml
@@ -302,10 +303,14 @@ def _request_maker(plan: ExecutionPlan, payloads: list[npt.NDArray[Any]]) -> Cal
     return make_request
 
 
-async def _answer(address: str, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-    """The pipeline's answer to `request`: what the null server of `--floor` returns."""
+async def _answer(address: str, request: pb.ModelInferRequest) -> pb.ModelInferResponse | None:
+    """The pipeline's answer to `request`: what the null server of `--floor` returns (None, said, if it fails)."""
     async with open_stubs(address, channels=1) as stubs:
-        response: pb.ModelInferResponse = await stubs[0].ModelInfer(request, timeout=60.0)
+        try:
+            response: pb.ModelInferResponse = await stubs[0].ModelInfer(request, timeout=60.0)
+        except grpc.aio.AioRpcError as exc:
+            print(f"protocol floor: skipped, the pipeline did not answer ({exc.code().name}: {exc.details()})", flush=True)
+            return None
         return response
 
 
@@ -593,6 +598,7 @@ def _floor(
     closed = [lv.result for lv in measured[0][1] if lv.result.mode == "closed"] if measured else []
     busiest = max(closed, key=lambda r: r.requests_per_s, default=None)
     if busiest is None or busiest.requests_per_s <= 0:
+        print("protocol floor: skipped, no closed-loop level answered requests to match (see --concurrency)", flush=True)
         return None
     concurrency = int(busiest.level.removeprefix("C="))
     print(f"  protocol floor at {busiest.level}: a server that computes nothing ...", flush=True)

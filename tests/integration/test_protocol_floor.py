@@ -50,3 +50,12 @@ def test_measure_floor_counts_every_answered_request_and_the_cpu_of_both_sides()
     assert floor.requests_per_s <= 4 / 0.02
     assert floor.server_cpu_s > 0 and floor.client_cpu_s > 0
     assert 0 < floor.server_ms_per_request < float("inf") and 0 < floor.client_ms_per_request < float("inf")
+
+
+def test_bench_floor_is_skipped_with_the_reason_when_the_pipeline_gives_no_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    # after every level is measured, a pipeline that no longer answers must not cost the report
+    from conveyor_benchmarks.pipeline_bench import _answer
+    from conveyor_runtime.serving import free_port
+
+    assert asyncio.run(_answer(f"127.0.0.1:{free_port()}", _request(0))) is None
+    assert "protocol floor: skipped, the pipeline did not answer (UNAVAILABLE" in capsys.readouterr().out
