@@ -6,7 +6,8 @@ gateway), ``--placements`` (op steps in processes of their own or in a model ste
 sessions sized for a lone batch when idle, or not), ``--event-loops`` (the serving processes on uvloop or asyncio's
 own loop), ``--step-calls`` (small step calls as messages on call streams, or a unary gRPC call each) or
 ``--gateways`` (`conveyor run --gateway separate` or ``embedded``) the same levels run once per variant, each on a
-fresh pipeline, in one command.
+fresh pipeline, in one command. ``--floor`` adds what serving the busiest level costs a server that computes nothing
+(`protocol_floor`).
 """
 
 from __future__ import annotations
