@@ -38,9 +38,9 @@ class ConveyorSystem(System):
         directory = workdir / self.name
         directory.mkdir()
         self.pipeline = LocalPipeline.start(manifest, directory, http=False)
-        self._address = self.pipeline.addresses()["grpc"]
-        policy = self.policy or self.plan.policy
         addresses = self.pipeline.addresses()
+        self._address = addresses["grpc"]
+        policy = self.policy or self.plan.policy
         embedded = addresses.get("gatewayIn")
         gateway = f"gRPC gateway in step {embedded}'s process" if embedded else "gRPC gateway in a process of its own"
         guests = sorted(step for step, replicas in addresses["steps"].items() if any("inProcessWith" in r for r in replicas))
